@@ -1,0 +1,5 @@
+"""lm-eval hook for diffeval_safety: scoring lives in tasks.scoring."""
+
+from tasks.scoring import process_safety
+
+__all__ = ["process_safety"]
