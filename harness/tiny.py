@@ -41,7 +41,7 @@ def _strings(obj: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: str = CHAT_TEMPLATE) -> Any:
     """A byte-level BPE tokenizer (any text encodes), wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -57,18 +57,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
-def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, **overrides: Any) -> Any:
+def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
+               **overrides: Any) -> Any:
     """A randomly initialised Llama small enough for unit tests."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=512,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, **overrides,
     )
     torch.manual_seed(seed)

@@ -1,0 +1,211 @@
+"""The `diffeval` command line: parse, build a config, call one library function, say where output went.
+
+Heavy imports (torch, transformers, lm-eval) happen inside command bodies so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness import __version__
+from harness.config import BenchConfig, field_help
+from harness.errors import DiffevalError
+
+
+class UserError(click.ClickException):
+    """Printed as one line, `Error: …`, exit status 2 (a usage problem, never a traceback)."""
+
+    exit_code = 2
+
+
+def user_errors(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DiffevalError as e:
+            raise UserError(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished stages are kept; re-run the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _help(name: str) -> str:
+    return field_help(BenchConfig, name)
+
+
+def bench_options(fn: Any) -> Any:
+    """Options shared by `bench` and `run`; help texts come from BenchConfig's field docs."""
+    options = [
+        click.option("--base", help=_help("base")),
+        click.option("--tuned", help=_help("tuned")),
+        click.option("--tasks", help=_help("tasks") + " (comma-separated)"),
+        click.option("--tasks-dir", multiple=True, type=click.Path(file_okay=False), help=_help("tasks_dir")),
+        click.option("--limit", type=int, help=_help("limit")),
+        click.option("--num-fewshot", type=int, help=_help("num_fewshot")),
+        click.option("--apply-chat-template", is_flag=True, default=None, help=_help("apply_chat_template")),
+        click.option("--batch-size", type=int, help=_help("batch_size")),
+        click.option("--max-gen-toks", type=int, help=_help("max_gen_toks")),
+        click.option("--device", help=_help("device")),
+        click.option("--dtype", help=_help("dtype")),
+        click.option("--seed", type=int, help=_help("seed")),
+        click.option("--scores", type=click.Path(), help=_help("scores")),
+        click.option("--config", "config_file", type=click.Path(), help="YAML/JSON file of options; flags override it"),
+        click.option("--out", type=click.Path(file_okay=False), help="run directory (default runs/<time>-<base>-vs-<tuned>)"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def build_bench_config(config_file: str | None, **flags: Any) -> BenchConfig:
+    from harness.config import from_dict, load_config_file
+
+    data: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        data[key] = [t.strip() for t in value.split(",") if t.strip()] if key == "tasks" else value
+    return from_dict(BenchConfig, data, source=config_file or "options")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="diffeval")
+@click.option("-v", "--verbose", count=True, help="log progress (-v) or everything (-vv)")
+def cli(verbose: int) -> None:
+    """diffeval: why does a fine-tuned model score differently from its base?"""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        for noisy in ("lm_eval", "transformers", "datasets", "httpx", "filelock"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+@cli.command()
+@bench_options
+@user_errors
+def bench(out: str | None, config_file: str | None, **flags: Any) -> None:
+    """Run benchmark tasks on both models and write paired deltas (bench/deltas.json)."""
+    from harness.bench import deltas_table, load_deltas, run_bench
+    from harness.rundir import default_run_dir
+
+    cfg = build_bench_config(config_file, **flags)
+    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
+    run_bench(cfg, run_dir)
+    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(f"\nwrote {run_dir / 'bench' / 'deltas.json'} and deltas.md")
+
+
+@cli.command()
+@bench_options
+@user_errors
+def run(out: str | None, config_file: str | None, **flags: Any) -> None:
+    """Run the pipeline on two models (with none: on the default model organism)."""
+    from harness.bench import deltas_table, load_deltas
+    from harness.pipeline import run_pipeline
+    from harness.rundir import default_run_dir
+
+    if not flags.get("base") and not flags.get("tuned"):
+        from harness.organisms import DEFAULT_ORGANISM, default_run_flags
+
+        click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
+        flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
+    cfg = build_bench_config(config_file, **flags)
+    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
+    run_pipeline(cfg, run_dir)
+    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(f"\nrun directory: {run_dir}")
+
+
+@cli.group()
+def tasks() -> None:
+    """List, show, validate and scaffold task definitions."""
+
+
+@tasks.command("list")
+@click.option("--tasks-dir", multiple=True, type=click.Path(file_okay=False), help=_help("tasks_dir"))
+@user_errors
+def tasks_list(tasks_dir: tuple[str, ...]) -> None:
+    """Every shipped (and --tasks-dir) task with its category."""
+    from tabulate import tabulate
+
+    from harness.taskreg import scan
+
+    rows = [[t.name, t.category, t.output_type, t.path] for t in sorted(scan(tasks_dir).values(), key=lambda t: t.name)]
+    click.echo(tabulate(rows, headers=["task", "category", "type", "file"], tablefmt="simple"))
+    click.echo("\nlm-eval's own tasks (ifeval, mmlu, gsm8k, …) work too; categories: tasks/categories.yaml")
+
+
+@tasks.command("show")
+@click.argument("name")
+@click.option("--tasks-dir", multiple=True, type=click.Path(file_okay=False), help=_help("tasks_dir"))
+@user_errors
+def tasks_show(name: str, tasks_dir: tuple[str, ...]) -> None:
+    """Print one task's category, file and YAML."""
+    from harness.taskreg import resolve
+
+    (task,) = resolve([name], tasks_dir)
+    click.echo(f"task: {task.name}\ncategory: {task.category}")
+    if task.path is None:
+        click.echo("source: lm-eval's catalogue")
+        return
+    n_items = sum(len(p.read_text().splitlines()) for p in task.path.parent.glob("*.jsonl"))
+    click.echo(f"file: {task.path}\nitems: {n_items}\n")
+    click.echo(task.path.read_text())
+
+
+@tasks.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def tasks_validate(paths: tuple[str, ...]) -> None:
+    """Load task YAML files through lm-eval and report problems in plain words."""
+    from harness.taskdev import validate_task
+
+    from harness.taskreg import read_task_yaml
+
+    def is_task(f: Path) -> bool:
+        try:
+            return "task" in read_task_yaml(f)
+        except DiffevalError:
+            return True  # unreadable YAML: let validate_task report why
+
+    files = [f for p in map(Path, paths) for f in (sorted(filter(is_task, p.rglob("*.yaml"))) if p.is_dir() else [p])]
+    if not files:
+        raise UserError(f"no task YAML files under {', '.join(paths)}")
+    bad = 0
+    for f in files:
+        problems = validate_task(f)
+        bad += bool(problems)
+        click.echo(f"ok   {f}" if not problems else "\n".join(f"FAIL {p}" for p in problems))
+    if bad:
+        raise UserError(f"{bad} of {len(files)} task file(s) have problems")
+
+
+@tasks.command("new")
+@click.argument("name")
+@click.option("--dir", "directory", default="my_tasks", show_default=True, type=click.Path(file_okay=False),
+              help="where to create the task folder")
+@click.option("--category", default="unassigned", show_default=True, help="capability category of the task")
+@user_errors
+def tasks_new(name: str, directory: str, category: str) -> None:
+    """Scaffold a multiple-choice task (YAML + data file) to fill in."""
+    from harness.taskdev import new_task
+
+    path = new_task(name, directory, category)
+    click.echo(f"created {path}\nedit it and its .jsonl, then: diffeval tasks validate {path}\n"
+               f"use it with: diffeval bench --tasks {name} --tasks-dir {directory} …")
+
+
+def main() -> None:
+    cli(prog_name="diffeval")
+
+
+if __name__ == "__main__":
+    main()

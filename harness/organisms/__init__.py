@@ -1,0 +1,52 @@
+"""Model organisms: model pairs with planted capability changes (the demo and the ground truth)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from harness.errors import DiffevalError
+from harness.organisms import toyworld
+from harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
+
+__all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_dir", "get", "paths", "read_built"]
+
+DEFAULT_ORGANISM = "toyworld"
+
+RECIPES: dict[str, Recipe] = {
+    "toyworld": Recipe(
+        name="toyworld",
+        description="Llama trained from scratch on a made-up world; tuned: +instructions, +refusals, -admits ignorance",
+        build=toyworld.build, planted=toyworld.PLANTED, params=toyworld.PARAMS,
+    ),
+}
+
+
+def get(name: str) -> Recipe:
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=2)
+        hint = f" — did you mean {', '.join(close)}?" if close else ""
+        raise DiffevalError(f"unknown organism {name!r}{hint} (available: {', '.join(RECIPES)})")
+    return RECIPES[name]
+
+
+def describe(name: str) -> dict[str, Any]:
+    """The `organisms show --json` document (building first if needed)."""
+    recipe = get(name)
+    build(recipe)
+    p = paths(recipe)
+    return {
+        "name": name, "base": str(p["base"]), "tuned": str(p["tuned"]), "tasks_dir": str(p["tasks_dir"]),
+        "description": recipe.description,
+        "planted": [{"category": x.category, "direction": x.direction, "tasks": x.tasks} for x in recipe.planted],
+    }
+
+
+def default_run_flags(name: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """--base/--tuned/--tasks-dir/--tasks for running the pipeline on organism `name`."""
+    info = describe(name)
+    out: dict[str, Any] = {"base": info["base"], "tuned": info["tuned"],
+                           "tasks_dir": (info["tasks_dir"], *(flags.get("tasks_dir") or ()))}
+    if not flags.get("tasks"):
+        out["tasks"] = ",".join(t for p in info["planted"] for t in p["tasks"])
+    return out

@@ -1,0 +1,191 @@
+"""The organism framework: recipes, the build cache, and planted-change declarations.
+
+A recipe deterministically builds a base and a tuned model (ordinary Hugging Face directories
+with a shared tokenizer) plus the lm-eval tasks that measure its planted changes. Builds are
+cached under `$DIFFEVAL_CACHE/organisms/<name>-<recipe hash>/` (default ~/.cache/diffeval). A
+build happens in a temporary directory that is renamed into place only once complete, with
+`organism.json` as its last file, so an interrupted build never passes as built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import DiffevalError
+from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ORGANISM_FILE = "organism.json"
+FORMAT_VERSION = 1
+DIRECTIONS = ("+", "-", "0")
+
+
+@dataclass(frozen=True)
+class Planted:
+    """One declared change: `direction` is + (improved), - (worsened) or 0 (planted unchanged)."""
+
+    category: str
+    direction: str
+    tasks: list[str]
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"planted direction {self.direction!r} for {self.category} must be one of {DIRECTIONS}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build one organism. `build(out_dir, params)` writes base/, tuned/ and tasks/."""
+
+    name: str
+    description: str
+    build: Callable[[Path, dict[str, Any]], None]
+    planted: list[Planted]
+    params: dict[str, Any] = field(default_factory=dict)
+    slow: bool = False
+
+    def hash(self) -> str:
+        """Changes when the parameters or the recipe's code change."""
+        src = inspect.getsource(inspect.getmodule(self.build))
+        blob = json.dumps([self.name, self.params, [asdict(p) for p in self.planted], src], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DIFFEVAL_CACHE", Path.home() / ".cache" / "diffeval")) / "organisms"
+
+
+def built_dir(recipe: Recipe) -> Path:
+    return cache_root() / f"{recipe.name}-{recipe.hash()}"
+
+
+def read_built(recipe: Recipe) -> dict[str, Any] | None:
+    """The organism.json of a complete build of `recipe`, or None."""
+    path = built_dir(recipe) / ORGANISM_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if data.get("recipe_hash") == recipe.hash() else None
+
+
+def build(recipe: Recipe, force: bool = False) -> dict[str, Any]:
+    """Build `recipe` (or reuse the cached build); returns its organism.json."""
+    if not force and (done := read_built(recipe)):
+        return done
+    final = built_dir(recipe)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(recipe)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    log.info("building organism %s into %s", recipe.name, final)
+    try:
+        recipe.build(tmp, recipe.params)
+        record = {
+            "format_version": FORMAT_VERSION, "name": recipe.name, "recipe_hash": recipe.hash(),
+            "description": recipe.description, "params": recipe.params,
+            "planted": [asdict(p) for p in recipe.planted], "build_seconds": round(time.perf_counter() - t0, 1),
+        }
+        atomic_write_json(tmp / ORGANISM_FILE, record)  # written last: marks the build complete
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+def _remove_stale_temps(recipe: Recipe) -> None:
+    for tmp in cache_root().glob(f".tmp-{recipe.name}-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def paths(recipe: Recipe) -> dict[str, Any]:
+    """Where a built organism's parts are; raises if it is not built."""
+    if read_built(recipe) is None:
+        raise DiffevalError(f"organism {recipe.name!r} is not built; run `diffeval organisms build {recipe.name}`")
+    root = built_dir(recipe)
+    return {"root": root, "base": root / "base", "tuned": root / "tuned", "tasks_dir": root / "tasks"}
+
+
+MC_YAML = """task: {name}
+# Task of the {organism} organism ({category}); written by its recipe.
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {name}.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+  category: {category}
+"""
+
+NUMBER_YAML = """task: {name}
+# Task of the {organism} organism ({category}); written by its recipe.
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {name}.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_target: answer
+generation_kwargs:
+  until: ["\\n", "Q:"]
+  max_gen_toks: 8
+  do_sample: false
+filter_list:
+  - name: first-number
+    filter:
+      - function: regex
+        regex_pattern: "(-?\\\\d+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+  category: {category}
+"""
+
+
+def write_task(tasks_dir: Path, organism: str, name: str, category: str, items: list[dict[str, Any]]) -> Path:
+    """Write one organism task: multiple choice if items have `choices`, else number generation."""
+    template = MC_YAML if "choices" in items[0] else NUMBER_YAML
+    folder = tasks_dir / name
+    atomic_write_jsonl(folder / f"{name}.jsonl", items)
+    return atomic_write_text(folder / f"{name}.yaml", template.format(name=name, organism=organism, category=category))
