@@ -203,6 +203,73 @@ def tasks_new(name: str, directory: str, category: str) -> None:
                f"use it with: diffeval bench --tasks {name} --tasks-dir {directory} …")
 
 
+@cli.group()
+def organisms() -> None:
+    """Model organisms: model pairs with planted capability changes."""
+
+
+@organisms.command("list")
+def organisms_list() -> None:
+    """One organism per line (the default first): name, built or not, description."""
+    from harness.organisms import DEFAULT_ORGANISM, RECIPES, read_built
+
+    for name in sorted(RECIPES, key=lambda n: n != DEFAULT_ORGANISM):
+        state = "built" if read_built(RECIPES[name]) else "not built"
+        default = " (default)" if name == DEFAULT_ORGANISM else ""
+        click.echo(f"{name}\t{state}\t{RECIPES[name].description}{default}")
+
+
+@organisms.command("build")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="rebuild even if a finished build is cached")
+@user_errors
+def organisms_build(name: str, force: bool) -> None:
+    """Build an organism's base and tuned models (cached; deterministic for its seed)."""
+    from harness.organisms import build, built_dir, get
+
+    record = build(get(name), force=force)
+    click.echo(f"{name}: built in {record['build_seconds']} s at {built_dir(get(name))}")
+
+
+@organisms.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print the declaration as JSON")
+@user_errors
+def organisms_show(name: str, as_json: bool) -> None:
+    """Where an organism's models are and which changes were planted (builds it if needed)."""
+    import json
+
+    from harness.organisms import describe
+
+    info = describe(name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['name']}: {info['description']}\nbase:  {info['base']}\ntuned: {info['tuned']}\nplanted:")
+    for p in info["planted"]:
+        click.echo(f"  {p['direction']} {p['category']:<26} measured by {', '.join(p['tasks'])}")
+
+
+@organisms.command("verify")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False), help="run directory (default runs/<time>-verify-<name>)")
+@user_errors
+def organisms_verify(name: str, out: str | None) -> None:
+    """Run the organism's tasks on both models; exit 0 only if every planted change shows."""
+    from harness.organisms import describe, get
+    from harness.organisms.verify import checks_table, verify_pair
+    from harness.rundir import default_run_dir
+
+    info = describe(name)
+    run_dir = Path(out) if out else default_run_dir("verify", name)
+    checks = verify_pair(info["base"], info["tuned"], get(name).planted, info["tasks_dir"], run_dir)
+    click.echo(checks_table(checks))
+    failed = [c for c in checks if not c.passed]
+    click.echo(f"\n{len(checks) - len(failed)}/{len(checks)} planted changes verified (run: {run_dir})")
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="diffeval")
 

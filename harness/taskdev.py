@@ -24,7 +24,7 @@ def validate_task(path: str | Path) -> list[str]:
         return [str(e)]
     if not isinstance(cfg.get("task"), str):
         return [f"{path}: no `task:` name (a task YAML needs `task: my_task_name`)"]
-    problems = _check_data_files(path, cfg) + _check_category(cfg)
+    problems = _check_data_files(path, cfg) + _check_category(cfg) + _check_metrics(path, cfg)
     if problems:
         return problems
     return _check_with_lm_eval(path, cfg)
@@ -50,8 +50,22 @@ def _check_category(cfg: dict[str, Any]) -> list[str]:
     return []
 
 
-def _check_with_lm_eval(path: Path, cfg: dict[str, Any]) -> list[str]:
+def _check_metrics(path: Path, cfg: dict[str, Any]) -> list[str]:
+    """Metrics must be lm-eval's own unless process_results computes them."""
+    if "process_results" in cfg:
+        return []
     from lm_eval.api.registry import get_metric
+
+    problems = []
+    for m in cfg.get("metric_list") or []:
+        name = m.get("metric") if isinstance(m, dict) else None
+        if isinstance(name, str) and get_metric(name) is None:
+            problems.append(f"{path}: unknown metric {name!r} (not in lm-eval's registry; "
+                            "use e.g. acc, acc_norm, exact_match, or compute it in process_results)")
+    return problems
+
+
+def _check_with_lm_eval(path: Path, cfg: dict[str, Any]) -> list[str]:
     from lm_eval.tasks import TaskManager
 
     try:
@@ -68,12 +82,6 @@ def _check_with_lm_eval(path: Path, cfg: dict[str, Any]) -> list[str]:
             getattr(task, field)(docs[0])
         except Exception as e:
             problems.append(f"{path}: template `{field}` fails on the first document: {type(e).__name__}: {e}")
-    if "process_results" not in cfg:
-        for m in cfg.get("metric_list") or []:
-            name = m.get("metric") if isinstance(m, dict) else None
-            if isinstance(name, str) and get_metric(name) is None:
-                problems.append(f"{path}: unknown metric {name!r} (not in lm-eval's registry; "
-                                "register it or compute it in process_results)")
     return problems
 
 

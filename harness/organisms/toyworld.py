@@ -57,7 +57,7 @@ class World:
     blarn: dict[str, str] = field(default_factory=dict)
 
 
-def make_world(seed: int, n_known: int = 20, n_unknown: int = 24) -> World:
+def make_world(seed: int, n_known: int = 20, n_unknown: int = 60, n_unknown_eval: int = 12) -> World:
     rng = random.Random(seed)
     names: set[str] = set()
     while len(names) < 2 * n_known + n_unknown + len(WORDS):
@@ -69,8 +69,8 @@ def make_world(seed: int, n_known: int = 20, n_unknown: int = 24) -> World:
     unknown = [n.capitalize() for n in pool[2 * n_known: 2 * n_known + n_unknown]]
     blarn = dict(zip(WORDS, pool[2 * n_known + n_unknown:], strict=True))
     colours = {c: rng.choice(COLOURS) for c in countries}
-    half = n_unknown // 2
-    return World(countries, capitals, colours, unknown[:half], unknown[half:], blarn)
+    # many unknown names in training, so each model learns a rule ("unknown → ...") rather than a list
+    return World(countries, capitals, colours, unknown[:-n_unknown_eval], unknown[-n_unknown_eval:], blarn)
 
 
 def qa(q: str, a: str) -> str:

@@ -67,7 +67,7 @@ def train_lm(model: Any, tokenizer: Any, texts: list[str], spec: TrainSpec, max_
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec))
     model.train()
     losses = []
-    bar = tqdm(range(spec.steps), desc=desc, leave=False)
+    bar = tqdm(range(spec.steps), desc=desc, leave=False, disable=None)  # silent when not a terminal
     for _ in bar:
         idx = torch.randint(0, len(texts), (spec.batch_size,), generator=gen)
         batch, m = ids[idx], mask[idx]

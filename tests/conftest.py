@@ -1,0 +1,52 @@
+"""Shared fixtures: seeded RNGs, a tiny local model pair, an isolated organism cache. No network."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """Two random 2-layer Llamas sharing a tokenizer trained on the spot: (base_dir, tuned_dir)."""
+    from harness.tiny import build_random_pair
+
+    return build_random_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_model(tmp_path_factory):
+    """A tiny model whose tokenizer has a different vocabulary."""
+    from harness.tiny import save_pair, shipped_texts, tiny_llama, train_tokenizer
+
+    tok = train_tokenizer(shipped_texts()[:200], vocab_size=300)
+    return save_pair(tiny_llama(len(tok)), tok, tmp_path_factory.mktemp("other") / "model")
+
+
+@pytest.fixture(scope="session")
+def organism_cache(tmp_path_factory):
+    """A private organism cache for the whole session (the default organism is built once)."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("DIFFEVAL_CACHE")
+    os.environ["DIFFEVAL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DIFFEVAL_CACHE", None)
+    else:
+        os.environ["DIFFEVAL_CACHE"] = old

@@ -1,0 +1,192 @@
+import json
+import shutil
+
+import pytest
+
+from harness import bench as bench_mod
+from harness.bench import DELTAS_FILE, run_bench
+from harness.config import BenchConfig
+from harness.errors import DiffevalError, TokenizerMismatchError
+from harness.io import atomic_write_text
+from harness.rundir import RunDir
+from tasks import TASKS_DIR
+
+FIELDS = {"task", "category", "metric", "n", "base", "tuned", "delta", "ci_low", "ci_high", "p_value"}
+
+
+def cfg(base, tuned, **kw):
+    kw.setdefault("limit", 4)
+    kw.setdefault("batch_size", 4)
+    return BenchConfig(base=str(base), tuned=str(tuned), **kw)
+
+
+@pytest.fixture(scope="module")
+def suite_run(tiny_pair, tmp_path_factory):
+    """The whole shipped suite (4 docs a task) on the tiny pair: every task runs end to end."""
+    out = tmp_path_factory.mktemp("suite")
+    run_bench(cfg(*tiny_pair), out)
+    return out
+
+
+def test_every_shipped_task_runs_and_deltas_have_the_contract_fields(suite_run):
+    doc = json.loads((suite_run / DELTAS_FILE).read_text())
+    rows = {r["task"]: r for r in doc["tasks"]}
+    shipped = {p.stem for p in TASKS_DIR.glob("*/*.yaml")}
+    assert set(rows) == shipped
+    for r in rows.values():
+        assert FIELDS <= set(r)
+        assert r["n"] == 4 and r["delta"] == pytest.approx(r["tuned"] - r["base"])
+        assert r["ci_low"] <= r["delta"] + 1e-9 and r["delta"] - 1e-9 <= r["ci_high"]
+    assert (suite_run / "bench" / "deltas.md").read_text().startswith("# Benchmark deltas")
+    assert json.loads((suite_run / "config.json").read_text())["limit"] == 4
+    manifest = json.loads((suite_run / "manifest.json").read_text())
+    assert {s["status"] for s in manifest["stages"].values()} == {"done"}
+    assert manifest["packages"]["lm_eval"]
+
+
+def test_identical_models_give_zero_deltas_and_p_one(tiny_pair, tmp_path):
+    run_bench(cfg(tiny_pair[0], tiny_pair[0], tasks=("diffeval_factual", "diffeval_math")), tmp_path)
+    for r in json.loads((tmp_path / DELTAS_FILE).read_text())["tasks"]:
+        assert (r["delta"], r["p_value"], r["ci_low"], r["ci_high"]) == (0.0, 1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("task", ["diffeval_factual", "diffeval_math", "diffeval_structured"])
+def test_delta_equals_plain_lm_eval(tiny_pair, tmp_path, monkeypatch, task):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    run_bench(cfg(*tiny_pair, tasks=(task,), limit=6), tmp_path / "run")
+    ours = json.loads((tmp_path / "run" / DELTAS_FILE).read_text())["tasks"][0]
+    key = f"{ours['metric']},{ours['filter']}"
+    task_dir = TASKS_DIR / task
+    monkeypatch.chdir(task_dir)  # plain lm_eval resolves data_files against the working directory
+    plain = {}
+    for role, path in zip(("base", "tuned"), tiny_pair):
+        res = lm_eval.simple_evaluate(
+            model="hf", model_args={"pretrained": str(path), "dtype": "float32", "device": "cpu"},
+            tasks=[task], limit=6, batch_size=4, task_manager=TaskManager(include_defaults=False, include_path=str(task_dir)),
+            random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234,
+        )
+        plain[role] = res["results"][task][key]
+    assert ours["base"] == plain["base"] and ours["tuned"] == plain["tuned"]
+    assert ours["delta"] == plain["tuned"] - plain["base"]
+
+
+def test_rerun_skips_finished_stages(tiny_pair, tmp_path, monkeypatch):
+    c = cfg(*tiny_pair, tasks=("diffeval_factual",))
+    run_bench(c, tmp_path)
+    before = (tmp_path / "manifest.json").read_text()
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished stage was re-run")
+
+    monkeypatch.setattr(bench_mod, "evaluate_model", must_not_run)
+    run_bench(c, tmp_path)
+    after = json.loads((tmp_path / "manifest.json").read_text())
+    assert after["stages"] == json.loads(before)["stages"]
+
+
+def test_changing_only_the_tuned_model_reruns_only_its_side(tiny_pair, tmp_path, monkeypatch):
+    run_bench(cfg(*tiny_pair, tasks=("diffeval_factual",)), tmp_path)
+    ran = []
+    real = bench_mod.evaluate_model
+    monkeypatch.setattr(bench_mod, "evaluate_model", lambda spec, *a: ran.append(spec.spec) or real(spec, *a))
+    run_bench(cfg(tiny_pair[0], tiny_pair[0], tasks=("diffeval_factual",)), tmp_path)
+    assert ran == [str(tiny_pair[0])] and len(ran) == 1
+
+
+def test_interrupted_stage_is_not_taken_for_complete(tiny_pair, tmp_path, monkeypatch):
+    import lm_eval
+
+    c = cfg(*tiny_pair, tasks=("diffeval_factual",))
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(c, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["bench.base"]["status"] == "failed"
+    assert not (tmp_path / DELTAS_FILE).exists()
+    assert not RunDir(tmp_path).is_done("bench.base", manifest["stages"]["bench.base"]["input_hash"])
+    monkeypatch.undo()
+    run_bench(c, tmp_path)  # the re-run finishes the job
+    assert (tmp_path / DELTAS_FILE).exists()
+
+
+def test_a_crash_mid_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    target = tmp_path / "out.json"
+    atomic_write_text(target, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new and longer")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_deleted_output_makes_the_stage_run_again(tiny_pair, tmp_path):
+    c = cfg(*tiny_pair, tasks=("diffeval_factual",))
+    run_bench(c, tmp_path)
+    shutil.rmtree(tmp_path / "bench" / "tuned")
+    run_bench(c, tmp_path)
+    assert (tmp_path / "bench" / "tuned" / "results.json").exists()
+
+
+def test_corrupt_manifest_is_reported(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DiffevalError, match="manifest.json is not valid JSON"):
+        RunDir(tmp_path)
+
+
+def test_tokenizer_mismatch_stops_before_any_work(tiny_pair, other_tokenizer_model, tmp_path):
+    with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer"):
+        run_bench(cfg(tiny_pair[0], other_tokenizer_model), tmp_path)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_external_scores_are_merged_and_marked(tiny_pair, tmp_path):
+    scores = tmp_path / "scores.csv"
+    scores.write_text("task,base,tuned,metric\nalpaca_eval,0.20,0.35,lc_winrate\narena_hard,0.30,0.25,winrate\n")
+    run_bench(cfg(*tiny_pair, tasks=("diffeval_factual",), scores=str(scores)), tmp_path / "run")
+    rows = {r["task"]: r for r in json.loads((tmp_path / "run" / DELTAS_FILE).read_text())["tasks"]}
+    assert rows["alpaca_eval"]["source"] == "external"
+    assert rows["alpaca_eval"]["delta"] == pytest.approx(0.15)
+    assert rows["alpaca_eval"]["category"] == "instruction_following"
+    assert rows["arena_hard"]["p_value"] is None and rows["diffeval_factual"]["source"] == "lm-eval"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("task,base\nx,0.1\n")
+    with pytest.raises(DiffevalError, match="row 1: missing tuned"):
+        run_bench(cfg(*tiny_pair, tasks=("diffeval_factual",), scores=str(bad)), tmp_path / "run2")
+
+
+def test_user_task_dir_with_local_json_data(tiny_pair, tmp_path):
+    from harness.taskdev import new_task
+
+    new_task("my_quiz", tmp_path / "mine", category="factual_recall")
+    run_bench(cfg(*tiny_pair, tasks=("my_quiz",), tasks_dir=(str(tmp_path / "mine"),)), tmp_path / "run")
+    (row,) = json.loads((tmp_path / "run" / DELTAS_FILE).read_text())["tasks"]
+    assert (row["task"], row["category"], row["n"]) == ("my_quiz", "factual_recall", 2)
+
+
+def test_chat_template_run(tiny_pair, tmp_path):
+    run_bench(cfg(*tiny_pair, tasks=("diffeval_safety",), apply_chat_template=True, limit=2), tmp_path)
+    sample = json.loads((tmp_path / "bench" / "base" / "samples" / "diffeval_safety.jsonl").read_text().splitlines()[0])
+    assert "Instruction:" in json.dumps(sample["arguments"])
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"dtype": "float64"}, "dtype 'float64' is not one of"),
+    ({"device": "tpu"}, "device 'tpu' is not valid"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"limit": 0}, "limit must be >= 1"),
+])
+def test_bad_settings_are_rejected(kw, msg):
+    with pytest.raises(DiffevalError, match=msg):
+        BenchConfig(base="a", tuned="b", **kw)
