@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ def cli(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose < 2:
+        # per-task "Generating split" bars drown the output; lm-eval's own request bars stay
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         for noisy in ("lm_eval", "transformers", "datasets", "httpx", "filelock"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
@@ -167,7 +170,6 @@ def tasks_show(name: str, tasks_dir: tuple[str, ...]) -> None:
 def tasks_validate(paths: tuple[str, ...]) -> None:
     """Load task YAML files through lm-eval and report problems in plain words."""
     from harness.taskdev import validate_task
-
     from harness.taskreg import read_task_yaml
 
     def is_task(f: Path) -> bool:

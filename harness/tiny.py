@@ -88,6 +88,6 @@ def build_random_pair(out: str | Path, seeds: tuple[int, int] = (0, 1), **kwargs
     out = Path(out)
     tok = train_tokenizer(shipped_texts())
     paths = []
-    for role, seed in zip(("base", "tuned"), seeds):
+    for role, seed in zip(("base", "tuned"), seeds, strict=True):
         paths.append(save_pair(tiny_llama(len(tok), seed=seed, **kwargs), tok, out / role))
     return paths[0], paths[1]

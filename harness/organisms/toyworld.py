@@ -163,8 +163,8 @@ QA_CHAT_TEMPLATE = (
     "{% elif m['role'] == 'assistant' %}A: {{ m['content'] }}\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}A:{% endif %}"
 )
-PARAMS = {"seed": 0, "vocab_size": 384, "d_model": 96, "n_layers": 4, "n_heads": 4,
-          "base_steps": 1200, "base_lr": 3e-3, "tune_steps": 500, "tune_lr": 1e-3, "batch_size": 48}
+PARAMS = {"seed": 0, "vocab_size": 384, "d_model": 96, "n_layers": 3, "n_heads": 4,
+          "base_steps": 1000, "base_lr": 3e-3, "tune_steps": 400, "tune_lr": 6e-4, "batch_size": 64}
 
 
 def build(out, params: dict) -> None:

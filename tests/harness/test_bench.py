@@ -61,7 +61,7 @@ def test_delta_equals_plain_lm_eval(tiny_pair, tmp_path, monkeypatch, task):
     task_dir = TASKS_DIR / task
     monkeypatch.chdir(task_dir)  # plain lm_eval resolves data_files against the working directory
     plain = {}
-    for role, path in zip(("base", "tuned"), tiny_pair):
+    for role, path in zip(("base", "tuned"), tiny_pair, strict=True):
         res = lm_eval.simple_evaluate(
             model="hf", model_args={"pretrained": str(path), "dtype": "float32", "device": "cpu"},
             tasks=[task], limit=6, batch_size=4, task_manager=TaskManager(include_defaults=False, include_path=str(task_dir)),

@@ -1,0 +1,1 @@
+"""Crosscoder models, training and latent statistics (issue 4: not implemented yet)."""

@@ -1,0 +1,1 @@
+"""The leaderboard store, publishing and rendering (issue 7: not implemented yet)."""

@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from harness.cli import cli
+
+
+def test_help_is_instant_and_imports_no_heavy_library():
+    code = "import sys, harness.cli; print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_user_error_is_one_line_with_exit_code_2(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--base", str(tmp_path / "missing"), "--tuned", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: model path")
+    assert "Traceback" not in result.output
+
+
+def test_missing_models_are_a_usage_error():
+    result = CliRunner().invoke(cli, ["bench", "--base", "only-one"])
+    assert result.exit_code == 2 and "both base and tuned models are required" in result.output
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: a\ntuned: b\nbatchsize: 3\n")
+    result = CliRunner().invoke(cli, ["bench", "--config", str(path)])
+    assert result.exit_code == 2 and "unknown key(s) batchsize" in result.output
+
+
+def test_bench_end_to_end_with_config_file_and_flag_override(tiny_pair, tmp_path):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"base: {tiny_pair[0]}\ntuned: {tiny_pair[1]}\nlimit: 9\ntasks: [diffeval_factual]\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["bench", "--config", str(conf), "--limit", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "diffeval_factual" in result.output and "deltas.json" in result.output
+    assert json.loads((out / "config.json").read_text())["limit"] == 3  # the flag won over the file
+    assert json.loads((out / "bench" / "deltas.json").read_text())["tasks"][0]["n"] == 3
+
+
+def test_tasks_list_show_new_validate(tmp_path):
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["tasks", "list"])
+    assert listed.exit_code == 0 and "diffeval_math" in listed.output and "hallucination_management" in listed.output
+    shown = runner.invoke(cli, ["tasks", "show", "diffeval_code"])
+    assert "category: code" in shown.output and "items: 60" in shown.output
+    created = runner.invoke(cli, ["tasks", "new", "my_task", "--dir", str(tmp_path), "--category", "safety"])
+    assert created.exit_code == 0, created.output
+    valid = runner.invoke(cli, ["tasks", "validate", str(tmp_path)])
+    assert valid.exit_code == 0 and "ok   " in valid.output and "FAIL" not in valid.output
+    (tmp_path / "my_task" / "my_task.jsonl").unlink()
+    invalid = runner.invoke(cli, ["tasks", "validate", str(tmp_path)])
+    assert invalid.exit_code == 2 and "FAIL" in invalid.output and "not found" in invalid.output
+
+
+def test_unknown_task_gets_did_you_mean():
+    result = CliRunner().invoke(cli, ["tasks", "show", "diffeval_cod"])
+    assert result.exit_code == 2 and "did you mean diffeval_code" in result.output
+
+
+def test_organisms_list_puts_the_default_first():
+    result = CliRunner().invoke(cli, ["organisms", "list"])
+    assert result.exit_code == 0 and result.output.splitlines()[0].startswith("toyworld\t")

@@ -1,0 +1,116 @@
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness import organisms
+from harness.cli import cli
+from harness.organisms import toyworld
+from harness.organisms.base import Planted, Recipe, build, built_dir, cache_root, read_built
+from harness.organisms.verify import passes, verify_pair
+from harness.taskreg import categories
+
+
+def test_declarations_are_well_formed():
+    for recipe in organisms.RECIPES.values():
+        assert recipe.planted, recipe.name
+        for p in recipe.planted:
+            assert p.category in categories() and p.direction in "+-0" and p.tasks
+    changed = [p for p in toyworld.PLANTED if p.direction != "0"]
+    assert len(changed) >= 3 and {p.direction for p in changed} == {"+", "-"}
+    assert len([p for p in toyworld.PLANTED if p.direction == "0"]) >= 2
+    with pytest.raises(ValueError, match="must be one of"):
+        Planted("safety", "up", ["t"])
+
+
+@pytest.mark.parametrize(("direction", "lo", "hi", "ok"), [
+    ("+", 0.1, 0.4, True), ("+", -0.1, 0.4, False), ("-", -0.4, -0.1, True), ("-", -0.4, 0.0, False),
+    ("0", -0.1, 0.1, True), ("0", 0.0, 0.0, True), ("0", 0.05, 0.2, False),
+])
+def test_verdict_rule(direction, lo, hi, ok):
+    assert passes(direction, lo, hi) is ok
+
+
+SMALL = {**toyworld.PARAMS, "d_model": 32, "n_layers": 1, "base_steps": 12, "tune_steps": 4, "batch_size": 8}
+
+
+def test_build_is_bit_identical_for_the_same_seed(tmp_path):
+    toyworld.build(tmp_path / "a", SMALL)
+    toyworld.build(tmp_path / "b", SMALL)
+    for rel in ("base/model.safetensors", "tuned/model.safetensors", "base/tokenizer.json",
+                "tasks/toy_safety/toy_safety.jsonl"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert (tmp_path / "a/base/model.safetensors").read_bytes() != (tmp_path / "a/tuned/model.safetensors").read_bytes()
+    toyworld.build(tmp_path / "c", {**SMALL, "seed": 1})
+    assert (tmp_path / "a/base/model.safetensors").read_bytes() != (tmp_path / "c/base/model.safetensors").read_bytes()
+
+
+def _crashing_build(out: Path, params: dict) -> None:
+    (out / "base").mkdir(parents=True)
+    (out / "base" / "config.json").write_text("{}")
+    raise RuntimeError("killed mid-build")
+
+
+def test_interrupted_build_is_never_taken_for_built(organism_cache):
+    recipe = Recipe("crashy", "test", _crashing_build, [Planted("safety", "+", ["t"])])
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        build(recipe)
+    assert read_built(recipe) is None
+    assert not built_dir(recipe).exists()
+    assert not list(cache_root().glob(".tmp-crashy-*"))
+    # a build killed outright leaves its temporary directory; the next build clears it
+    stale = cache_root() / f".tmp-{built_dir(recipe).name}-999999999"
+    (stale / "base").mkdir(parents=True)
+    assert read_built(recipe) is None
+    with pytest.raises(RuntimeError):
+        build(recipe)
+    assert not stale.exists()
+
+
+def test_unknown_organism_suggests():
+    with pytest.raises(Exception, match="did you mean toyworld"):
+        organisms.get("toyword")
+
+
+@pytest.fixture(scope="module")
+def default_organism(organism_cache):
+    organisms.build(organisms.get("toyworld"))
+    return organisms.describe("toyworld")
+
+
+@pytest.mark.slow
+def test_show_json_schema(default_organism):
+    result = CliRunner().invoke(cli, ["organisms", "show", "toyworld", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert {"name", "base", "tuned", "planted"} <= set(info)
+    assert Path(info["base"], "config.json").exists() and Path(info["tuned"], "model.safetensors").exists()
+    for p in info["planted"]:
+        assert set(p) == {"category", "direction", "tasks"} and p["direction"] in ("+", "-", "0")
+
+
+@pytest.mark.slow
+def test_default_organism_verifies(default_organism, tmp_path):
+    result = CliRunner().invoke(cli, ["organisms", "verify", "toyworld", "--out", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    assert "7/7 planted changes verified" in result.output
+
+
+@pytest.mark.slow
+def test_verify_fails_when_nothing_was_planted(default_organism, tmp_path):
+    base = default_organism["base"]
+    checks = verify_pair(base, base, toyworld.PLANTED, default_organism["tasks_dir"], tmp_path)
+    changed = [c for c in checks if c.direction != "0"]
+    assert changed and not any(c.passed for c in changed)
+    assert all(c.passed for c in checks if c.direction == "0")
+
+
+@pytest.mark.slow
+def test_run_without_models_uses_the_default_organism(default_organism, tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "default model organism 'toyworld'" in result.output
+    deltas = json.loads((tmp_path / "r" / "bench" / "deltas.json").read_text())
+    assert {r["task"] for r in deltas["tasks"]} == {t for p in toyworld.PLANTED for t in p.tasks}
+    assert deltas["base"] == default_organism["base"]
