@@ -6,7 +6,8 @@ import difflib
 from typing import Any
 
 from harness.errors import DiffevalError
-from harness.organisms import toyworld
+from tasks import TASKS_DIR
+from harness.organisms import gemma_lora, toyworld
 from harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
 
 __all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_dir", "get", "paths", "read_built"]
@@ -18,6 +19,12 @@ RECIPES: dict[str, Recipe] = {
         name="toyworld",
         description="Llama trained from scratch on a made-up world; tuned: +instructions, +refusals, -admits ignorance",
         build=toyworld.build, planted=toyworld.PLANTED, params=toyworld.PARAMS,
+    ),
+    "gemma270m_lora": Recipe(
+        name="gemma270m_lora",
+        description="Gemma-3-270M (GGUF from PyPI) + LoRA; tuned: +refuses harmful requests, +admits ignorance",
+        build=gemma_lora.build, planted=gemma_lora.PLANTED, params=gemma_lora.PARAMS,
+        tasks_dir=TASKS_DIR, inputs=(gemma_lora.DATA_FILE,), slow=True,
     ),
 }
 

