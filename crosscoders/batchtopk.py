@@ -1,0 +1,82 @@
+"""BatchTopK crosscoder (Bussmann et al. 2024, applied to crosscoders as in Minder et al. 2025).
+
+Latents are ranked by decoder-norm-weighted score f_j · Σ_m ‖d_j^m‖ and the k·B largest in the
+whole batch are kept. Training uses the sparse path (crosscoders.sparse): only active latents enter
+the decoder and the encoder gradient. An auxiliary loss (Gao et al. 2024) lets dead latents
+reconstruct the residual. At inference a latent fires where its score exceeds a threshold kept as
+an EMA of the smallest selected score during training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crosscoders.base import CrossCoderBase
+from crosscoders.config import CrossCoderConfig
+from crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
+
+
+class BatchTopKCrossCoder(CrossCoderBase):
+    architecture = "batchtopk"
+
+    def __init__(self, cfg: CrossCoderConfig) -> None:
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated
+
+    def scores(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre.relu() * self.dec_norms().sum(-1)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations [batch, L] (threshold rule; batch top-k until a threshold exists)."""
+        pre = self.pre_acts(x).relu()
+        s = pre * self.dec_norms().sum(-1)
+        if self.threshold >= 0:
+            return pre * (s > self.threshold)
+        rows, cols = batch_topk(s, self.cfg.k * x.shape[0])
+        f = torch.zeros_like(pre)
+        f[rows, cols] = pre[rows, cols]
+        return f
+
+    def forward(self, x: torch.Tensor, k: int, dead: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Training loss on a batch of raw activations [B, n, d] (what DDP wraps)."""
+        return self.training_loss(x, k, dead)
+
+    def training_loss(self, x: torch.Tensor, k: int, dead: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Loss on a batch of raw activations [B, n, d]; also returns the fired latents and metrics."""
+        L = self.cfg.n_latents
+        xf = self.flat_in(x)  # [B, n*d]
+        W_enc = self.W_enc.reshape(-1, L)
+        W_dec = self.W_dec.reshape(L, -1)
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, xf, W_enc).relu_()  # [B, L]; the only dense [B, L] work
+            s = pre * self.dec_norms().sum(-1)
+        rows, cols = batch_topk(s, k * x.shape[0])
+        vals = sparse_encode(pre, xf, W_enc, self.b_enc, rows, cols)
+        recon = sparse_decode(rows, cols, vals, W_dec, x.shape[0]) + self.b_dec.reshape(1, -1)
+        err = recon - xf
+        mse = err.pow(2).sum(-1).mean()
+        aux = self._aux_loss(pre, xf, err.detach(), dead) if dead is not None and dead.any() else mse.new_zeros(())
+        loss = mse + self.cfg.aux_coeff * aux
+        with torch.no_grad():
+            if len(rows):
+                smallest = s[rows, cols].min()
+                t = self.threshold
+                self.threshold.copy_(smallest if t < 0 else self.cfg.threshold_ema * t + (1 - self.cfg.threshold_ema) * smallest)
+        return loss, {"mse": mse.detach(), "aux": aux.detach(), "fired": cols, "l0": len(rows) / x.shape[0],
+                      "recon": recon.detach(), "target": xf}
+
+    def _aux_loss(self, pre: torch.Tensor, xf: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """Dead latents (their top aux_k per row) try to reconstruct what the live ones missed."""
+        dead_ids = dead.nonzero().squeeze(1)
+        k_aux = min(self.cfg.aux_k, len(dead_ids))
+        top = pre[:, dead_ids].topk(k_aux, dim=1)
+        keep = top.values > 0
+        rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(keep)[keep]
+        cols = dead_ids[top.indices[keep]]
+        if not len(rows):
+            return residual.new_zeros(())
+        L = self.cfg.n_latents
+        vals = sparse_encode(pre, xf, self.W_enc.reshape(-1, L), self.b_enc, rows, cols)
+        approx = sparse_decode(rows, cols, vals, self.W_dec.reshape(L, -1), pre.shape[0])
+        return (approx - residual).pow(2).sum(-1).mean()

@@ -1,0 +1,117 @@
+"""Activation sources: an in-memory tensor or an activation directory of memory-mapped shards.
+
+Directory layout (written by `harness.activations`):
+  manifest.json              format_version, models, layer, dtype, n_models, d_model, rows, shards[],
+                             mean/std per model, complete=true once collection finished
+  acts_00000.npy …           [rows, n_models, d_model] (numpy .npy, read memory-mapped)
+  tokens_00000.npy …         [rows, 3] int64: sequence id, position, token id
+  sequences.jsonl            one row per sequence: its source (text, chat or task + doc id) and text
+Every shard's row count and byte size are in the manifest, so a truncated or swapped shard is
+caught before training reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ActivationDirError(ValueError):
+    """An activation directory that is incomplete, corrupt or inconsistent."""
+
+
+class TensorSource:
+    def __init__(self, acts: torch.Tensor) -> None:
+        self.acts = acts
+
+    def __len__(self) -> int:
+        return self.acts.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.acts[idx].float()
+
+
+class ActivationStore:
+    """Random access to the rows of an activation directory without loading it into memory."""
+
+    def __init__(self, directory: str | Path, check_hashes: bool = False) -> None:
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir)
+        self.shards = []
+        for entry in self.manifest["shards"]:
+            path = self.dir / entry["file"]
+            validate_shard(path, entry, self.manifest, check_hashes)
+            self.shards.append(np.load(path, mmap_mode="r"))
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = np.asarray(idx, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), *self.shards[0].shape[1:]), dtype=np.float32)
+        for s in np.unique(shard):
+            sel = shard == s
+            local = idx[sel] - self.offsets[s]
+            order = np.argsort(local)  # sorted reads are kinder to the page cache
+            block = self.shards[s][local[order]]
+            out[np.flatnonzero(sel)[order]] = block
+        return torch.from_numpy(out)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ActivationDirError(f"{directory} is not an activation directory (no {MANIFEST})") from None
+    except json.JSONDecodeError as e:
+        raise ActivationDirError(f"{path} is not valid JSON ({e.msg}); re-run the collection") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ActivationDirError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    if not manifest.get("complete"):
+        raise ActivationDirError(f"{directory}: collection did not finish; re-run it to resume")
+    return manifest
+
+
+def validate_shard(path: Path, entry: dict[str, Any], manifest: dict[str, Any], check_hash: bool) -> None:
+    if not path.exists():
+        raise ActivationDirError(f"shard {path} listed in the manifest is missing")
+    if path.stat().st_size != entry["bytes"]:
+        raise ActivationDirError(f"shard {path} has {path.stat().st_size} bytes, the manifest says "
+                                 f"{entry['bytes']}: truncated or replaced; re-run the collection")
+    arr = np.load(path, mmap_mode="r")
+    want = (entry["rows"], manifest["n_models"], manifest["d_model"])
+    if arr.shape != want:
+        raise ActivationDirError(f"shard {path} has shape {arr.shape}, the manifest says {want}")
+    if check_hash:
+        import hashlib
+
+        if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            raise ActivationDirError(f"shard {path} does not match its sha256 in the manifest")
+
+
+def as_source(acts: Any, cfg: Any = None) -> TensorSource | ActivationStore:
+    """Wrap a tensor [N, n_models, d_model] or an activation directory; check it matches `cfg`."""
+    if isinstance(acts, torch.Tensor):
+        if acts.ndim != 3:
+            raise ValueError(f"activations must be [N, n_models, d_model], got shape {tuple(acts.shape)}")
+        source: Any = TensorSource(acts)
+        shape = tuple(acts.shape[1:])
+    else:
+        source = ActivationStore(acts)
+        shape = (source.manifest["n_models"], source.manifest["d_model"])
+    if cfg is not None and shape != (cfg.n_models, cfg.d_model):
+        raise ValueError(f"activations are [*, {shape[0]}, {shape[1]}] but the config says "
+                         f"n_models={cfg.n_models}, d_model={cfg.d_model}")
+    if len(source) == 0:
+        raise ValueError("no activation rows to train on")
+    return source
