@@ -26,7 +26,7 @@ class _SparseEncode(torch.autograd.Function):
         x, rows, cols = ctx.saved_tensors
         # [n_latents, batch] sparse @ [batch, d_in] dense -> [n_latents, d_in]
         g = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad_vals.to(x.dtype),
-                                    (ctx.n_latents, x.shape[0]))
+                                    (ctx.n_latents, x.shape[0]), check_invariants=False)
         grad_W = torch.sparse.mm(g, x).t()  # [d_in, n_latents]
         grad_b = torch.zeros(ctx.n_latents, dtype=grad_vals.dtype, device=grad_vals.device).index_add_(0, cols, grad_vals)
         return None, None, grad_W, grad_b, None, None

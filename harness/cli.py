@@ -272,6 +272,83 @@ def organisms_verify(name: str, out: str | None) -> None:
         sys.exit(1)
 
 
+@cli.group()
+def activations() -> None:
+    """Collect paired activations from both models at one layer."""
+
+
+@activations.command("collect")
+@click.option("--base", required=True, help="base model spec")
+@click.option("--tuned", required=True, help="tuned model spec")
+@click.option("--layer", type=float, default=0.5, show_default=True, help="block index or fraction of depth")
+@click.option("--corpus", multiple=True, type=click.Path(), help="text file (.txt lines or .jsonl 'text'); repeatable")
+@click.option("--tasks", default="", help="benchmark tasks whose prompts join the corpus (comma-separated)")
+@click.option("--tasks-dir", multiple=True, type=click.Path(file_okay=False), help="extra task directories")
+@click.option("--tokens", type=int, default=100_000, show_default=True, help="activation rows to collect")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="longest sequence in tokens")
+@click.option("--device", default="cpu", show_default=True, help="torch device")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="activation directory")
+@user_errors
+def activations_collect(tasks: str, **kw: Any) -> None:
+    """Write memory-mapped activation shards + manifest.json (resumes an interrupted run)."""
+    from harness.activations import ActivationsConfig, collect_activations
+
+    task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    out = kw.pop("out")
+    cfg = ActivationsConfig(tasks=task_list, **{k: tuple(v) if isinstance(v, tuple) else v for k, v in kw.items()})
+    click.echo(f"wrote {collect_activations(cfg, out)}")
+
+
+@cli.group()
+def crosscoder() -> None:
+    """Train crosscoders and compute latent statistics."""
+
+
+@crosscoder.command("train")
+@click.argument("acts", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--n-latents", type=int, default=4096, show_default=True, help="dictionary size")
+@click.option("--k", type=int, default=32, show_default=True, help="active latents per row (BatchTopK)")
+@click.option("--architecture", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
+@click.option("--steps", type=int, default=2000, show_default=True, help="training steps")
+@click.option("--batch-size", type=int, default=1024, show_default=True, help="rows per step")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="checkpoint interval (steps)")
+@click.option("--device", default="cpu", show_default=True, help="torch device")
+@user_errors
+def crosscoder_train(acts: str, out: str, steps: int, **kw: Any) -> None:
+    """Train on an activation directory; writes crosscoder.safetensors, cfg.json, metrics.jsonl."""
+    from crosscoders import CrossCoderConfig, train_crosscoder
+    from crosscoders.data import ActivationDirError, read_manifest
+
+    try:
+        manifest = read_manifest(Path(acts))
+        cfg = CrossCoderConfig(d_model=manifest["d_model"], n_models=manifest["n_models"], n_steps=steps, **kw)
+        train_crosscoder(cfg, acts, out=out)
+    except (ActivationDirError, ValueError, FloatingPointError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"wrote {Path(out) / 'crosscoder.safetensors'} (metrics: {Path(out) / 'metrics.jsonl'})")
+
+
+@crosscoder.command("stats")
+@click.argument("crosscoder_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("acts", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="latents.jsonl path (default: beside the crosscoder)")
+@user_errors
+def crosscoder_stats(crosscoder_dir: str, acts: str, out: str | None) -> None:
+    """Δnorm, cosine, ν_ε, ν_r, frequency, class and top contexts per latent → latents.jsonl."""
+    from crosscoders import CrossCoderBase
+    from crosscoders.data import ActivationDirError
+    from harness.latents import write_latents
+
+    try:
+        model = CrossCoderBase.load(crosscoder_dir)
+        path = write_latents(model, acts, Path(out) if out else Path(crosscoder_dir) / "latents.jsonl")
+    except (ActivationDirError, ValueError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"wrote {path}")
+
+
 def main() -> None:
     cli(prog_name="diffeval")
 

@@ -6,9 +6,9 @@ import difflib
 from typing import Any
 
 from harness.errors import DiffevalError
-from tasks import TASKS_DIR
 from harness.organisms import gemma_lora, toyworld
 from harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
+from tasks import TASKS_DIR
 
 __all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_dir", "get", "paths", "read_built"]
 

@@ -59,7 +59,9 @@ class Recipe:
 
     def hash(self) -> str:
         """Changes when the parameters, the recipe's code or its input files change."""
-        src = inspect.getsource(inspect.getmodule(self.build))
+        from harness.organisms import train
+
+        src = inspect.getsource(inspect.getmodule(self.build)) + inspect.getsource(train)
         data = [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.inputs]
         blob = json.dumps([self.name, self.params, [asdict(p) for p in self.planted], src, data], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -41,27 +41,34 @@ def deterministic(threads: int = 2):
         torch.use_deterministic_algorithms(old_det)
 
 
-def encode(tokenizer: Any, texts: list[str], max_len: int) -> Any:
-    """Token ids [n, max_len] (BOS + text + EOS, right-padded) and the loss mask."""
+def encode(tokenizer: Any, texts: list[str] | list[tuple[str, str]], max_len: int) -> Any:
+    """Token ids [n, max_len] (BOS + text + EOS, right-padded), attention mask and loss mask.
+
+    A text given as (prompt, completion) is trained on its completion only (supervised fine-tuning).
+    """
     import torch
 
     ids = torch.full((len(texts), max_len), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(texts), max_len), dtype=torch.bool)
+    loss_mask = torch.zeros((len(texts), max_len), dtype=torch.bool)
     for i, text in enumerate(texts):
-        row = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-        row = row[:max_len]
+        prompt, completion = text if isinstance(text, tuple) else ("", text)
+        head = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]] if prompt else [tokenizer.bos_token_id]
+        tail = [*tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        row = (head + tail)[:max_len]
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = True
-    return ids, mask
+        loss_mask[i, len(head) if prompt else 0: len(row)] = True
+    return ids, mask, loss_mask
 
 
-def train_lm(model: Any, tokenizer: Any, texts: list[str], spec: TrainSpec, max_len: int = 48,
+def train_lm(model: Any, tokenizer: Any, texts: list[str] | list[tuple[str, str]], spec: TrainSpec, max_len: int = 48,
              desc: str = "training") -> list[float]:
     """Train `model` in place on `texts` with AdamW and a warmup + cosine schedule; returns losses."""
     import torch
     from tqdm.auto import tqdm
 
-    ids, mask = encode(tokenizer, texts, max_len)
+    ids, mask, loss_mask = encode(tokenizer, texts, max_len)
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec))
@@ -70,10 +77,10 @@ def train_lm(model: Any, tokenizer: Any, texts: list[str], spec: TrainSpec, max_
     bar = tqdm(range(spec.steps), desc=desc, leave=False, disable=None)  # silent when not a terminal
     for _ in bar:
         idx = torch.randint(0, len(texts), (spec.batch_size,), generator=gen)
-        batch, m = ids[idx], mask[idx]
+        batch, m, lm = ids[idx], mask[idx], loss_mask[idx]
         width = int(m.sum(1).max())  # trim padding columns: short rows dominate
-        batch, m = batch[:, :width], m[:, :width]
-        labels = batch.masked_fill(~m, -100)
+        batch, m, lm = batch[:, :width], m[:, :width], lm[:, :width]
+        labels = batch.masked_fill(~lm, -100)
         loss = model(input_ids=batch, attention_mask=m.long(), labels=labels).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} — lower the learning rate")
