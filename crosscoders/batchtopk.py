@@ -56,7 +56,7 @@ class BatchTopKCrossCoder(CrossCoderBase):
         recon = sparse_decode(rows, cols, vals, W_dec, x.shape[0]) + self.b_dec.reshape(1, -1)
         err = recon - xf
         mse = err.pow(2).sum(-1).mean()
-        aux = self._aux_loss(pre, xf, err.detach(), dead) if dead is not None and dead.any() else mse.new_zeros(())
+        aux = self._aux_loss(pre, xf, -err.detach(), dead) if dead is not None and dead.any() else mse.new_zeros(())
         loss = mse + self.cfg.aux_coeff * aux
         with torch.no_grad():
             if len(rows):
@@ -67,7 +67,7 @@ class BatchTopKCrossCoder(CrossCoderBase):
                       "recon": recon.detach(), "target": xf}
 
     def _aux_loss(self, pre: torch.Tensor, xf: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-        """Dead latents (their top aux_k per row) try to reconstruct what the live ones missed."""
+        """Dead latents (their top aux_k per row) try to reconstruct what the live ones missed (x − x̂)."""
         dead_ids = dead.nonzero().squeeze(1)
         k_aux = min(self.cfg.aux_k, len(dead_ids))
         top = pre[:, dead_ids].topk(k_aux, dim=1)

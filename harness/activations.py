@@ -216,16 +216,16 @@ class _ShardWriter:
         self.pending += int(keep.sum())
 
     def flush_full_shards(self, final: bool = False) -> None:
-        while self.pending >= self.cfg.shard_rows or (final and self.pending):
+        """Write every full shard (and, at the end or at the token budget, the last partial one)."""
+        while self.pending:
+            room = self.cfg.tokens - self.manifest["rows"]
+            n = min(self.cfg.shard_rows, self.pending, room)
+            if n <= 0 or (n < self.cfg.shard_rows and n < room and not final):
+                break
             acts, rows = np.concatenate(self.acts), np.concatenate(self.rows)
-            n = min(self.cfg.shard_rows, self.pending)
-            if final:
-                n = min(n, self.cfg.tokens - self.manifest["rows"])
             self._write(acts[:n], rows[:n])
             self.acts, self.rows = [acts[n:]], [rows[n:]]
             self.pending = len(acts) - n
-            if final:
-                break
 
     def _write(self, acts: np.ndarray, rows: np.ndarray) -> None:
         i = len(self.manifest["shards"])

@@ -80,3 +80,46 @@ def test_incomplete_collection_is_not_read(acts_dir, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ActivationDirError, match="did not finish"):
         ActivationStore(copy)
+
+
+def test_cli_collect_train_stats_end_to_end(acts_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    runner = CliRunner()
+    cc = tmp_path / "cc"
+    r = runner.invoke(cli, ["crosscoder", "train", str(acts_dir), "--out", str(cc), "--n-latents", "64", "--k", "4",
+                            "--steps", "30", "--batch-size", "64"])
+    assert r.exit_code == 0, r.output
+    assert (cc / "crosscoder.safetensors").exists() and (cc / "metrics.jsonl").exists()
+    r = runner.invoke(cli, ["crosscoder", "stats", str(cc), str(acts_dir)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (cc / "latents.jsonl").read_text().splitlines()]
+    assert len(rows) == 64
+    assert {"delta_norm", "cosine", "nu_eps", "nu_r", "freq", "mean_act", "class", "top_contexts"} <= set(rows[0])
+    live = [r for r in rows if r["class"] != "dead"]
+    assert live and live[0]["top_contexts"] and "context" in live[0]["top_contexts"][0]
+    bad = runner.invoke(cli, ["crosscoder", "train", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "not an activation directory" in bad.output
+    k_bad = runner.invoke(cli, ["crosscoder", "train", str(acts_dir), "--out", str(tmp_path / "y"), "--n-latents", "8",
+                                "--k", "8"])
+    assert k_bad.exit_code == 2 and "k must be in 1..n_latents-1" in k_bad.output
+
+
+def test_activation_dirs_from_different_models_are_rejected(acts_dir, tiny_pair, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "other"
+    shutil.copytree(acts_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["config_key"] = "something-else"
+    manifest["complete"] = False
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=100, seq_len=32,
+                            tasks=("diffeval_factual",))
+    with pytest.raises(DiffevalError, match="different configuration"):
+        collect_activations(cfg, copy)
