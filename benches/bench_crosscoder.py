@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 
 import torch
@@ -22,7 +23,7 @@ from crosscoders.train import build_crosscoder, current_k, lr_factor
 def dense_loss(model, x: torch.Tensor, k: int) -> torch.Tensor:
     """The textbook BatchTopK forward: dense pre-activations, dense mask, dense decode."""
     xf = model.flat_in(x)
-    pre = torch.relu(xf @ model.W_enc.reshape(xf.shape[1], -1) + model.b_enc)  # [B, L]
+    pre = torch.relu(xf @ model.enc_matrix().t() + model.b_enc)  # [B, L]
     scores = pre * model.dec_norms().sum(-1)
     flat = scores.flatten()
     mask = torch.zeros_like(flat, dtype=torch.bool)
@@ -33,7 +34,8 @@ def dense_loss(model, x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def run(model, cfg, data: torch.Tensor, steps: int, dense: bool) -> tuple[float, float]:
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # the baseline uses torch's default Adam; diffeval's trainer uses the fused one
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=not dense)
     losses = []
     t0 = time.perf_counter()
     for step in range(steps):
@@ -67,16 +69,18 @@ def main() -> None:
     z = torch.randn(args.rows, 64)
     data = torch.stack([z @ basis + 0.3 * torch.randn(args.rows, args.d_model),
                         z @ basis + 0.3 * torch.randn(args.rows, args.d_model)], 1)
-    fast = build_crosscoder(cfg)
-    fast.init_from_data(data[:4096])
-    dense = copy.deepcopy(fast)
+    init = build_crosscoder(cfg)
+    init.init_from_data(data[:4096])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
-          f"{args.n_latents} latents, k 32, batch 1024, fp32, {args.steps} steps")
-    rate_d, loss_d = run(dense, cfg, data, args.steps, dense=True)
-    rate_f, loss_f = run(fast, cfg, data, args.steps, dense=False)
-    print(f"dense  BatchTopK: {rate_d:10.0f} rows/s   final loss {loss_d:.4f}")
-    print(f"sparse BatchTopK: {rate_f:10.0f} rows/s   final loss {loss_f:.4f}")
-    print(f"speed-up: {rate_f / rate_d:.2f}x   loss difference: {100 * (loss_f - loss_d) / loss_d:+.2f} %")
+          f"{args.n_latents} latents, k 32, batch 1024, fp32 weights and data, {args.steps} steps")
+    rate_d, loss_d = run(copy.deepcopy(init), cfg, data, args.steps, dense=True)
+    print(f"dense BatchTopK (baseline)          {rate_d:8.0f} rows/s   final loss {loss_d:.4f}")
+    for dtype in ("float32", "bfloat16"):
+        fast = copy.deepcopy(init)
+        fast.cfg = dataclasses.replace(cfg, dtype=dtype)
+        rate, loss = run(fast, fast.cfg, data, args.steps, dense=False)
+        print(f"diffeval sparse, encoder in {dtype:<8} {rate:8.0f} rows/s   final loss {loss:.4f}   "
+              f"speed-up {rate / rate_d:.2f}x   loss {100 * (loss - loss_d) / loss_d:+.2f} %")
 
 
 if __name__ == "__main__":

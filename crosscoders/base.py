@@ -2,6 +2,8 @@
 
 Shapes (n = n_models, d = d_model, L = n_latents):
   W_enc [n, d, L]   b_enc [L]   W_dec [L, n, d]   b_dec [n, d]
+W_enc is stored transposed (parameter W_enc_T, [L, n, d]) so that the sparse encoder gradient is
+formed in its storage layout without a transposing copy; `W_enc` is a view in the usual layout.
 Activations are [batch, n, d]; latent activations are [batch, L].
 """
 
@@ -35,11 +37,20 @@ class CrossCoderBase(nn.Module):
         # decoder rows start at norm 0.1 per model; the encoder is the decoder's transpose (W_enc = W_decᵀ)
         W_dec = 0.1 * W_dec / W_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).clone())
+        self.W_enc_T = nn.Parameter(W_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(L))
         self.b_dec = nn.Parameter(torch.zeros(n, d))
         # per-model scale that maps raw activations to mean squared norm d (saved with the weights)
         self.register_buffer("act_scale", torch.ones(n))
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        """Encoder weights [n_models, d_model, n_latents] (a view of W_enc_T)."""
+        return self.W_enc_T.permute(1, 2, 0)
+
+    def enc_matrix(self) -> torch.Tensor:
+        """Encoder weights as [n_latents, n_models * d_model] (contiguous, no copy)."""
+        return self.W_enc_T.reshape(self.cfg.n_latents, -1)
 
     # -- shapes ------------------------------------------------------------------------------------
     def flat_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +63,7 @@ class CrossCoderBase(nn.Module):
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations [batch, L] (x raw, [batch, n, d])."""
-        return torch.addmm(self.b_enc, self.flat_in(x), self.W_enc.reshape(-1, self.cfg.n_latents))
+        return torch.addmm(self.b_enc, self.flat_in(x), self.enc_matrix().t())
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Latent activations [batch, L] -> reconstruction [batch, n, d] in the scaled space."""

@@ -46,10 +46,13 @@ class BatchTopKCrossCoder(CrossCoderBase):
         """Loss on a batch of raw activations [B, n, d]; also returns the fired latents and metrics."""
         L = self.cfg.n_latents
         xf = self.flat_in(x)  # [B, n*d]
-        W_enc = self.W_enc.reshape(-1, L)
+        W_enc = self.enc_matrix()  # [L, n*d]
         W_dec = self.W_dec.reshape(L, -1)
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc, xf, W_enc).relu_()  # [B, L]; the only dense [B, L] work
+            # the only dense [B, L] work; in bfloat16 when configured (selection and values only:
+            # gradients are formed in float32 by sparse_encode)
+            dt = getattr(torch, self.cfg.dtype)
+            pre = torch.addmm(self.b_enc.to(dt), xf.to(dt), W_enc.to(dt).t()).float().relu_()
             s = pre * self.dec_norms().sum(-1)
         rows, cols = batch_topk(s, k * x.shape[0])
         vals = sparse_encode(pre, xf, W_enc, self.b_enc, rows, cols)
@@ -77,6 +80,6 @@ class BatchTopKCrossCoder(CrossCoderBase):
         if not len(rows):
             return residual.new_zeros(())
         L = self.cfg.n_latents
-        vals = sparse_encode(pre, xf, self.W_enc.reshape(-1, L), self.b_enc, rows, cols)
+        vals = sparse_encode(pre, xf, self.enc_matrix(), self.b_enc, rows, cols)
         approx = sparse_decode(rows, cols, vals, self.W_dec.reshape(L, -1), pre.shape[0])
         return (approx - residual).pow(2).sum(-1).mean()

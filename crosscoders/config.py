@@ -26,7 +26,8 @@ class CrossCoderConfig:
     n_steps: int = _f(2000, "training steps")
     lr: float = _f(1e-3, "Adam learning rate (after warmup)")
     k_anneal_steps: int = _f(0, "steps over which k anneals from 4k down to k; 0 = no annealing")
-    dtype: str = _f("float32", "compute dtype of the encoder/decoder matmuls: float32, bfloat16 or float16")
+    dtype: str = _f("bfloat16", "dtype of the dense encoder forward that picks the active latents "
+                              "(weights, gradients and Adam stay float32); float32 on CPUs without bf16 units")
     architecture: str = _f("batchtopk", "batchtopk (top k·B over the batch) or l1 (decoder-norm-weighted L1)")
     l1_coeff: float = _f(1.0, "L1 sparsity coefficient (architecture l1)")
     aux_k: int = _f(256, "latents used by the auxiliary loss that revives dead latents (BatchTopK)")

@@ -24,7 +24,7 @@ class L1CrossCoder(CrossCoderBase):
 
     def training_loss(self, x: torch.Tensor, k: int, dead: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         xf = self.flat_in(x)
-        f = torch.addmm(self.b_enc, xf, self.W_enc.reshape(-1, self.cfg.n_latents)).relu()
+        f = torch.addmm(self.b_enc, xf, self.enc_matrix().t()).relu()
         recon = f @ self.W_dec.reshape(self.cfg.n_latents, -1) + self.b_dec.reshape(1, -1)
         mse = (recon - xf).pow(2).sum(-1).mean()
         sparsity = (f * self.dec_norms().sum(-1)).sum(-1).mean()

@@ -13,29 +13,30 @@ import torch.nn.functional as F
 
 
 class _SparseEncode(torch.autograd.Function):
-    """vals[i] = x[rows[i]] · W_enc[:, cols[i]] + b_enc[cols[i]], given the dense forward already done."""
+    """vals[i] = x[rows[i]] · W_enc_T[cols[i]] + b_enc[cols[i]], given the dense forward already done."""
 
     @staticmethod
-    def forward(ctx, vals, x, W_enc, b_enc, rows, cols):  # noqa: ANN001 - autograd signature
+    def forward(ctx, vals, x, W_enc_T, b_enc, rows, cols):  # noqa: ANN001 - autograd signature
         ctx.save_for_backward(x, rows, cols)
-        ctx.n_latents = W_enc.shape[1]
+        ctx.n_latents = W_enc_T.shape[0]
         return vals
 
     @staticmethod
     def backward(ctx, grad_vals):  # noqa: ANN001
         x, rows, cols = ctx.saved_tensors
-        # [n_latents, batch] sparse @ [batch, d_in] dense -> [n_latents, d_in]
+        # [n_latents, batch] sparse @ [batch, d_in] dense -> [n_latents, d_in], W_enc_T's own layout
         g = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad_vals.to(x.dtype),
                                     (ctx.n_latents, x.shape[0]), check_invariants=False)
-        grad_W = torch.sparse.mm(g, x).t()  # [d_in, n_latents]
+        grad_W = torch.sparse.mm(g, x)
         grad_b = torch.zeros(ctx.n_latents, dtype=grad_vals.dtype, device=grad_vals.device).index_add_(0, cols, grad_vals)
         return None, None, grad_W, grad_b, None, None
 
 
-def sparse_encode(pre: torch.Tensor, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+def sparse_encode(pre: torch.Tensor, x: torch.Tensor, W_enc_T: torch.Tensor, b_enc: torch.Tensor,
                   rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Differentiable pre-activations at (rows, cols); `pre` is the detached dense pre-activation."""
-    return _SparseEncode.apply(pre[rows, cols], x, W_enc, b_enc, rows, cols)
+    """Differentiable pre-activations at (rows, cols); `pre` is the detached dense pre-activation
+    and W_enc_T the encoder as [n_latents, d_in]."""
+    return _SparseEncode.apply(pre[rows, cols], x, W_enc_T, b_enc, rows, cols)
 
 
 def sparse_decode(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_dec_flat: torch.Tensor,
@@ -47,9 +48,23 @@ def sparse_decode(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, W_
 
 
 def batch_topk(scores: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of the k_total largest positive scores in the whole batch, sorted by row."""
+    """(rows, cols) of the k_total largest positive scores in the whole batch, sorted by row.
+
+    Exact, but cheaper than one topk over all B·L scores: a threshold from a random sample's
+    quantile keeps about 1.5·k_total candidates, and topk runs on those (falling back to the full
+    topk if the sample guessed too high).
+    """
     flat = scores.flatten()
-    k_total = min(k_total, int((flat > 0).sum()))
-    idx = torch.topk(flat, k_total, sorted=False).indices.sort().values
     n_latents = scores.shape[1]
+    idx = None
+    if flat.numel() > 16 * k_total and flat.numel() > 65_536:
+        sample = flat[torch.randint(0, flat.numel(), (65_536,), device=flat.device)]
+        t = torch.quantile(sample.float(), 1 - 1.5 * k_total / flat.numel()).clamp_min(0)
+        cand = (flat > t).nonzero().squeeze(1)
+        if len(cand) >= k_total:
+            idx = cand[flat[cand].topk(k_total, sorted=False).indices]
+    if idx is None:  # small batch, or the sample guessed too high: one exact topk over positives
+        k_total = min(k_total, int((flat > 0).sum()))
+        idx = torch.topk(flat, k_total, sorted=False).indices
+    idx = idx.sort().values
     return idx // n_latents, idx % n_latents

@@ -71,7 +71,7 @@ def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = 
     model = build_crosscoder(cfg).to(cfg.device)
     sample = source[torch.arange(min(INIT_ROWS, len(source)))].to(cfg.device)
     model.init_from_data(sample)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True)
     since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=cfg.device)
     out = Path(out) if out else None
     if out:
@@ -106,8 +106,7 @@ def train_step(model: CrossCoderBase, ddp: Any, opt: torch.optim.Optimizer, sour
     for group in opt.param_groups:
         group["lr"] = cfg.lr * lr_factor(cfg, step)
     dead = since_fired >= cfg.dead_after
-    with torch.autocast(device_type=x.device.type, dtype=getattr(torch, cfg.dtype), enabled=cfg.dtype != "float32"):
-        loss, info = (ddp or model)(x, current_k(cfg, step), dead)
+    loss, info = (ddp or model)(x, current_k(cfg, step), dead)
     if not torch.isfinite(loss):
         raise FloatingPointError(
             f"crosscoder loss became {loss.item()} at step {step}: lower lr (now {cfg.lr}) or check the "

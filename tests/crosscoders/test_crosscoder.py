@@ -18,8 +18,8 @@ def planted():
 @pytest.fixture(scope="module")
 def trained(planted, tmp_path_factory):
     out = tmp_path_factory.mktemp("cc")
-    cfg = CrossCoderConfig(d_model=D, n_models=2, n_latents=160, k=3, batch_size=512, n_steps=1500, lr=3e-3,
-                           log_every=100)
+    # every field but the first four at its default: the defaults must solve a small problem
+    cfg = CrossCoderConfig(d_model=D, n_models=2, n_latents=160, k=3)
     return train_crosscoder(cfg, planted[1], out=out, progress=False), out
 
 
@@ -44,7 +44,7 @@ def test_planted_atoms_are_recovered_with_the_right_class(planted, trained):
 def test_metrics_and_artefacts(trained):
     model, out = trained
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 1500 and min(rows[-1]["fve"]) > 0.8
+    assert rows[-1]["step"] == 2000 and min(rows[-1]["fve"]) > 0.95
     assert {"loss", "fve", "l0", "dead_fraction", "rows_per_s"} <= set(rows[-1])
     loaded = CrossCoderBase.load(out)
     assert isinstance(loaded, BatchTopKCrossCoder)

@@ -123,3 +123,28 @@ def test_activation_dirs_from_different_models_are_rejected(acts_dir, tiny_pair,
                             tasks=("diffeval_factual",))
     with pytest.raises(DiffevalError, match="different configuration"):
         collect_activations(cfg, copy)
+
+
+def test_interrupted_collection_resumes(tiny_pair, tmp_path, monkeypatch):
+    from harness import activations
+
+    cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=300, seq_len=32,
+                            shard_rows=128, tasks=("diffeval_factual",))
+    real_write = activations._ShardWriter._write
+    calls = []
+
+    def crash_on_second(self, acts, rows):
+        calls.append(len(acts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_write(self, acts, rows)
+
+    monkeypatch.setattr(activations._ShardWriter, "_write", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        collect_activations(cfg, tmp_path)
+    with pytest.raises(ActivationDirError, match="did not finish"):
+        ActivationStore(tmp_path)
+    monkeypatch.undo()
+    collect_activations(cfg, tmp_path)
+    store = ActivationStore(tmp_path, check_hashes=True)
+    assert len(store) == 300 and [s["rows"] for s in store.manifest["shards"]] == [128, 128, 44]
