@@ -97,14 +97,22 @@ def cli(verbose: int) -> None:
 @user_errors
 def bench(out: str | None, config_file: str | None, **flags: Any) -> None:
     """Run benchmark tasks on both models and write paired deltas (bench/deltas.json)."""
-    from harness.bench import deltas_table, load_deltas, run_bench
+    from harness.bench import run_bench
+
+    run_dir = _run_and_show(run_bench, config_file, out, flags)
+    click.echo(f"\nwrote {run_dir / 'bench' / 'deltas.json'} and deltas.md")
+
+
+def _run_and_show(stage: Any, config_file: str | None, out: str | None, flags: dict[str, Any]) -> Path:
+    """Build the config, run `stage(cfg, run_dir)`, print the deltas table; returns the run directory."""
+    from harness.bench import deltas_table, load_deltas
     from harness.rundir import default_run_dir
 
     cfg = build_bench_config(config_file, **flags)
     run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
-    run_bench(cfg, run_dir)
+    stage(cfg, run_dir)
     click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
-    click.echo(f"\nwrote {run_dir / 'bench' / 'deltas.json'} and deltas.md")
+    return run_dir
 
 
 @cli.command()
@@ -112,19 +120,14 @@ def bench(out: str | None, config_file: str | None, **flags: Any) -> None:
 @user_errors
 def run(out: str | None, config_file: str | None, **flags: Any) -> None:
     """Run the pipeline on two models (with none: on the default model organism)."""
-    from harness.bench import deltas_table, load_deltas
     from harness.pipeline import run_pipeline
-    from harness.rundir import default_run_dir
 
     if not flags.get("base") and not flags.get("tuned"):
         from harness.organisms import DEFAULT_ORGANISM, default_run_flags
 
         click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
         flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
-    cfg = build_bench_config(config_file, **flags)
-    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
-    run_pipeline(cfg, run_dir)
-    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    run_dir = _run_and_show(run_pipeline, config_file, out, flags)
     click.echo(f"\nrun directory: {run_dir}")
 
 
