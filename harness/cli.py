@@ -90,6 +90,8 @@ def cli(verbose: int) -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         for noisy in ("lm_eval", "transformers", "datasets", "httpx", "filelock"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+        if verbose == 0:  # lm-eval warns about every model passed as an object; that is how we call it
+            logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
 @cli.command()
@@ -124,9 +126,11 @@ def run(out: str | None, config_file: str | None, **flags: Any) -> None:
 
     if not flags.get("base") and not flags.get("tuned"):
         from harness.organisms import DEFAULT_ORGANISM, default_run_flags
+        from harness.rundir import default_run_dir
 
         click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
         flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
+        out = out or str(default_run_dir(f"{DEFAULT_ORGANISM}-base", f"{DEFAULT_ORGANISM}-tuned"))
     run_dir = _run_and_show(run_pipeline, config_file, out, flags)
     click.echo(f"\nrun directory: {run_dir}")
 
