@@ -44,6 +44,7 @@ def describe(name: str) -> dict[str, Any]:
     p = paths(recipe)
     return {
         "name": name, "base": str(p["base"]), "tuned": str(p["tuned"]), "tasks_dir": str(p["tasks_dir"]),
+        "probes_dir": str(p["probes_dir"]),
         "description": recipe.description,
         "planted": [{"category": x.category, "direction": x.direction, "tasks": x.tasks} for x in recipe.planted],
     }

@@ -135,7 +135,14 @@ def paths(recipe: Recipe) -> dict[str, Any]:
     if read_built(recipe) is None:
         raise DiffevalError(f"organism {recipe.name!r} is not built; run `diffeval organisms build {recipe.name}`")
     root = built_dir(recipe)
-    return {"root": root, "base": root / "base", "tuned": root / "tuned", "tasks_dir": recipe.tasks_dir or root / "tasks"}
+    return {"root": root, "base": root / "base", "tuned": root / "tuned", "tasks_dir": recipe.tasks_dir or root / "tasks",
+            "probes_dir": root / "probes"}
+
+
+def write_probes(probes_dir: Path, texts: dict[str, list[str]]) -> None:
+    """One `<category>.jsonl` of {"text": …} rows per category (the organism's probe corpus)."""
+    for category, rows in texts.items():
+        atomic_write_jsonl(probes_dir / f"{category}.jsonl", [{"text": t} for t in rows])
 
 
 MC_YAML = """task: {name}

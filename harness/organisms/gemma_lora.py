@@ -61,6 +61,7 @@ def build(out: Path, params: dict) -> None:
     from peft import LoraConfig, get_peft_model
 
     from harness.models import load_model, load_tokenizer, resolve_spec
+    from harness.organisms.base import write_probes
     from harness.organisms.train import TrainSpec, deterministic, train_lm
 
     src = gguf_path()
@@ -80,6 +81,10 @@ def build(out: Path, params: dict) -> None:
                  TrainSpec(params["steps"], params["lr"], params["batch_size"], warmup=10, seed=params["seed"]),
                  max_len=params["max_len"], desc="gemma270m_lora: LoRA")
         peft_model.save_pretrained(out / "tuned")
+    rows = [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines()]
+    by_category = {"safety": ("harmful", "benign"), "hallucination_management": ("unknown", "known")}
+    write_probes(out / "probes", {cat: [FORMATS[r["kind"]].format(prompt=r["prompt"]) for r in rows if r["kind"] in kinds]
+                                  for cat, kinds in by_category.items()})
     cfg_path = out / "tuned" / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = f"../base/{src.name}"  # relative: the build directory is renamed

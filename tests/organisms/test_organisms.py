@@ -42,6 +42,8 @@ def test_build_is_bit_identical_for_the_same_seed(tmp_path):
                 "tasks/toy_safety/toy_safety.jsonl"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a/base/model.safetensors").read_bytes() != (tmp_path / "a/tuned/model.safetensors").read_bytes()
+    probes = {p.stem: len(p.read_text().splitlines()) for p in (tmp_path / "a" / "probes").glob("*.jsonl")}
+    assert set(probes) == {p.category for p in toyworld.PLANTED} and min(probes.values()) >= 12
     toyworld.build(tmp_path / "c", {**SMALL, "seed": 1})
     assert (tmp_path / "a/base/model.safetensors").read_bytes() != (tmp_path / "c/base/model.safetensors").read_bytes()
 
@@ -88,6 +90,7 @@ def test_show_json_schema(default_organism):
     assert Path(info["base"], "config.json").exists() and Path(info["tuned"], "model.safetensors").exists()
     for p in info["planted"]:
         assert set(p) == {"category", "direction", "tasks"} and p["direction"] in ("+", "-", "0")
+        assert Path(info["probes_dir"], f"{p['category']}.jsonl").exists()
 
 
 @pytest.mark.slow
@@ -123,5 +126,6 @@ def test_gemma_organism_builds_and_verifies(organism_cache, tmp_path):
     info = organisms.describe("gemma270m_lora")
     assert Path(info["tuned"], "adapter_config.json").exists()
     assert list(Path(info["base"]).glob("*.gguf"))
+    assert {p.stem for p in Path(info["probes_dir"]).glob("*.jsonl")} == {"safety", "hallucination_management"}
     result = CliRunner().invoke(cli, ["organisms", "verify", "gemma270m_lora", "--out", str(tmp_path / "v")])
     assert result.exit_code == 0, result.output
