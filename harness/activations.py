@@ -35,8 +35,8 @@ class ActivationsConfig:
     tokens: int = field(default=100_000, metadata={"help": "activation rows (token positions) to collect"})
     seq_len: int = field(default=128, metadata={"help": "longest sequence, in tokens"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass"})
-    corpus: tuple[str, ...] = field(default=(), metadata={"help": "text files (.txt: one text per line; .jsonl: a 'text' field); empty = shipped corpus"})
-    tasks: tuple[str, ...] = field(default=(), metadata={"help": "benchmark tasks whose prompts join the corpus"})
+    corpus: tuple[str, ...] = field(default=(), metadata={"help": "text files (.txt: one text per line; .jsonl: a 'text' field)"})
+    tasks: tuple[str, ...] = field(default=(), metadata={"help": "benchmark tasks whose prompts join the corpus; with no corpus and no tasks: the shipped suite"})
     tasks_dir: tuple[str, ...] = field(default=(), metadata={"help": "extra task directories"})
     shard_rows: int = field(default=65_536, metadata={"help": "rows per shard file"})
     outlier_factor: float = field(default=20.0, metadata={"help": "drop rows whose norm exceeds this × the median norm"})
@@ -103,7 +103,9 @@ def corpus_sequences(cfg: ActivationsConfig, chat_template_tok: Any) -> list[dic
     seqs: list[dict[str, Any]] = []
     for path in cfg.corpus:
         seqs += [{"kind": "text", "source": str(path), "text": t} for t in _read_texts(Path(path))]
-    defs = taskreg.resolve(cfg.tasks, cfg.tasks_dir) if cfg.tasks else []
+    # offline default: the prompts of the shipped task suite (plain and chat-formatted)
+    names = cfg.tasks or (() if cfg.corpus else tuple(taskreg.shipped_suite()))
+    defs = taskreg.resolve(names, cfg.tasks_dir) if names else []
     for name, task in taskreg.load_tasks(defs).items():
         for i, doc in enumerate(task.eval_docs):
             prompt = task.doc_to_text(doc)
