@@ -28,6 +28,8 @@ ROLES = ("base", "tuned")
 
 def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
     """Run the bench stage into run directory `out`; returns the path of deltas.json."""
+    if cfg.scores and not Path(cfg.scores).is_file():
+        raise DiffevalError(f"--scores file {cfg.scores} does not exist")
     run = RunDir(out)
     run.write_config(cfg)
     specs = {"base": models.resolve_spec(cfg.base), "tuned": models.resolve_spec(cfg.tuned)}

@@ -151,6 +151,9 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
         cfg = Path(spec.path) / ("adapter_config.json" if spec.kind == "peft" else "config.json")
         out["config_sha256"] = hashlib.sha256(cfg.read_bytes()).hexdigest()[:16]
         out["weights_mtime"] = max((f.stat().st_mtime for f in Path(spec.path).glob("*.safetensors")), default=None)
+    if spec.kind == "gguf":
+        st = (Path(spec.path) / spec.gguf_file).stat()
+        out["gguf_size"], out["weights_mtime"] = st.st_size, st.st_mtime
     if spec.adapter_base:
         out["adapter_base"] = describe(spec.adapter_base)
     return out

@@ -160,6 +160,8 @@ def test_external_scores_are_merged_and_marked(tiny_pair, tmp_path):
     assert rows["alpaca_eval"]["delta"] == pytest.approx(0.15)
     assert rows["alpaca_eval"]["category"] == "instruction_following"
     assert rows["arena_hard"]["p_value"] is None and rows["diffeval_factual"]["source"] == "lm-eval"
+    with pytest.raises(DiffevalError, match="--scores file .*missing.csv does not exist"):
+        run_bench(cfg(*tiny_pair, tasks=("diffeval_factual",), scores=str(tmp_path / "missing.csv")), tmp_path / "r3")
     bad = tmp_path / "bad.csv"
     bad.write_text("task,base\nx,0.1\n")
     with pytest.raises(DiffevalError, match="row 1: missing tuned"):
