@@ -20,7 +20,7 @@ import numpy as np
 
 from harness import models
 from harness.errors import DiffevalError
-from harness.io import atomic_write_json, atomic_write_jsonl
+from harness.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -272,5 +272,3 @@ class _ShardWriter:
         self.manifest["complete"] = True
         atomic_write_json(self.out / "manifest.json", self.manifest)
 
-
-__all__ = ["ActivationsConfig", "atomic_write_jsonl", "collect_activations", "resolve_layer", "truncated_hidden"]

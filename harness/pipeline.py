@@ -14,7 +14,6 @@ from harness.config import BenchConfig
 
 log = logging.getLogger(__name__)
 
-STAGES_AVAILABLE = ("bench",)
 STAGES_PENDING = ("activations", "crosscoder", "latents", "attribution", "report")
 
 
