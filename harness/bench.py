@@ -107,13 +107,12 @@ def per_doc_scores(samples_path: Path, metric: str, flt: str) -> dict[int, float
     return scores
 
 
-def task_delta(run_path: Path, task: str, cfg: BenchConfig) -> dict[str, Any]:
-    """Paired delta for one task from both models' per-document logs."""
+def task_delta(run_path: Path, res: dict[str, Any], task: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Paired delta for one task from both models' per-document logs (`res`: results.json per role)."""
     import numpy as np
 
     from harness.stats import paired_compare
 
-    res = {role: read_json(run_path / "bench" / role / "results.json") for role in ROLES}
     metric, flt = headline_metric(res["tuned"]["configs"][task])
     per_doc = {r: per_doc_scores(run_path / "bench" / r / "samples" / f"{task}.jsonl", metric, flt) for r in ROLES}
     docs = sorted(set(per_doc["base"]) & set(per_doc["tuned"]))
@@ -133,7 +132,8 @@ def task_delta(run_path: Path, task: str, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def write_deltas(run_path: Path, defs: list[taskreg.TaskDef], cfg: BenchConfig) -> list[Path]:
-    rows = [{"task": d.name, "category": d.category, **task_delta(run_path, d.name, cfg)} for d in defs]
+    res = {role: read_json(run_path / "bench" / role / "results.json") for role in ROLES}  # read once, not per task
+    rows = [{"task": d.name, "category": d.category, **task_delta(run_path, res, d.name, cfg)} for d in defs]
     if cfg.scores:
         from harness.external import read_external_scores
 
