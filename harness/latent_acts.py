@@ -1,0 +1,86 @@
+"""Crosscoder latent activations over an activation cache, summarised per sequence.
+
+Two summaries: the maximum activation of every latent per sequence (for probe-text enrichment), and
+per-sequence sums per group of latents (for exposure and mass shift), where the mass of latent j in
+model m is f_j·‖d_j^m‖, its decoded activation norm in the crosscoder's normalised space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BATCH = 4096
+
+
+def sequences(acts_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """sequences.jsonl of an activation cache: {sequence id: {kind, source, doc_id, text, …}}."""
+    path = Path(acts_dir) / "sequences.jsonl"
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        out[int(row["id"])] = row
+    return out
+
+
+@torch.no_grad()
+def encoded_batches(model: Any, acts_dir: str | Path, desc: str = "encoding") -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(sequence id per row [B], latent activations [B, n_latents]) over the whole cache."""
+    from tqdm.auto import tqdm
+
+    from crosscoders.data import as_source, read_manifest
+
+    acts_dir = Path(acts_dir)
+    source = as_source(acts_dir, model.cfg)
+    manifest = read_manifest(acts_dir)
+    seq_ids = np.concatenate([np.load(acts_dir / s["tokens_file"], mmap_mode="r")[:, 0] for s in manifest["shards"]])
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(source), BATCH), desc=desc, disable=None):
+        idx = torch.arange(start, min(start + BATCH, len(source)))
+        yield seq_ids[start:idx[-1] + 1], model.encode(source[idx].to(device)).float().cpu()
+
+
+def sequence_max(model: Any, acts_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence ids [S], max activation per sequence and latent [S, n_latents])."""
+    ids = np.array(sorted(sequences(acts_dir)))
+    pos = {s: i for i, s in enumerate(ids)}
+    out = torch.zeros(len(ids), model.cfg.n_latents)
+    for seq, f in encoded_batches(model, acts_dir, desc="probe activations"):
+        rows = torch.as_tensor([pos[int(s)] for s in seq])
+        out.index_reduce_(0, rows, f, "amax")
+    return ids, out.numpy()
+
+
+@dataclass
+class GroupSums:
+    seq_ids: np.ndarray   # [S]
+    tokens: np.ndarray    # [S] rows per sequence
+    act: np.ndarray       # [S, G] Σ_{j∈g} f_j over the sequence's rows
+    mass: np.ndarray      # [S, G, n_models] Σ_{j∈g} f_j‖d_j^m‖
+
+
+def group_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray]) -> GroupSums:
+    """Per-sequence activation and decoded mass of each latent group (e.g. each category's latents)."""
+    ids = np.array(sorted(sequences(acts_dir)))
+    pos = {s: i for i, s in enumerate(ids)}
+    n_models = model.cfg.n_models
+    member = torch.zeros(model.cfg.n_latents, len(groups))  # [n_latents, G] 0/1
+    for g, idx in enumerate(groups):
+        member[torch.as_tensor(idx, dtype=torch.long), g] = 1.0
+    norms = model.W_dec.detach().float().norm(dim=-1).cpu()  # [n_latents, n_models]
+    weighted = member[:, :, None] * norms[:, None, :]       # [n_latents, G, n_models]
+    tokens = torch.zeros(len(ids))
+    act = torch.zeros(len(ids), len(groups), dtype=torch.float64)
+    mass = torch.zeros(len(ids), len(groups) * n_models, dtype=torch.float64)
+    for seq, f in encoded_batches(model, acts_dir, desc="category activations"):
+        rows = torch.as_tensor([pos[int(s)] for s in seq])
+        tokens.index_add_(0, rows, torch.ones(len(rows)))
+        act.index_add_(0, rows, (f @ member).double())
+        mass.index_add_(0, rows, (f @ weighted.reshape(len(norms), -1)).double())
+    return GroupSums(ids, tokens.numpy(), act.numpy(), mass.reshape(len(ids), len(groups), n_models).numpy())

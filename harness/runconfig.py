@@ -1,0 +1,54 @@
+"""RunConfig: every option of `diffeval run` (the bench options plus the later stages')."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from harness.config import BenchConfig, opt
+from harness.errors import DiffevalError
+
+SPECIFIC_BY = ("latent_scaling", "delta_norm")
+ATTRIBUTION_SHIFTS = ("share", "mass")
+
+
+@dataclass(frozen=True)
+class RunConfig(BenchConfig):
+    """The whole pipeline's configuration; serialised as the run's config.json."""
+
+    layer: float = opt(0.5, "crosscoder layer: block index, or a fraction of depth in (0, 1) (0.5 = middle)")
+    tokens: int = opt(50_000, "activation rows (token positions) to train the crosscoder on")
+    seq_len: int = opt(128, "longest corpus sequence, in tokens")
+    corpus: tuple[str, ...] = opt((), "corpus files for the crosscoder (.txt lines or .jsonl 'text'); empty = shipped default")
+    n_latents: int = opt(0, "crosscoder dictionary size; 0 = 8 × the hidden size")
+    k: int = opt(32, "active latents per token on average (BatchTopK)")
+    architecture: str = opt("batchtopk", "crosscoder architecture: batchtopk or l1")
+    n_steps: int = opt(2000, "crosscoder training steps")
+    categories: str | None = opt(None, "taxonomy YAML (replaces the shipped one, or adds to it with 'extends: shipped')")
+    probes_dir: str | None = opt(None, "directory of <category>.jsonl probe corpora overriding the taxonomy's")
+    alpha: float = opt(0.05, "false discovery rate of the latent → category enrichment tests")
+    specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
+    attribution_shift: str = opt("share", "shift used to predict task deltas: share (log share ratio) or mass")
+    reference: str | None = opt(None, "reference model R: tuned- and base-specific latents are taken against R")
+    causal: bool = opt(False, "re-score each task with its category's tuned-specific latents ablated")
+    organism: str | None = opt(None, "the model organism these models come from (set by `run` with no models)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokens < 1000:
+            raise DiffevalError(f"tokens must be >= 1000 to train a crosscoder, got {self.tokens}")
+        if self.n_latents < 0 or self.k < 1 or self.n_steps < 1:
+            raise DiffevalError("n_latents must be >= 0 (0 = automatic), k and n_steps >= 1")
+        if not 0 < self.alpha < 1:
+            raise DiffevalError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.specific_by not in SPECIFIC_BY:
+            raise DiffevalError(f"specific_by {self.specific_by!r} must be one of {', '.join(SPECIFIC_BY)}")
+        if self.attribution_shift not in ATTRIBUTION_SHIFTS:
+            raise DiffevalError(f"attribution_shift {self.attribution_shift!r} must be one of {', '.join(ATTRIBUTION_SHIFTS)}")
+        if self.architecture not in ("batchtopk", "l1"):
+            raise DiffevalError(f"architecture {self.architecture!r} must be batchtopk or l1")
+
+    def bench(self) -> BenchConfig:
+        """The bench stage's part (so later-stage options never invalidate the benchmark cache)."""
+        names = {f.name for f in dataclasses.fields(BenchConfig)}
+        return BenchConfig(**{n: getattr(self, n) for n in names})
