@@ -5,6 +5,10 @@ Shapes (n = n_models, d = d_model, L = n_latents):
 W_enc is stored transposed (parameter W_enc_T, [L, n, d]) so that the sparse encoder gradient is
 formed in its storage layout without a transposing copy; `W_enc` is a view in the usual layout.
 Activations are [batch, n, d]; latent activations are [batch, L].
+
+Models of different hidden size (cfg.d_models) share these shapes with d = max(d_models): a smaller
+model's activations are zero-padded, and its padded encoder/decoder/bias entries are held at exactly
+zero (`dim_mask`), so norms, cosines and FVE only ever see each model's real dimensions.
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ class CrossCoderBase(nn.Module):
         self.cfg = cfg
         n, d, L = cfg.n_models, cfg.d_model, cfg.n_latents
         gen = torch.Generator().manual_seed(cfg.seed)
+        # [n, d]: 1 on each model's real dimensions, 0 on padding (None when all models have d_model)
+        dims = cfg.model_dims()
+        mask = (torch.arange(d)[None, :] < torch.tensor(dims)[:, None]).float() if cfg.d_models else None
+        self.register_buffer("dim_mask", mask, persistent=False)
         W_dec = torch.randn(L, n, d, generator=gen)
+        if mask is not None:
+            W_dec = W_dec * mask
         # decoder rows start at norm 0.1 per model; the encoder is the decoder's transpose (W_enc = W_decᵀ)
         W_dec = 0.1 * W_dec / W_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
@@ -54,8 +64,19 @@ class CrossCoderBase(nn.Module):
 
     # -- shapes ------------------------------------------------------------------------------------
     def flat_in(self, x: torch.Tensor) -> torch.Tensor:
-        """[batch, n, d] raw activations -> [batch, n*d] scaled and flattened."""
-        return (x * self.act_scale[None, :, None]).reshape(x.shape[0], -1)
+        """[batch, n, d] raw activations -> [batch, n*d] scaled and flattened (padding forced to 0)."""
+        scale = self.act_scale[None, :, None] if self.dim_mask is None else self.act_scale[:, None] * self.dim_mask
+        return (x * scale).reshape(x.shape[0], -1)
+
+    @torch.no_grad()
+    def mask_padding(self) -> None:
+        """Zero the padded entries of W_enc, W_dec and b_dec (after init and each optimizer step).
+
+        Their gradients are already zero (padded inputs and targets are zero), so this only guards
+        against drift; it is a no-op when every model has d_model dimensions."""
+        if self.dim_mask is not None:
+            for p in (self.W_dec, self.W_enc_T, self.b_dec):
+                p.mul_(self.dim_mask)
 
     def dec_norms(self) -> torch.Tensor:
         """‖d_j^m‖ for every latent and model: [L, n]."""
@@ -81,11 +102,15 @@ class CrossCoderBase(nn.Module):
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor) -> None:
         """Set act_scale from a sample of raw activations and b_dec to their geometric median."""
-        sq = sample.float().pow(2).sum(-1).mean(0)  # [n]
+        sample = sample.float() if self.dim_mask is None else sample.float() * self.dim_mask
+        # every model is scaled to the same mean squared norm (d_model), also when hidden sizes differ,
+        # so that a direction equally important to both models gets equal decoder norms (Δnorm ≈ ½)
+        sq = sample.pow(2).sum(-1).mean(0)  # [n]
         self.act_scale.copy_((self.cfg.d_model / sq).sqrt())
-        scaled = sample.float() * self.act_scale[None, :, None]
-        for m in range(self.cfg.n_models):
-            self.b_dec[m] = geometric_median(scaled[:, m])
+        scaled = sample * self.act_scale[None, :, None]
+        for m, d_m in enumerate(self.cfg.model_dims()):
+            self.b_dec[m, :d_m] = geometric_median(scaled[:, m, :d_m])
+        self.mask_padding()
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

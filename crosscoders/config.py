@@ -18,7 +18,7 @@ def _f(default: Any, help: str) -> Any:
 class CrossCoderConfig:
     """A crosscoder over `n_models` models' activations at one layer."""
 
-    d_model: int = _f(0, "hidden size of each model's activations")
+    d_model: int = _f(0, "hidden size of each model's activations (the largest one when d_models is set)")
     n_models: int = _f(2, "number of models (2 for base vs tuned)")
     n_latents: int = _f(0, "dictionary size (number of latents)")
     k: int = _f(32, "active latents per row on average (BatchTopK); ignored by L1")
@@ -40,8 +40,13 @@ class CrossCoderConfig:
     device: str = _f("cpu", "torch device")
     checkpoint_every: int = _f(0, "save a resumable checkpoint every N steps; 0 = never")
     log_every: int = _f(50, "append a metrics.jsonl row every N steps")
+    d_models: tuple[int, ...] | None = _f(None, "hidden size per model when they differ (None = all d_model); "
+                                                "smaller models are zero-padded to d_model")
 
     def __post_init__(self) -> None:
+        if self.d_models is not None:
+            object.__setattr__(self, "d_models", tuple(int(d) for d in self.d_models))  # JSON gives a list
+            self._check_d_models()
         if self.d_model < 1:
             raise ValueError(f"d_model must be >= 1, got {self.d_model}")
         if self.n_models < 2:
@@ -59,6 +64,17 @@ class CrossCoderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.k_anneal_steps < 0 or self.k_anneal_steps > self.n_steps:
             raise ValueError(f"k_anneal_steps must be in 0..n_steps ({self.k_anneal_steps}, n_steps={self.n_steps})")
+
+    def _check_d_models(self) -> None:
+        if len(self.d_models) != self.n_models or min(self.d_models) < 1:
+            raise ValueError(f"d_models {self.d_models} must hold one hidden size >= 1 per model (n_models={self.n_models})")
+        if self.d_model != max(self.d_models):
+            raise ValueError(f"d_model ({self.d_model}) must equal max(d_models) = {max(self.d_models)} "
+                             f"(d_models={self.d_models})")
+
+    def model_dims(self) -> tuple[int, ...]:
+        """The hidden size of every model (d_models, or d_model for each)."""
+        return self.d_models or (self.d_model,) * self.n_models
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

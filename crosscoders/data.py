@@ -1,9 +1,12 @@
 """Activation sources: an in-memory tensor or an activation directory of memory-mapped shards.
 
 Directory layout (written by `harness.activations`):
-  manifest.json              format_version, models, layer, dtype, n_models, d_model, rows, shards[],
-                             mean/std per model, complete=true once collection finished
-  acts_00000.npy …           [rows, n_models, d_model] (numpy .npy, read memory-mapped)
+  manifest.json              format_version, models, layer, dtype, n_models, d_model, d_models (hidden
+                             size per model), rows, shards[], mean/std per model, complete=true once
+                             collection finished
+  acts_00000.npy …           [rows, n_models, d_model] (numpy .npy, read memory-mapped); when the
+                             models' hidden sizes differ, [rows, Σ d_models] (the models side by side),
+                             zero-padded to [rows, n_models, d_model] on read
   tokens_00000.npy …         [rows, 3] int64: sequence id, position, token id
   sequences.jsonl            one row per sequence: its source (text, chat or task + doc id) and text
 Every shard's row count and byte size are in the manifest, so a truncated or swapped shard is
@@ -50,6 +53,8 @@ class ActivationStore:
             validate_shard(path, entry, self.manifest, check_hashes)
             self.shards.append(np.load(path, mmap_mode="r"))
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.d_models = model_dims(self.manifest)
+        self.d_model = self.manifest["d_model"]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -57,14 +62,39 @@ class ActivationStore:
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         idx = np.asarray(idx, dtype=np.int64)
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx), *self.shards[0].shape[1:]), dtype=np.float32)
+        padded = len(set(self.d_models)) > 1
+        out = np.zeros((len(idx), len(self.d_models), self.d_model), dtype=np.float32)
         for s in np.unique(shard):
             sel = shard == s
             local = idx[sel] - self.offsets[s]
             order = np.argsort(local)  # sorted reads are kinder to the page cache
             block = self.shards[s][local[order]]
-            out[np.flatnonzero(sel)[order]] = block
+            dest = np.flatnonzero(sel)[order]
+            if padded:  # [rows, Σ d_m] -> each model's slice into its zero-padded row
+                start = 0
+                for m, d_m in enumerate(self.d_models):
+                    out[dest, m, :d_m] = block[:, start:start + d_m]
+                    start += d_m
+            else:
+                out[dest] = block
         return torch.from_numpy(out)
+
+
+def model_dims(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """Hidden size of every model in an activation manifest (older manifests hold only d_model)."""
+    return tuple(manifest.get("d_models") or [manifest["d_model"]] * manifest["n_models"])
+
+
+def config_d_models(manifest: dict[str, Any]) -> tuple[int, ...] | None:
+    """The CrossCoderConfig.d_models for an activation directory: None when all sizes are equal."""
+    dims = model_dims(manifest)
+    return dims if len(set(dims)) > 1 else None
+
+
+def stored_shape(manifest: dict[str, Any], rows: int) -> tuple[int, ...]:
+    """Shape of a shard on disk: [rows, n, d], or [rows, Σ d_m] when the hidden sizes differ."""
+    dims = model_dims(manifest)
+    return (rows, sum(dims)) if len(set(dims)) > 1 else (rows, manifest["n_models"], manifest["d_model"])
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -89,7 +119,7 @@ def validate_shard(path: Path, entry: dict[str, Any], manifest: dict[str, Any], 
         raise ActivationDirError(f"shard {path} has {path.stat().st_size} bytes, the manifest says "
                                  f"{entry['bytes']}: truncated or replaced; re-run the collection")
     arr = np.load(path, mmap_mode="r")
-    want = (entry["rows"], manifest["n_models"], manifest["d_model"])
+    want = stored_shape(manifest, entry["rows"])
     if arr.shape != want:
         raise ActivationDirError(f"shard {path} has shape {arr.shape}, the manifest says {want}")
     if check_hash:
@@ -106,9 +136,16 @@ def as_source(acts: Any, cfg: Any = None) -> TensorSource | ActivationStore:
             raise ValueError(f"activations must be [N, n_models, d_model], got shape {tuple(acts.shape)}")
         source: Any = TensorSource(acts)
         shape = tuple(acts.shape[1:])
+        dims = cfg.model_dims() if cfg is not None and shape == (cfg.n_models, cfg.d_model) else None
+        if dims and any(acts[:, m, d_m:].any() for m, d_m in enumerate(dims)):
+            raise ValueError(f"activations have non-zero entries beyond d_models={cfg.d_models}: pad each "
+                             "smaller model's activations with zeros, or fix d_models")
     else:
         source = ActivationStore(acts)
         shape = (source.manifest["n_models"], source.manifest["d_model"])
+        if cfg is not None and shape == (cfg.n_models, cfg.d_model) and source.d_models != cfg.model_dims():
+            raise ValueError(f"{acts} holds models of hidden sizes {source.d_models} but the config says "
+                             f"d_models={cfg.d_models}; set d_models={source.d_models}")
     if cfg is not None and shape != (cfg.n_models, cfg.d_model):
         raise ValueError(f"activations are [*, {shape[0]}, {shape[1]}] but the config says "
                          f"n_models={cfg.n_models}, d_model={cfg.d_model}")

@@ -9,6 +9,10 @@ model's for tuned-side latents, the base model's for base-side ones) and targets
 with reconstruction targets y^{m,r} = x̂^m and error targets y^{m,ε} = x^m − (x̂^m − f_j d_j^m).
 ν_ε = β^{other,ε} / β^{own,ε} and ν_r likewise: near 0 when the other model has no use for the
 direction, so a latent is tuned-specific when Δnorm ≥ 0.9, ν_ε < 0.2 and ν_r < 0.5 (mirror for base).
+
+Decoder cosine and Latent Scaling compare one model's direction with the other model's activations,
+which needs a shared residual space. Models of different hidden size have none, so for them both
+columns are NaN and `specific` is None; Δnorm and the class are still defined (norms are per model).
 """
 
 from __future__ import annotations
@@ -62,12 +66,12 @@ def classify(dn: torch.Tensor, freq: torch.Tensor, cfg: StatsConfig) -> list[str
 class _Accumulator:
     """Running sums for frequency, mean activation, Latent Scaling and top contexts."""
 
-    def __init__(self, n_latents: int, top: int) -> None:
+    def __init__(self, n_latents: int, top: int, scaling: bool = True) -> None:
         z = lambda: torch.zeros(n_latents, dtype=torch.float64)  # noqa: E731
         self.rows, self.count, self.sum_f, self.sum_f2 = 0, z(), z(), z()
         # num[side][model][target]: side = whose decoder direction; target r or eps
         self.num = {s: {m: {"r": z(), "eps": z()} for m in (BASE, TUNED)} for s in (BASE, TUNED)}
-        self.top = top
+        self.top, self.scaling = top, scaling
         self.top_vals = torch.full((n_latents, top), -1.0)
         self.top_rows = torch.full((n_latents, top), -1, dtype=torch.long)
 
@@ -78,7 +82,7 @@ class _Accumulator:
         self.count += (f > 0).sum(0)
         self.sum_f += f64.sum(0)
         self.sum_f2 += f64.pow(2).sum(0)
-        for side in (BASE, TUNED):
+        for side in (BASE, TUNED) if self.scaling else ():
             direction = W_dec[:, side]  # [L, d]
             for m in (BASE, TUNED):
                 own = (direction * W_dec[:, m]).sum(-1)  # ⟨d, d_j^m⟩ [L]
@@ -110,7 +114,8 @@ def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts
     cfg = cfg or StatsConfig()
     source = as_source(acts, model.cfg)
     W_dec = model.W_dec.detach().float()
-    acc = _Accumulator(model.cfg.n_latents, cfg.top_contexts)
+    shared_space = len(set(model.cfg.model_dims())) == 1
+    acc = _Accumulator(model.cfg.n_latents, cfg.top_contexts, scaling=shared_space)
     device = W_dec.device
     for start in tqdm(range(0, len(source), cfg.batch_size), desc="latent stats", disable=None):
         x_raw = source[torch.arange(start, min(start + cfg.batch_size, len(source)))].to(device)
@@ -120,11 +125,15 @@ def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts
     dn = delta_norm(W_dec)
     freq = (acc.count / max(acc.rows, 1)).float()
     side_tuned = dn >= 0.5
-    nu_eps = torch.where(side_tuned, acc.nu(TUNED, "eps", W_dec), acc.nu(BASE, "eps", W_dec))
-    nu_r = torch.where(side_tuned, acc.nu(TUNED, "r", W_dec), acc.nu(BASE, "r", W_dec))
+    if shared_space:
+        nu_eps = torch.where(side_tuned, acc.nu(TUNED, "eps", W_dec), acc.nu(BASE, "eps", W_dec))
+        nu_r = torch.where(side_tuned, acc.nu(TUNED, "r", W_dec), acc.nu(BASE, "r", W_dec))
+        cosine = decoder_cosine(W_dec)
+    else:
+        nu_eps = nu_r = cosine = torch.full_like(dn, float("nan"))
     classes = classify(dn, freq, cfg)
     table = pd.DataFrame({
-        "latent": range(model.cfg.n_latents), "delta_norm": dn.tolist(), "cosine": decoder_cosine(W_dec).tolist(),
+        "latent": range(model.cfg.n_latents), "delta_norm": dn.tolist(), "cosine": cosine.tolist(),
         "nu_eps": nu_eps.tolist(), "nu_r": nu_r.tolist(), "freq": freq.tolist(),
         "mean_act": (acc.sum_f / acc.count.clamp_min(1)).tolist(), "class": classes,
     })

@@ -116,6 +116,7 @@ def train_step(model: CrossCoderBase, ddp: Any, opt: torch.optim.Optimizer, sour
     loss.backward()  # DDP averages gradients across ranks here
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
+    model.mask_padding()
     fired = torch.zeros_like(dead)
     fired[info["fired"]] = True
     _all_reduce_fired(fired)

@@ -7,6 +7,8 @@ from crosscoders import BatchTopKCrossCoder, CrossCoderBase, CrossCoderConfig, t
 from crosscoders.synthetic import planted_dictionary, sample_activations
 
 D, N_SHARED, N_TUNED, N_BASE = 32, 40, 20, 20
+# where each kind of planted atom lives: both models for shared atoms, one model otherwise
+VIEWS = {"shared": slice(0, 2), "base_only": slice(0, 1), "tuned_only": slice(1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +30,8 @@ def test_planted_atoms_are_recovered_with_the_right_class(planted, trained):
     model, _ = trained
     table = model.latent_stats(acts)
     W = model.W_dec.detach()
-    # compare directions where the atom lives: both models for shared atoms, one model otherwise
-    views = {"shared": slice(0, 2), "base_only": slice(0, 1), "tuned_only": slice(1, 2)}
-    for kind, view in views.items():
-        idx = [i for i, k in enumerate(d.kinds) if k == kind]
-        w = torch.nn.functional.normalize(W[:, view].reshape(W.shape[0], -1), dim=-1)
-        a = torch.nn.functional.normalize(d.atoms[idx][:, view].reshape(len(idx), -1), dim=-1)
-        cos, best = (a @ w.T).max(1)
-        hits = [bool(c > 0.9) and table["class"][int(b)] == kind for c, b in zip(cos, best, strict=True)]
-        assert sum(hits) / len(idx) >= 0.9, f"{kind}: {sum(hits)}/{len(idx)} recovered"
+    for kind, view in VIEWS.items():
+        assert _recovered(table, W, d, kind, view) >= 0.9, kind
     specific = table[table["class"] == "tuned_only"]["specific"]
     assert (specific == "tuned").mean() >= 0.9  # Latent Scaling agrees on the planted tuned-only atoms
 
@@ -87,3 +82,49 @@ def test_shape_mismatch_is_reported():
     cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=32, k=2)
     with pytest.raises(ValueError, match="config says n_models=2, d_model=8"):
         train_crosscoder(cfg, torch.randn(100, 2, 9), progress=False)
+
+
+def _recovered(table, W, d, kind, view, threshold=0.9):
+    """Fraction of the planted atoms of `kind` matched (cosine > threshold) by a latent of that class."""
+    idx = [i for i, k in enumerate(d.kinds) if k == kind]
+    w = torch.nn.functional.normalize(W[:, view].reshape(W.shape[0], -1), dim=-1)
+    a = torch.nn.functional.normalize(d.atoms[idx][:, view].reshape(len(idx), -1), dim=-1)
+    cos, best = (a @ w.T).max(1)
+    return sum(bool(c > threshold) and table["class"][int(b)] == kind for c, b in zip(cos, best, strict=True)) / len(idx)
+
+
+def test_models_of_different_hidden_size(tmp_path):
+    # base 24-dim, tuned 32-dim: each model has its own directions; the base's are zero-padded to 32
+    d = planted_dictionary(32, N_SHARED, N_TUNED, N_BASE, seed=0, d_models=(24, 32))
+    acts = sample_activations(d, 24_000, active=3, seed=1)
+    assert not acts[:, 0, 24:].any()
+    cfg = CrossCoderConfig(d_model=32, n_models=2, n_latents=160, k=3, n_steps=800, d_models=(24, 32))
+    model = train_crosscoder(cfg, acts, out=tmp_path, progress=False)
+    W = model.W_dec.detach()
+    # padded decoder, encoder and bias entries of the smaller model never move off zero
+    assert not W[:, 0, 24:].any() and not model.W_enc[0, 24:].any() and not model.b_dec[0, 24:].any()
+    table = model.latent_stats(acts)
+    for kind, view in VIEWS.items():
+        assert _recovered(table, W, d, kind, view) >= 0.9, kind
+    # no shared space: cosine and Latent Scaling are undefined, Δnorm still classifies
+    assert table["cosine"].isna().all() and table["nu_eps"].isna().all() and table["specific"].isna().all()
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert min(last["fve"]) > 0.95
+    loaded = CrossCoderBase.load(tmp_path)
+    assert loaded.cfg.d_models == (24, 32) and torch.equal(loaded.W_dec, model.W_dec)
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"d_models": (24, 30)}, r"d_model \(32\) must equal max\(d_models\) = 30"),
+    ({"d_models": (32,)}, "one hidden size >= 1 per model"),
+])
+def test_bad_d_models(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        CrossCoderConfig(d_model=32, n_models=2, n_latents=64, k=4, **kw)
+
+
+def test_padding_must_be_zero_for_smaller_models():
+    acts = torch.randn(100, 2, 8)
+    cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=32, k=2, d_models=(6, 8))
+    with pytest.raises(ValueError, match="non-zero entries beyond d_models"):
+        train_crosscoder(cfg, acts, progress=False)
