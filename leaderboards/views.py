@@ -1,0 +1,160 @@
+"""Views of a board: one row per entry, rendered as LEADERBOARD.md, index.html and a terminal table.
+
+The documents are Jinja2 templates in `leaderboards/templates/`; this module only turns each
+entry's report.json into a row of plain values. Every text that came from a model or a user
+(model specs, task and category names) is escaped for the document it lands in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from harness.io import atomic_write_text, read_json
+from leaderboards.board import (
+    ENTRIES_DIR,
+    ENTRY_JSON,
+    INDEX_HTML,
+    LEADERBOARD_MD,
+    REPORT_JSON,
+    REPORT_MD,
+    entry_dirs,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+TOP_SHIFTS = 3  # category shifts shown per pair, largest |shift| first
+ALPHA = 0.05  # a shift with Fisher's p below this is marked significant ('*')
+
+
+def entry_rows(board: Path) -> list[dict[str, Any]]:
+    """One row per published entry (validated on read), sorted by base, then tuned model."""
+    from reports.schema import load_report
+
+    rows = []
+    for entry_dir in entry_dirs(board):
+        report = load_report(entry_dir / REPORT_JSON)
+        meta = read_json(entry_dir / ENTRY_JSON) if (entry_dir / ENTRY_JSON).is_file() else {}
+        rows.append(_row(entry_dir.name, report, meta))
+    return sorted(rows, key=lambda r: (r["base"], r["tuned"], r["reference"] or "", r["entry_id"]))
+
+
+def _row(entry_id: str, report: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    models = report["models"]
+    shifts = [_shift(c) for c in report["categories"] if c["shift"] is not None]
+    shifts.sort(key=lambda s: (-abs(s["shift"]), s["category"]))
+    attribution = report["attribution"]
+    return {
+        "entry_id": entry_id,
+        "base": models["base"]["spec"],
+        "tuned": models["tuned"]["spec"],
+        "reference": (models["reference"] or {}).get("spec"),
+        "organism": models["base"].get("organism"),
+        "tasks": [t["task"] for t in report["tasks"]],
+        "deltas": {t["task"]: t["delta"] for t in report["tasks"]},
+        "shifts": shifts,
+        "top_shifts": shifts[:TOP_SHIFTS],
+        "spearman": attribution["spearman"],
+        "spearman_p": attribution["p_value"],
+        "report": f"{ENTRIES_DIR}/{entry_id}/{REPORT_MD}",
+        "published": meta.get("published", ""),
+        "version": meta.get("version", 1),
+    }
+
+
+def _shift(c: dict[str, Any]) -> dict[str, Any]:
+    p = c["p_value"]
+    return {
+        "category": c["category"], "shift": c["shift"], "p_value": p,
+        "significant": p is not None and p < ALPHA,
+        "counts": f"{c['n_tuned']}/{c['N_tuned']} vs {c['n_base']}/{c['N_base']}",
+    }
+
+
+def fmt_pct(x: float | None) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}%"
+
+
+def fmt_num(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:+.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "p n/a"
+    text = f"{p:.1e}" if p < 1e-3 else f"{p:.2g}"
+    return f"p={text}" + ("*" if p < ALPHA else "")
+
+
+def shift_text(s: dict[str, Any]) -> str:
+    """'safety +32.8% (p=0.01*)': the category, the paper-compatible percentage, its significance."""
+    return f"{s['category']} {fmt_pct(s['shift'])} ({fmt_p(s['p_value'])})"
+
+
+def md_text(text: Any) -> str:
+    """Escape a text for a markdown table cell: no markup, no HTML, no column break."""
+    out = " ".join(str(text).split())
+    for ch in "\\`*_[]<>|#!~":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("&", "&amp;")
+
+
+def _environment(autoescape: bool) -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(md=md_text, pct=fmt_pct, num=fmt_num, p=fmt_p, shift=shift_text, sort_key=_sort_key)
+    return env
+
+
+def _sort_key(x: Any) -> str:
+    """The value a column sorts by in index.html (numbers as numbers, missing numbers last)."""
+    return "" if x is None else str(x)
+
+
+def _script_json(obj: Any) -> str:
+    """JSON that cannot close the <script> element holding it (model names may contain '</script>')."""
+    text = json.dumps(obj, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_views(board: Path) -> list[Path]:
+    """Write LEADERBOARD.md and index.html from the board's entries; return their paths."""
+    from markupsafe import Markup
+
+    rows = entry_rows(board)
+    md = _environment(autoescape=False).get_template("LEADERBOARD.md.j2").render(rows=rows, alpha=ALPHA, top=TOP_SHIFTS)
+    page = _environment(autoescape=True).get_template("index.html.j2").render(
+        rows=rows, alpha=ALPHA, top=TOP_SHIFTS, data=Markup(_script_json(rows)),
+        bases=sorted({r["base"] for r in rows}),
+    )
+    return [atomic_write_text(board / LEADERBOARD_MD, md), atomic_write_text(board / INDEX_HTML, page)]
+
+
+def show_table(board: Path) -> str:
+    """The board as a terminal table."""
+    from tabulate import tabulate
+
+    rows = entry_rows(board)
+    if not rows:
+        return f"no entries in {board}"
+    table = [
+        [_plain(r["base"]), _plain(r["tuned"]), _plain(r["reference"] or "—"), _plain(", ".join(r["tasks"])),
+         _plain("\n".join(shift_text(s) for s in r["top_shifts"]) or "—"),
+         fmt_num(r["spearman"]) + (f" ({fmt_p(r['spearman_p'])})" if r["spearman"] is not None else ""),
+         r["entry_id"]]
+        for r in rows
+    ]
+    headers = ["base", "tuned", "reference", "tasks", "top category shifts", "Spearman", "entry"]
+    return tabulate(table, headers=headers, tablefmt="simple_grid")
+
+
+def _plain(text: str) -> str:
+    """Drop control characters (a model name with an escape sequence must not drive the terminal)."""
+    return "".join(ch for ch in text if ch == "\n" or (ch.isprintable()))
