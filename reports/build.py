@@ -1,0 +1,277 @@
+"""Assemble report.json (the contract of shared/DESIGN.md) from the files of a run directory.
+
+Only bench/deltas.json is required. Every later stage that has not run yet leaves its keys present
+with nulls or empty lists, and a caveat says which stage is missing, so a report can be rendered
+at any point of a run and a reader is never left to guess why a section is empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import DiffevalError
+from harness.io import read_json
+from reports.schema import SCHEMA_VERSION, ReportError, validate_report
+
+log = logging.getLogger(__name__)
+
+# Run-directory files read here (written by harness.bench, harness.activations, crosscoders.train,
+# harness.latents and the attribution stage; see shared/DESIGN.md).
+DELTAS = "bench/deltas.json"
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+ACTS_MANIFEST = "activations/manifest.json"
+CROSSCODER_CFG = "crosscoder/cfg.json"
+CROSSCODER_METRICS = "crosscoder/metrics.jsonl"
+LATENTS = "latents.jsonl"
+ATTRIBUTION = "attribution.json"
+
+CLASSES = ("tuned_only", "base_only", "shared", "other", "dead")
+ALPHA = 0.05  # significance level used for caveats when the annotator does not record its own
+
+
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    """report.json for `run_dir` as a dict (validated); raises ReportError when bench/deltas.json is missing."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ReportError(f"run directory {run} does not exist (pass the folder `diffeval run` wrote, e.g. runs/<id>)")
+    deltas = _read(run, DELTAS, stage="bench")
+    config = _read_optional(run, CONFIG) or {}
+    manifest = _read_optional(run, MANIFEST) or {}
+    acts = _read_optional(run, ACTS_MANIFEST)
+    cc_cfg = _read_optional(run, CROSSCODER_CFG)
+    metrics = read_jsonl(run, CROSSCODER_METRICS)
+    latents = read_jsonl(run, LATENTS)
+    attribution = _read_optional(run, ATTRIBUTION)
+    caveats = _missing_stage_caveats(acts, cc_cfg, latents, attribution)
+
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "diffeval_version": __version__,
+        "run_id": run.resolve().name,
+        "models": models_section(deltas, config, acts, attribution),
+        "tasks": tasks_section(deltas),
+        "crosscoder": crosscoder_section(acts, cc_cfg, metrics),
+        "latent_classes": latent_classes_section(latents),
+        "categories": categories_section(attribution),
+        "attribution": attribution_section(attribution),
+        "causal": causal_section(attribution),
+        "top_latents": (attribution or {}).get("top_latents") or {},
+        "provenance": provenance_section(run, config, manifest),
+    }
+    alpha = float(((attribution or {}).get("annotator") or {}).get("alpha", ALPHA))
+    report["caveats"] = caveats + result_caveats(report, alpha)
+    report["headline"] = headline(report, alpha)
+    validate_report(report)
+    return report
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+def _read(run: Path, rel: str, stage: str) -> Any:
+    path = run / rel
+    if not path.is_file():
+        raise ReportError(f"{run} has no {stage} stage output ({rel} is missing); run the {stage} stage first "
+                          f"(`diffeval run` runs every stage)")
+    return _read_optional(run, rel)
+
+
+def _read_optional(run: Path, rel: str) -> Any:
+    path = run / rel
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except DiffevalError as e:
+        raise ReportError(str(e)) from None
+
+
+def read_jsonl(run: Path, rel: str) -> list[dict[str, Any]] | None:
+    path = run / rel
+    if not path.is_file():
+        return None
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))  # NaN is allowed here: ν of a latent that never fired
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path} line {i} is not valid JSON ({e.msg}); re-run the stage that wrote it") from None
+    return rows
+
+
+def _missing_stage_caveats(acts: Any, cc_cfg: Any, latents: Any, attribution: Any) -> list[str]:
+    missing = [(acts, "activations", f"{ACTS_MANIFEST} is missing"),
+               (cc_cfg, "crosscoder", f"{CROSSCODER_CFG} is missing"),
+               (latents, "latents", f"{LATENTS} is missing"),
+               (attribution, "attribution", f"{ATTRIBUTION} is missing")]
+    out = [f"Stage not run: {stage} ({why}); its sections are empty." for data, stage, why in missing if data is None]
+    if attribution is not None and not attribution.get("causal"):
+        out.append("Causal check not run (opt-in with --causal): no ablation confirms the attribution.")
+    return out
+
+
+# -- sections ---------------------------------------------------------------------------------------------
+def models_section(deltas: dict, config: dict, acts: dict | None, attribution: dict | None) -> dict[str, Any]:
+    described = (acts or {}).get("models") or [{}, {}]
+    n_layers = (acts or {}).get("n_layers") or [None, None]
+    d_model = (acts or {}).get("d_model")
+    out: dict[str, Any] = {}
+    for i, role in enumerate(("base", "tuned")):
+        desc = described[i] if i < len(described) else {}
+        out[role] = {"spec": str(deltas.get(role) or config.get(role) or desc.get("spec") or "unknown"),
+                     "revision": _revision(desc), "n_layers": n_layers[i] if i < len(n_layers) else None,
+                     "d_model": d_model, "kind": desc.get("kind")}
+    if config.get("organism"):
+        out["base"]["organism"] = out["tuned"]["organism"] = str(config["organism"])
+    reference = (attribution or {}).get("reference")
+    out["reference"] = None if not reference else {"spec": str(reference), "revision": None,
+                                                     "n_layers": None, "d_model": None}
+    return out
+
+
+def _revision(desc: dict[str, Any]) -> str | None:
+    """The most specific identity the spec's provenance records (config hash, or GGUF size)."""
+    if desc.get("config_sha256"):
+        return f"config-sha256:{desc['config_sha256']}"
+    if desc.get("gguf_size"):
+        return f"gguf-bytes:{desc['gguf_size']}"
+    return None
+
+
+def tasks_section(deltas: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = deltas.get("tasks")
+    if not isinstance(rows, list) or not rows:
+        raise ReportError(f"{DELTAS} holds no tasks; re-run the bench stage")
+    keys = ("task", "category", "metric", "n", "base", "tuned", "delta", "ci_low", "ci_high", "p_value",
+            "test", "source")
+    return [{k: row.get(k) for k in keys} for row in rows]
+
+
+def crosscoder_section(acts: dict | None, cc_cfg: dict | None, metrics: list[dict] | None) -> dict[str, Any]:
+    cfg = cc_cfg or {}
+    last = (metrics or [{}])[-1]
+    fve = last.get("fve") or [None, None]
+    layers = (acts or {}).get("layer")
+    layer = layers[-1] if isinstance(layers, list) and layers else layers
+    arch = cfg.get("architecture")
+    return {
+        "layer": layer, "layers": layers if isinstance(layers, list) else None,
+        "architecture": arch, "n_latents": cfg.get("n_latents"),
+        "k": cfg.get("k") if arch == "batchtopk" else None,
+        "tokens": (acts or {}).get("rows"),
+        "tokens_seen": last["step"] * cfg["batch_size"] if "step" in last and "batch_size" in cfg else None,
+        "steps": last.get("step"),
+        "fve": {"base": _finite(fve[0]), "tuned": _finite(fve[1])},
+        "l0": _finite(last.get("l0")), "dead_fraction": _finite(last.get("dead_fraction")),
+    }
+
+
+def latent_classes_section(latents: list[dict] | None) -> dict[str, Any]:
+    if latents is None:
+        return {c: None for c in CLASSES} | {"tuned_specific": None, "base_specific": None}
+    counts = {c: sum(1 for r in latents if r.get("class") == c) for c in CLASSES}
+    counts["tuned_specific"] = sum(1 for r in latents if r.get("specific") == "tuned")
+    counts["base_specific"] = sum(1 for r in latents if r.get("specific") == "base")
+    return counts
+
+
+def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
+    rows = (attribution or {}).get("categories") or []
+    keep = ("category", "n_tuned", "n_base", "N_tuned", "N_base", "shift", "ci_low", "ci_high", "p_value",
+            "mass_shift", "mass_ci_low", "mass_ci_high", "n_latents", "small_counts", "note")
+    return [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
+
+
+def attribution_section(attribution: dict | None) -> dict[str, Any]:
+    attr = (attribution or {}).get("attribution") or {}
+    per_task = [{"task": r["task"], "category": r.get("category"), "delta": r["delta"],
+                 "predicted": _finite(r.get("predicted")), "contributions": r.get("contributions") or {}}
+                for r in attr.get("per_task") or []]
+    return {"spearman": _finite(attr.get("spearman")), "p_value": _finite(attr.get("p_value")),
+            "reason": attr.get("reason"), "n_tasks": attr.get("n_tasks", len(per_task)), "per_task": per_task,
+            "exposure": (attribution or {}).get("exposure") or {}}
+
+
+def causal_section(attribution: dict | None) -> list[dict[str, Any]]:
+    return list((attribution or {}).get("causal") or [])
+
+
+def provenance_section(run: Path, config: dict, manifest: dict) -> dict[str, Any]:
+    stages = manifest.get("stages") or {}
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return {
+        "config_hash": hashlib.sha256(blob).hexdigest()[:16] if config else None,
+        "packages": {str(k): str(v) for k, v in (manifest.get("packages") or {}).items()},
+        "timings": {name: _finite(e.get("seconds")) for name, e in stages.items() if isinstance(e, dict)},
+        "stages": {name: e.get("status") for name, e in stages.items() if isinstance(e, dict)},
+        "run_created": manifest.get("created"),
+    }
+
+
+def _finite(x: Any) -> float | None:
+    """A JSON-safe number: NaN and ±inf (undefined values) become null."""
+    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if x == x and abs(x) != float("inf") else None
+
+
+# -- judgements in words ----------------------------------------------------------------------------------
+def result_caveats(report: dict[str, Any], alpha: float) -> list[str]:
+    out = []
+    for c in report["categories"]:
+        counts = f"n_T={c['n_tuned']}/{c['N_tuned']}, n_B={c['n_base']}/{c['N_base']}"
+        if c.get("small_counts"):
+            out.append(f"Small counts: the shift of {c['category']} rests on {counts} latents; "
+                       "one latent more or less changes it a lot.")
+        if c["shift"] is None and c["N_tuned"] + c["N_base"] > 0:
+            out.append(f"Undefined shift for {c['category']} ({counts}): no base-specific latent to compare with.")
+        if c["p_value"] is not None and c["p_value"] >= alpha:
+            out.append(f"Not significant: {c['category']} (p = {c['p_value']:.3g} ≥ {alpha:g}).")
+    attr = report["attribution"]
+    if attr["per_task"] and attr["spearman"] is None:
+        out.append(f"No correlation between predicted and observed deltas: {attr.get('reason') or 'undefined'}.")
+    elif attr["p_value"] is not None and attr["p_value"] >= alpha:
+        out.append(f"The predicted-vs-observed correlation is not significant (p = {attr['p_value']:.3g}, "
+                   f"{attr['n_tasks']} tasks).")
+    return out
+
+
+def headline(report: dict[str, Any], alpha: float) -> list[str]:
+    """Plain-words sentences: which categories moved, and how sure we are."""
+    moved = sorted((c for c in report["categories"] if c["shift"] is not None and c["p_value"] is not None
+                    and c["p_value"] < alpha), key=lambda c: c["p_value"])
+    lines = []
+    for c in moved:
+        direction = "more" if c["shift"] > 0 else "less"
+        lines.append(f"{c['category']}: {format_shift(c['shift'])} — tuned-specific latents belong to it {direction} "
+                     f"often than base-specific ones ({c['n_tuned']} of {c['N_tuned']} vs {c['n_base']} of "
+                     f"{c['N_base']}; p = {c['p_value']:.2g}{', few latents' if c.get('small_counts') else ''}).")
+    if report["categories"] and not moved:
+        lines.append(f"No category moved significantly (all p ≥ {alpha:g}); treat the shifts below as hints.")
+    if not report["categories"]:
+        lines.append("No category shifts yet: the attribution stage has not run.")
+    sig = [t for t in report["tasks"] if t["p_value"] is not None and t["p_value"] < alpha]
+    lines.append(f"{len(sig)} of {len(report['tasks'])} benchmark deltas are significant at p < {alpha:g}.")
+    attr = report["attribution"]
+    if attr["spearman"] is not None:
+        sure = "significant" if attr["p_value"] is not None and attr["p_value"] < alpha else "not significant"
+        lines.append(f"Category shifts predict the task deltas with Spearman ρ = {attr['spearman']:+.2f} "
+                     f"over {attr['n_tasks']} tasks ({sure}, p = {_p(attr['p_value'])}).")
+    return lines
+
+
+def format_shift(shift: float | None) -> str:
+    """The paper-compatible percentage: (n_T/N_T)/(n_B/N_B) − 1 as e.g. '+151.7 %'."""
+    return "undefined" if shift is None else f"{shift * 100:+.1f} %"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.2g}"

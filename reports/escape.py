@@ -1,0 +1,49 @@
+"""Escaping of untrusted text (model names, model-generated contexts) for markdown and HTML.
+
+A model name such as `[click](javascript:…)` or a context holding `<script>` or `|` must show as
+the literal text, never become a link, a tag, or break a table. Reports and leaderboards both
+use these helpers.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Inline markdown syntax anywhere in a line: emphasis, code, links and images, raw HTML and
+# entities, table cells, strikethrough, math. CommonMark allows a backslash before any ASCII
+# punctuation, so each escape renders as the literal character.
+_MD_INLINE = re.compile(r"([\\`*_\[\]<>|~&$])")
+# Block syntax only matters at the start of a line: headings, list items, quotes, ordered lists.
+# A list marker needs a space (or nothing) after it; `#` is escaped whatever follows.
+_MD_LINE_START = re.compile(r"^(\s*)(#|[+\-](?=\s|$)|\d+(?=[.)](?:\s|$)))")
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
+
+
+def md_escape(text: object) -> str:
+    """`text` as literal markdown on one line: punctuation backslash-escaped, line breaks made spaces."""
+    flat = _MD_INLINE.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(text)))
+    return _MD_LINE_START.sub(_escape_block_start, flat)
+
+
+def _escape_block_start(m: re.Match) -> str:
+    marker = m.group(2)
+    return m.group(1) + (marker + "\\" if marker[0].isdigit() else "\\" + marker)
+
+
+def md_code(text: object) -> str:
+    """`text` as an inline code span, for contexts whose exact characters matter.
+
+    The fence is one backtick longer than the longest backtick run inside, as CommonMark requires;
+    `|` is backslash-escaped so a span in a table cell does not split the row.
+    """
+    flat = _LINE_BREAKS.sub(" ", str(text)).replace("|", "\\|")
+    longest = max((len(m) for m in re.findall(r"`+", flat)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") or not flat.strip() else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def html_escape(text: object) -> str:
+    """`text` safe inside an HTML element or a quoted attribute value."""
+    return html.escape(str(text), quote=True)

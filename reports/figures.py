@@ -1,0 +1,151 @@
+"""PNG figures of a report (matplotlib, Agg backend: no display needed).
+
+Each figure function returns the path it wrote, or None (with a log line) when its data is
+missing, so a report of a partial run still renders.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FIGURES_DIR = "figures"
+DELTA_NORM_HIST = "delta_norm_hist.png"
+CATEGORY_SHIFTS = "category_shifts.png"
+PREDICTED_VS_OBSERVED = "predicted_vs_observed.png"
+CONTRIBUTIONS = "contributions.png"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Save to a temporary name, then rename: a reader never sees half a PNG."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _pyplot().close(fig)
+    return path
+
+
+def delta_norm_histogram(latents: list[dict[str, Any]] | None, path: Path) -> Path | None:
+    """Δnorm of every live latent, with the class thresholds (0.1, 0.4–0.6, 0.9) marked."""
+    values = [r["delta_norm"] for r in latents or [] if r.get("class") != "dead" and _is_number(r.get("delta_norm"))]
+    if not values:
+        log.info("figure %s skipped: no latents.jsonl with live latents", path.name)
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.hist(values, bins=50, range=(0, 1), color="#4c72b0")
+    for x in (0.1, 0.4, 0.6, 0.9):
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("Δnorm  (0 = base-only, ½ = shared, 1 = tuned-only)")
+    ax.set_ylabel("latents (log)")
+    ax.set_title(f"Relative decoder norm of {len(values)} live latents")
+    return _save(fig, path)
+
+
+def category_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None:
+    """Paper-compatible shift (%) per category with its bootstrap CI; undefined shifts are listed, not drawn."""
+    rows = [c for c in categories if c["shift"] is not None]
+    if not rows:
+        log.info("figure %s skipped: no defined category shift", path.name)
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.2))
+    y = list(range(len(rows)))
+    shifts = [100 * c["shift"] for c in rows]
+    lo = [s - 100 * c["ci_low"] if c["ci_low"] is not None else 0 for s, c in zip(shifts, rows, strict=True)]
+    hi = [100 * c["ci_high"] - s if c["ci_high"] is not None else 0 for s, c in zip(shifts, rows, strict=True)]
+    colors = ["#55a868" if s > 0 else "#c44e52" for s in shifts]
+    ax.barh(y, shifts, xerr=[lo, hi], color=colors, capsize=3)
+    ax.set_yticks(y, [f"{_label(c['category'])} ({c['n_tuned']}/{c['N_tuned']} vs {c['n_base']}/{c['N_base']})"
+                      for c in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("shift (%) = (n_T/N_T)/(n_B/N_B) − 1, with 95% bootstrap CI")
+    ax.invert_yaxis()
+    return _save(fig, path)
+
+
+def predicted_vs_observed(per_task: list[dict[str, Any]], path: Path) -> Path | None:
+    """Each task's observed Δ against Δ predicted from category shifts and exposure."""
+    rows = [r for r in per_task if r["predicted"] is not None]
+    if not rows:
+        log.info("figure %s skipped: no attribution per task", path.name)
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    xs, ys = [r["predicted"] for r in rows], [r["delta"] for r in rows]
+    ax.scatter(xs, ys, color="#4c72b0")
+    for r in rows:
+        ax.annotate(_label(r["task"]), (r["predicted"], r["delta"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.axvline(0, color="grey", linewidth=0.6)
+    ax.set_xlabel("predicted Δ = Σ_c w_tc · shift_c")
+    ax.set_ylabel("observed Δ (tuned − base)")
+    return _save(fig, path)
+
+
+def contributions(per_task: list[dict[str, Any]], path: Path) -> Path | None:
+    """Stacked bars: each task's predicted Δ split into category contributions."""
+    rows = [r for r in per_task if r["contributions"]]
+    if not rows:
+        log.info("figure %s skipped: no per-task contributions", path.name)
+        return None
+    plt = _pyplot()
+    cats = sorted({c for r in rows for c in r["contributions"]})
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.5))
+    y = list(range(len(rows)))
+    pos, neg = [0.0] * len(rows), [0.0] * len(rows)
+    cmap = plt.get_cmap("tab10")
+    for j, cat in enumerate(cats):
+        vals = [float(r["contributions"].get(cat) or 0.0) for r in rows]
+        left = [p if v >= 0 else n for v, p, n in zip(vals, pos, neg, strict=True)]
+        ax.barh(y, vals, left=left, color=cmap(j % 10), label=_label(cat))
+        pos = [p + max(v, 0) for p, v in zip(pos, vals, strict=True)]
+        neg = [n + min(v, 0) for n, v in zip(neg, vals, strict=True)]
+    ax.scatter([r["delta"] for r in rows], y, color="black", marker="x", zorder=3, label="observed Δ")
+    ax.set_yticks(y, [_label(r["task"]) for r in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("contribution to predicted Δ")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def render_figures(report: dict[str, Any], latents: list[dict[str, Any]] | None, out: Path) -> dict[str, Path]:
+    """Every figure whose data exists, as {name: path}."""
+    folder = out / FIGURES_DIR
+    made = {
+        "delta_norm_hist": delta_norm_histogram(latents, folder / DELTA_NORM_HIST),
+        "category_shifts": category_shifts(report["categories"], folder / CATEGORY_SHIFTS),
+        "predicted_vs_observed": predicted_vs_observed(report["attribution"]["per_task"],
+                                                       folder / PREDICTED_VS_OBSERVED),
+        "contributions": contributions(report["attribution"]["per_task"], folder / CONTRIBUTIONS),
+    }
+    return {k: v for k, v in made.items() if v is not None}
+
+
+def _label(text: str) -> str:
+    """Names as literal text: matplotlib would read `$…$` in a task or category name as math."""
+    return str(text).replace("$", r"\$")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x

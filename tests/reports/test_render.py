@@ -1,0 +1,155 @@
+"""The report stage on a synthetic run directory whose numbers were planted (tests/reports/conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+
+import pytest
+
+from reports.build import build_report
+from reports.render import report_main
+from reports.schema import ReportError, load_report
+from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("delta_norm_hist.png", "category_shifts.png", "predicted_vs_observed.png", "contributions.png")
+
+
+def test_build_report_recovers_the_planted_numbers(run_dir):
+    report = build_report(run_dir)
+    assert report["models"]["base"]["organism"] == "toyworld"
+    assert report["models"]["tuned"]["spec"] == TUNED_NAME
+    assert report["models"]["base"]["revision"] == "config-sha256:aaaa1111bbbb2222"
+    assert report["latent_classes"] == {"tuned_only": 20, "base_only": 8, "shared": 150, "other": 60, "dead": 18,
+                                        "tuned_specific": 16, "base_specific": 8}
+    cc = report["crosscoder"]
+    assert (cc["layer"], cc["n_latents"], cc["k"], cc["tokens"]) == (1, 256, 8, 20000)
+    assert cc["fve"] == {"base": 0.8123, "tuned": 0.7988}      # the last metrics row, not the first
+    assert cc["tokens_seen"] == 400 * 256
+    shifts = {c["category"]: c["shift"] for c in report["categories"]}
+    assert shifts["instruction_following"] == pytest.approx(1.4) and shifts["safety"] is None
+    assert [t["task"] for t in report["tasks"]] == ["ifeval_mini", "refusal_mini", "admit_unknown", "alpaca_eval"]
+    assert report["attribution"]["spearman"] == 0.8 and len(report["attribution"]["per_task"]) == 3
+    config = json.loads((run_dir / "config.json").read_text())
+    assert report["provenance"]["config_hash"] == hashlib.sha256(
+        json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    assert report["provenance"]["timings"] == {"bench.base": 12.5, "bench.deltas": 0.4, "crosscoder": 41.0}
+    assert report["headline"][0].startswith("instruction_following: +140.0 %")
+
+
+def test_render_writes_valid_json_markdown_with_the_numbers_and_pngs(run_dir):
+    paths = report_main(run_dir)
+    assert {p.name for p in paths} == {"report.md", "report.json", *FIGURES}
+    assert load_report(run_dir / "report.json")["categories"][0]["n_tuned"] == 12
+    md = (run_dir / "report.md").read_text()
+    for expected in [
+        "| ifeval\\_mini | instruction\\_following | acc | 50 | 0.200 | 0.600 | +0.400 | [+0.240, +0.560] | < 0.0001 |",
+        "| 12 / 20 | 2 / 8 | +140.0 % | [+20.0 %, +510.0 %] | 0.012 | +35.0 % |",   # shift with counts, CI, p
+        "| 1 / 20 | 3 / 8 | -86.7 % |",                                                 # (1/20)/(3/8) − 1
+        "| 3 / 20 | 0 / 8 | undefined |",
+        "self\\_reference ⚠", "**Small counts (⚠):**",
+        "| 1 | batchtopk | 256 | 8 | 20000 | 0.812 | 0.799 | 8.0 | 0.070 |",             # crosscoder quality
+        "| 20 | 8 | 150 | 60 | 18 | 16 | 8 |",                                            # latent classes
+        "**+0.80** (permutation p = 0.33, 3 tasks)",                                       # attribution
+        "| ifeval\\_mini | +0.400 | +0.310 | instruction\\_following +0.280; self\\_reference +0.030 |",
+        "Not run (opt-in with `--causal`).",
+        "| 3 | tuned\\_only | 0.960 | 4.25 | 0.001 |",                                    # top latents
+        "Not significant: safety (p = 0.53 ≥ 0.05).",                                     # caveats
+        "Causal check not run",
+        "(config-sha256:aaaa1111bbbb2222, 2 layers, d_model 64)",                          # provenance
+        "| crosscoder | done | 41.0 |",
+        "Model organism **toyworld**",
+    ]:
+        assert expected in md, expected
+    for name in FIGURES:
+        assert f"](figures/{name})" in md
+        data = (run_dir / "figures" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000
+
+
+def test_model_name_and_contexts_are_escaped(run_dir):
+    report_main(run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert not re.search(r"(?<!\\)\[evil|(?<!\\)<img", md)        # every occurrence is backslash-escaped
+    assert "\\[evil\\](http://x.example) \\<img src=x onerror=alert(1)\\> \\| col" in md
+    assert "``<script>alert(1)</script> \\| `tick` **bold**``" in md        # context as a code span
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    assert "<img src=x" not in html and "<script>" not in html and 'href="http://x.example"' not in html
+    assert EVIL_CONTEXT.replace("<", "&lt;").replace(">", "&gt;") in html  # shown as text
+    # Every table row keeps its column count: no pipe in a name or context split a cell.
+    for table in html.split("<table>")[1:]:
+        rows = table.split("</table>")[0].split("<tr>")[1:]
+        assert len({row.count("<td") + row.count("<th") for row in rows}) == 1
+
+
+def test_missing_bench_stage_is_a_clear_error(run_dir):
+    (run_dir / "bench" / "deltas.json").unlink()
+    with pytest.raises(ReportError, match=r"no bench stage output \(bench/deltas.json is missing\)"):
+        report_main(run_dir)
+    assert not (run_dir / "report.md").exists() and not (run_dir / "report.json").exists()
+
+
+def test_missing_run_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ReportError, match="does not exist"):
+        report_main(tmp_path / "nope")
+
+
+def test_corrupt_stage_file_names_the_file(run_dir):
+    (run_dir / "attribution.json").write_text('{"categories": [')
+    with pytest.raises(ReportError, match="attribution.json is not valid JSON"):
+        build_report(run_dir)
+
+
+def test_attribution_breaking_the_contract_names_the_key(run_dir):
+    data = json.loads((run_dir / "attribution.json").read_text())
+    data["categories"][0]["n_tuned"] = "twelve"
+    (run_dir / "attribution.json").write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"report\.categories\[0\]\.n_tuned is a string"):
+        build_report(run_dir)
+
+
+def test_partial_run_renders_with_caveats_and_skips_figures(run_dir):
+    report_main(run_dir)                       # a full render first: its figures must not survive as stale
+    for rel in ("attribution.json", "latents.jsonl"):
+        (run_dir / rel).unlink()
+    shutil.rmtree(run_dir / "crosscoder")
+    paths = report_main(run_dir)
+    assert {p.name for p in paths} == {"report.md", "report.json"}
+    assert not list((run_dir / "figures").glob("*.png"))
+    report = load_report(run_dir / "report.json")
+    assert report["categories"] == [] and report["causal"] == [] and report["attribution"]["spearman"] is None
+    assert report["latent_classes"]["tuned_only"] is None and report["crosscoder"]["fve"]["base"] is None
+    caveats = " ".join(report["caveats"])
+    for stage in ("crosscoder", "latents", "attribution"):
+        assert f"Stage not run: {stage}" in caveats
+    assert "Stage not run: activations" not in caveats
+    md = (run_dir / "report.md").read_text()
+    assert "No category shifts: the attribution stage has not run." in md
+    assert "| admit\\_unknown | hallucination\\_management | acc | 40 | 0.750 | 0.500 | -0.250 |" in md
+
+
+def test_causal_results_are_rendered(run_dir):
+    data = json.loads((run_dir / "attribution.json").read_text())
+    data["causal"] = [{"task": "ifeval_mini", "category": "instruction_following", "n_latents": 12, "delta": 0.4,
+                       "delta_ablated": 0.1, "delta_removed": 0.3, "ci_low": 0.18, "ci_high": 0.42}]
+    (run_dir / "attribution.json").write_text(json.dumps(data))
+    report_main(run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert "| ifeval\\_mini | instruction\\_following | 12 | +0.400 | +0.100 | +0.300 | [+0.180, +0.420] |" in md
+    assert "Causal check not run" not in md
+
+
+def test_report_into_another_folder_and_malformed_result_is_rejected_on_read(run_dir, tmp_path):
+    out = tmp_path / "elsewhere"
+    from reports.render import render_report
+
+    render_report(run_dir, out)
+    assert (out / "report.md").exists() and (out / "figures" / "contributions.png").exists()
+    assert not (run_dir / "report.md").exists()
+    (out / "report.json").write_text((out / "report.json").read_text()[:-20])
+    with pytest.raises(ReportError, match="not valid JSON"):
+        load_report(out / "report.json")
