@@ -122,13 +122,14 @@ def _missing_stage_caveats(acts: Any, cc_cfg: Any, latents: Any, attribution: An
 def models_section(deltas: dict, config: dict, acts: dict | None, attribution: dict | None) -> dict[str, Any]:
     described = (acts or {}).get("models") or [{}, {}]
     n_layers = (acts or {}).get("n_layers") or [None, None]
-    d_model = (acts or {}).get("d_model")
+    # Hidden sizes may differ between the models (crosscoders.data: d_models beside d_model).
+    d_models = (acts or {}).get("d_models") or [(acts or {}).get("d_model")] * 2
     out: dict[str, Any] = {}
     for i, role in enumerate(("base", "tuned")):
         desc = described[i] if i < len(described) else {}
         out[role] = {"spec": str(deltas.get(role) or config.get(role) or desc.get("spec") or "unknown"),
                      "revision": _revision(desc), "n_layers": n_layers[i] if i < len(n_layers) else None,
-                     "d_model": d_model, "kind": desc.get("kind")}
+                     "d_model": d_models[i] if i < len(d_models) else None, "kind": desc.get("kind")}
     if config.get("organism"):
         out["base"]["organism"] = out["tuned"]["organism"] = str(config["organism"])
     reference = (attribution or {}).get("reference")

@@ -86,6 +86,14 @@ def test_model_name_and_contexts_are_escaped(run_dir):
         assert len({row.count("<td") + row.count("<th") for row in rows}) == 1
 
 
+def test_models_of_different_hidden_size(run_dir):
+    path = run_dir / "activations" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "d_model": 96, "d_models": [64, 96]}))
+    models = build_report(run_dir)["models"]
+    assert (models["base"]["d_model"], models["tuned"]["d_model"]) == (64, 96)
+
+
 def test_missing_bench_stage_is_a_clear_error(run_dir):
     (run_dir / "bench" / "deltas.json").unlink()
     with pytest.raises(ReportError, match=r"no bench stage output \(bench/deltas.json is missing\)"):
