@@ -94,10 +94,10 @@ def shift_text(s: dict[str, Any]) -> str:
 
 def md_text(text: Any) -> str:
     """Escape a text for a markdown table cell: no markup, no HTML, no column break."""
-    out = " ".join(str(text).split())
-    for ch in "\\`*_[]<>|#!~":
+    out = " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in "\\`*_[]|#!~":
         out = out.replace(ch, "\\" + ch)
-    return out.replace("&", "&amp;")
+    return out
 
 
 def _environment(autoescape: bool) -> Any:
