@@ -2,9 +2,15 @@
 
 The forward pass stops at the collection layer (a hook raises once that block has run), so no
 later block and no output head is computed. Rows for BOS and padding positions are dropped, and
-so are extreme-norm outliers (attention-sink positions whose norm dwarfs the rest). Rows are
-written in memory-mapped shards (see crosscoders.data for the layout); memory stays flat as the
-token budget grows, and an interrupted collection resumes after its last finished shard.
+so are extreme-norm outliers (attention-sink positions whose norm dwarfs the rest, judged against
+the median norm of the first batch). Rows are written in memory-mapped shards (crosscoders.data
+has the layout, crosscoders.cache the writer); memory stays flat as the token budget grows.
+
+- Models of different hidden size are allowed: shards then hold the models side by side
+  ([rows, Σ d_model]) and the manifest lists `d_models`.
+- An interrupted collection resumes exactly: the result is byte-identical to an uninterrupted run.
+- Under torchrun (RANK / WORLD_SIZE set) rank r collects every world-th batch of sequences, with
+  an equal share of the token budget, into `rank_<r>/`; rank 0 then writes the one manifest.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +27,11 @@ import numpy as np
 
 from harness import models
 from harness.errors import DiffevalError
-from harness.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 ACT_FORMAT_VERSION = 1  # matches crosscoders.data.FORMAT_VERSION
+CORPUS_DIR = Path(__file__).parent / "corpus"  # the shipped offline corpus: plain.jsonl, chat.jsonl
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,8 @@ class ActivationsConfig:
     tokens: int = field(default=100_000, metadata={"help": "activation rows (token positions) to collect"})
     seq_len: int = field(default=128, metadata={"help": "longest sequence, in tokens"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass"})
-    corpus: tuple[str, ...] = field(default=(), metadata={"help": "text files (.txt: one text per line; .jsonl: a 'text' field)"})
+    corpus: tuple[str, ...] = field(default=(), metadata={"help": "corpus files (.txt: one text per line; .jsonl: a 'text' "
+                                                                  "or a 'messages' field); none: the shipped corpus"})
     tasks: tuple[str, ...] = field(default=(), metadata={"help": "benchmark tasks whose prompts join the corpus; with no corpus and no tasks: the shipped suite"})
     tasks_dir: tuple[str, ...] = field(default=(), metadata={"help": "extra task directories"})
     shard_rows: int = field(default=65_536, metadata={"help": "rows per shard file"})
@@ -96,87 +104,209 @@ def truncated_hidden(model: Any, blocks: Any, layer: int, input_ids: Any, attent
     return captured["h"]
 
 
-def corpus_sequences(cfg: ActivationsConfig, chat_template_tok: Any) -> list[dict[str, Any]]:
-    """Texts to collect on: plain text, the same prompts chat-formatted, and task prompts."""
+# -- corpus --------------------------------------------------------------------------------------------
+def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, Any]]:
+    """Texts to collect on, interleaved by source: the corpus files (or the shipped corpus) and the
+    task prompts, plain and chat-formatted with `chat_tok`'s template (the tuned model's)."""
     from harness import taskreg
 
-    seqs: list[dict[str, Any]] = []
+    groups: list[list[dict[str, Any]]] = []
     for path in cfg.corpus:
-        seqs += [{"kind": "text", "source": str(path), "text": t} for t in _read_texts(Path(path))]
-    # offline default: the prompts of the shipped task suite (plain and chat-formatted)
+        groups.append(read_corpus_file(Path(path), chat_tok))
+    if not cfg.corpus:
+        groups += shipped_corpus(chat_tok)
     names = cfg.tasks or (() if cfg.corpus else tuple(taskreg.shipped_suite()))
     defs = taskreg.resolve(names, cfg.tasks_dir) if names else []
     for name, task in taskreg.load_tasks(defs).items():
-        for i, doc in enumerate(task.eval_docs):
-            prompt = task.doc_to_text(doc)
-            seqs.append({"kind": "task", "source": name, "doc_id": i, "text": prompt})
-            if chat_template_tok.chat_template:
-                chat = chat_template_tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                             add_generation_prompt=True)
-                seqs.append({"kind": "chat", "source": name, "doc_id": i, "text": chat})
+        prompts = [task.doc_to_text(doc) for doc in task.eval_docs]
+        groups.append([{"kind": "task", "source": name, "doc_id": i, "text": p} for i, p in enumerate(prompts)])
+        groups.append([{"kind": "chat", "source": name, "doc_id": i, "text": render_chat(
+            chat_tok, [{"role": "user", "content": p}], generation_prompt=True)} for i, p in enumerate(prompts)])
+    seqs = _interleave(groups)
     if not seqs:
         raise DiffevalError("the activation corpus is empty: pass --corpus files and/or --tasks")
     return seqs
 
 
-def _read_texts(path: Path) -> list[str]:
+def _interleave(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One list in which every prefix mixes the groups in proportion to their sizes (so a small
+    token budget still sees plain, chat and task text)."""
+    keyed = [((j + 0.5) / len(g), gi, j) for gi, g in enumerate(groups) for j in range(len(g))]
+    return [groups[gi][j] for _, gi, j in sorted(keyed)]
+
+
+def shipped_corpus(chat_tok: Any) -> list[list[dict[str, Any]]]:
+    """The offline default: harness/corpus/plain.jsonl and chat.jsonl (each skipped if absent)."""
+    groups = []
+    for name in ("plain.jsonl", "chat.jsonl"):
+        path = CORPUS_DIR / name
+        if path.is_file():
+            groups.append([{**s, "source": f"shipped:{name}"} for s in read_corpus_file(path, chat_tok)])
+        else:
+            log.warning("shipped corpus file %s is missing; collecting without it", path)
+    return groups
+
+
+def read_corpus_file(path: Path, chat_tok: Any) -> list[dict[str, Any]]:
+    """Sequences from a .txt file (one text per line) or a .jsonl file ('text' or 'messages' rows)."""
     if not path.is_file():
-        raise DiffevalError(f"corpus file {path} does not exist (use .txt, one text per line, or .jsonl with 'text')")
+        raise DiffevalError(f"corpus file {path} does not exist (use .txt, one text per line, or .jsonl rows "
+                            "with 'text' or 'messages')")
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if path.suffix == ".jsonl":
-        return [json.loads(ln)["text"] for ln in lines]
-    return lines
+    if path.suffix != ".jsonl":
+        return [{"kind": "plain", "source": str(path), "text": t} for t in lines]
+    seqs = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DiffevalError(f"{path} line {i} is not JSON ({e.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            seqs.append({"kind": "plain", "source": str(path), "text": row["text"]})
+        elif isinstance(row, dict) and _is_chat(row.get("messages")):
+            seqs.append({"kind": "chat", "source": str(path), "text": render_chat(chat_tok, row["messages"])})
+        else:
+            raise DiffevalError(f"{path} line {i} has neither a 'text' string nor 'messages' (a list of "
+                                "{'role', 'content'} objects)")
+    return seqs
+
+
+def _is_chat(messages: Any) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+
+
+def render_chat(tok: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """A conversation as text in the tokenizer's chat template, or "User: …\\nAssistant: …" without one."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+    return text + "\nAssistant:" if generation_prompt else text
+
+
+# -- collection ------------------------------------------------------------------------------------------
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's RANK / WORLD_SIZE; (0, 1) in a plain process."""
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise DiffevalError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
+                            "must be integers (as torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise DiffevalError(f"RANK {rank} is out of range for WORLD_SIZE {world}")
+    return rank, world
 
 
 def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
     """Collect paired activations into `out` (resuming a previous partial run of the same config)."""
-    import torch
-    from tqdm.auto import tqdm
+    from crosscoders.cache import RANK_DIR, merge_rank_dirs
 
     out = Path(out)
+    rank, world = launch_rank()
     specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
     toks = [models.load_tokenizer(s) for s in specs]
     models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
     seqs = corpus_sequences(cfg, toks[1])
-    key = hashlib.sha256(json.dumps([cfg.__dict__, [models.describe(s) for s in specs]], sort_keys=True,
+    key = hashlib.sha256(json.dumps([cfg.__dict__, [models.describe(s) for s in specs], world], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
-    manifest = _resume_manifest(out, key)
-    lms = [models.load_model(s, cfg.dtype, cfg.device) for s in specs]
+    if _resume_manifest(out, key)["complete"]:
+        return out
+    work = out / RANK_DIR.format(rank) if world > 1 else out
+    manifest = _resume_manifest(work, key)
+    if not manifest["complete"]:
+        _collect_rank(cfg, work, manifest, specs, toks[1], seqs, rank, world)
+    if world > 1:
+        _after_all_ranks(lambda: merge_rank_dirs(out, world) if rank == 0 else None)
+    return out
+
+
+@dataclass
+class _Batch:
+    acts: np.ndarray      # [rows, n_models, d_model], or [rows, Σ d_model] when the sizes differ
+    rows: np.ndarray      # [rows, 3] int64: sequence id, position, token id
+    norms: np.ndarray     # [rows] largest per-model norm (for the outlier filter)
+    sequences: list[dict[str, Any]]
+
+
+def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], specs: list[Any], tok: Any,
+                  seqs: list[dict[str, Any]], rank: int, world: int) -> None:
+    """This rank's share: batches rank, rank + world, … of `seqs`, until its share of the budget."""
+    from tqdm.auto import tqdm
+
+    from crosscoders.cache import ShardWriter
+
+    device = cfg.device
+    if world > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+    lms = [models.load_model(s, cfg.dtype, device) for s in specs]
     blocks = [decoder_blocks(m) for m in lms]
     layers = [resolve_layer(cfg.layer, len(b), s.spec) for b, s in zip(blocks, specs, strict=True)]
     d_models = [m.config.hidden_size for m in lms]
-    if d_models[0] != d_models[1]:
-        raise DiffevalError(f"hidden sizes differ ({d_models[0]} vs {d_models[1]}); this collector needs equal sizes")
-    manifest.update({"models": [models.describe(s) for s in specs], "layer": layers, "d_model": d_models[0],
-                     "n_layers": [len(b) for b in blocks]})
-    writer = _ShardWriter(out, manifest, cfg)
-    tok = toks[1]
-    bar = tqdm(total=cfg.tokens, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
-    seq_id = manifest["next_sequence"]
-    with torch.no_grad():
-        while manifest["rows"] + writer.pending < cfg.tokens and seq_id < len(seqs):
-            batch = seqs[seq_id:seq_id + cfg.batch_size]
-            enc = tok([s["text"] for s in batch], return_tensors="pt", padding=True, truncation=True,
-                      max_length=cfg.seq_len).to(cfg.device)
-            hs = [truncated_hidden(m, b, layer, enc["input_ids"], enc["attention_mask"]).float()
-                  for m, b, layer in zip(lms, blocks, layers, strict=True)]
-            acts = torch.stack(hs, 2)  # [batch, seq, n_models, d_model]
-            keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
-            b_idx, pos = keep.nonzero(as_tuple=True)
-            ids = enc["input_ids"][b_idx, pos]
-            rows = torch.stack([b_idx + seq_id, pos, ids], 1).cpu().numpy()
-            before = writer.pending
-            writer.add(acts[b_idx, pos].cpu().numpy(), rows)
-            for j, s in enumerate(batch):
-                writer.sequences.append({"id": seq_id + j, **s, "tokens": tok.convert_ids_to_tokens(
-                    enc["input_ids"][j][enc["attention_mask"][j].bool()].tolist())})
-            seq_id += len(batch)
-            manifest["next_sequence"] = seq_id
-            bar.update(writer.pending - before)
-            writer.flush_full_shards()
-    writer.finish(cfg.tokens)
+    manifest.update({"models": [models.describe(s) for s in specs], "layer": layers, "d_model": max(d_models),
+                     "d_models": d_models, "n_layers": [len(b) for b in blocks], "rank": rank, "world": world})
+
+    def forward(first: int) -> _Batch:
+        return _forward_batch(cfg, lms, blocks, layers, tok, seqs[first:first + cfg.batch_size], first, device)
+
+    cached = {}
+    if manifest.get("median_norm") is None:  # every rank judges outliers against batch 0
+        cached[0] = forward(0)
+        manifest["median_norm"] = float(np.median(cached[0].norms))
+    budget = cfg.tokens // world + (rank < cfg.tokens % world)
+    writer = ShardWriter(work, manifest, budget, cfg.shard_rows, cfg.store_dtype)
+    start, skip = writer.resume_point(rank * cfg.batch_size)
+    bar = tqdm(total=budget, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
+    for first in range(start, len(seqs), world * cfg.batch_size):
+        batch = cached.pop(first, None) or forward(first)
+        keep = batch.norms <= cfg.outlier_factor * manifest["median_norm"]
+        before = writer.total
+        writer.add(batch.acts[keep], batch.rows[keep], first, batch.sequences, skip)
+        skip = 0
+        bar.update(writer.total - before)
+        if writer.total >= budget:
+            break
+    writer.finish()
     bar.close()
-    return out
+
+
+def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], layers: list[int], tok: Any,
+                   batch: list[dict[str, Any]], first: int, device: str) -> _Batch:
+    """Both models on one batch of sequences; rows for every non-BOS, non-pad position."""
+    import torch
+
+    enc = tok([s["text"] for s in batch], return_tensors="pt", padding=True, truncation=True,
+              max_length=cfg.seq_len).to(device)
+    with torch.no_grad():
+        hs = [truncated_hidden(m, b, layer, enc["input_ids"], enc["attention_mask"]).float()
+              for m, b, layer in zip(lms, blocks, layers, strict=True)]  # each [batch, seq, d_m]
+    keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
+    b_idx, pos = keep.nonzero(as_tuple=True)
+    per_model = [h[b_idx, pos] for h in hs]  # each [rows, d_m]
+    same = len({h.shape[-1] for h in per_model}) == 1
+    acts = torch.stack(per_model, 1) if same else torch.cat(per_model, 1)
+    norms = torch.stack([h.norm(dim=-1) for h in per_model], 1).amax(1)  # an outlier in either model drops the row
+    rows = torch.stack([b_idx + first, pos, enc["input_ids"][b_idx, pos]], 1)
+    sequences = [{"id": first + j, **s, "tokens": tok.convert_ids_to_tokens(
+        enc["input_ids"][j][enc["attention_mask"][j].bool()].tolist())} for j, s in enumerate(batch)]
+    return _Batch(acts.cpu().numpy(), rows.cpu().numpy(), norms.cpu().numpy(), sequences)
+
+
+def _after_all_ranks(fn: Any) -> None:
+    """Wait for every rank, run `fn`, wait again (a gloo group is opened if torchrun's isn't)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:  # ranks finish at different times: allow a long wait
+        dist.init_process_group("gloo", timeout=timedelta(hours=12))
+    try:
+        dist.barrier()
+        fn()
+        dist.barrier()
+    finally:
+        if own:
+            dist.destroy_process_group()
 
 
 def _resume_manifest(out: Path, key: str) -> dict[str, Any]:
@@ -186,89 +316,11 @@ def _resume_manifest(out: Path, key: str) -> dict[str, Any]:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("config_key") == key and not old.get("complete"):
-            log.info("resuming activation collection at %d rows", old["rows"])
-            return old
-        if old.get("config_key") == key and old.get("complete"):
+        if old.get("config_key") == key:
+            if not old.get("complete"):
+                log.info("resuming activation collection at %d rows", old["rows"])
             return old
         if old:
             raise DiffevalError(f"{out} holds activations of a different configuration; choose another --out")
     return {"format_version": ACT_FORMAT_VERSION, "config_key": key, "complete": False, "rows": 0, "shards": [],
-            "next_sequence": 0, "n_models": 2, "sums": None}
-
-
-class _ShardWriter:
-    """Buffers rows, writes full shards atomically and records them in the manifest."""
-
-    def __init__(self, out: Path, manifest: dict[str, Any], cfg: ActivationsConfig) -> None:
-        self.out, self.manifest, self.cfg = out, manifest, cfg
-        self.acts: list[np.ndarray] = []
-        self.rows: list[np.ndarray] = []
-        self.sequences: list[dict[str, Any]] = []
-        self.pending = 0
-        self.norms: list[float] = []
-
-    def add(self, acts: np.ndarray, rows: np.ndarray) -> None:
-        norms = np.linalg.norm(acts, axis=-1).max(-1)  # [rows]; an outlier in either model drops the row
-        med = self.manifest.get("median_norm") or float(np.median(norms))
-        self.manifest["median_norm"] = med
-        keep = norms <= self.cfg.outlier_factor * med
-        self.acts.append(acts[keep].astype(self.cfg.store_dtype))
-        self.rows.append(rows[keep])
-        self.pending += int(keep.sum())
-
-    def flush_full_shards(self, final: bool = False) -> None:
-        """Write every full shard (and, at the end or at the token budget, the last partial one)."""
-        while self.pending:
-            room = self.cfg.tokens - self.manifest["rows"]
-            n = min(self.cfg.shard_rows, self.pending, room)
-            if n <= 0 or (n < self.cfg.shard_rows and n < room and not final):
-                break
-            acts, rows = np.concatenate(self.acts), np.concatenate(self.rows)
-            self._write(acts[:n], rows[:n])
-            self.acts, self.rows = [acts[n:]], [rows[n:]]
-            self.pending = len(acts) - n
-
-    def _write(self, acts: np.ndarray, rows: np.ndarray) -> None:
-        i = len(self.manifest["shards"])
-        name, tname = f"acts_{i:05d}.npy", f"tokens_{i:05d}.npy"
-        for fname, arr in ((name, acts), (tname, rows)):
-            tmp = self.out / f".{fname}.tmp"
-            self.out.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as f:
-                np.save(f, arr)
-            tmp.replace(self.out / fname)
-        sums = self.manifest["sums"] or {"s": [0.0, 0.0], "s2": [0.0, 0.0], "n": 0}
-        a64 = acts.astype(np.float64)
-        sums["s"] = [sums["s"][m] + float(a64[:, m].sum()) for m in range(2)]
-        sums["s2"] = [sums["s2"][m] + float((a64[:, m] ** 2).sum()) for m in range(2)]
-        sums["n"] += acts.shape[0] * acts.shape[2]
-        self.manifest["sums"] = sums
-        self.manifest["shards"].append({"file": name, "tokens_file": tname, "rows": len(acts),
-                                        "bytes": (self.out / name).stat().st_size,
-                                        "sha256": hashlib.sha256((self.out / name).read_bytes()).hexdigest()})
-        self.manifest["rows"] += len(acts)
-        seq_path = self.out / "sequences.jsonl"
-        with seq_path.open("a", encoding="utf-8") as f:
-            for s in self.sequences:
-                f.write(json.dumps(s) + "\n")
-        self.sequences = []
-        atomic_write_json(self.out / "manifest.json", self.manifest)
-
-    def finish(self, tokens: int) -> None:
-        if self.manifest["rows"] < tokens:
-            self.flush_full_shards(final=True)
-        if self.sequences:
-            with (self.out / "sequences.jsonl").open("a", encoding="utf-8") as f:
-                for s in self.sequences:
-                    f.write(json.dumps(s) + "\n")
-        s = self.manifest["sums"]
-        if not s:
-            raise DiffevalError("no activation rows were collected (empty corpus after filtering?)")
-        mean = [s["s"][m] / s["n"] for m in range(2)]
-        self.manifest["mean"] = mean
-        self.manifest["std"] = [max(0.0, s["s2"][m] / s["n"] - mean[m] ** 2) ** 0.5 for m in range(2)]
-        self.manifest["dtype"] = self.cfg.store_dtype
-        self.manifest["complete"] = True
-        atomic_write_json(self.out / "manifest.json", self.manifest)
-
+            "n_models": 2, "sums": None}

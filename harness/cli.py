@@ -326,11 +326,12 @@ def crosscoder() -> None:
 def crosscoder_train(acts: str, out: str, steps: int, **kw: Any) -> None:
     """Train on an activation directory; writes crosscoder.safetensors, cfg.json, metrics.jsonl."""
     from crosscoders import CrossCoderConfig, train_crosscoder
-    from crosscoders.data import ActivationDirError, read_manifest
+    from crosscoders.data import ActivationDirError, config_d_models, read_manifest
 
     try:
         manifest = read_manifest(Path(acts))
-        cfg = CrossCoderConfig(d_model=manifest["d_model"], n_models=manifest["n_models"], n_steps=steps, **kw)
+        cfg = CrossCoderConfig(d_model=manifest["d_model"], n_models=manifest["n_models"],
+                               d_models=config_d_models(manifest), n_steps=steps, **kw)
         train_crosscoder(cfg, acts, out=out)
     except (ActivationDirError, ValueError, FloatingPointError) as e:
         raise UserError(str(e)) from None

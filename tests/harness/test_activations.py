@@ -125,26 +125,130 @@ def test_activation_dirs_from_different_models_are_rejected(acts_dir, tiny_pair,
         collect_activations(cfg, copy)
 
 
-def test_interrupted_collection_resumes(tiny_pair, tmp_path, monkeypatch):
-    from harness import activations
+def _files(directory):
+    """Every file of an activation directory with its bytes (manifests parsed: key order aside)."""
+    import json
 
-    cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=300, seq_len=32,
+    return {p.relative_to(directory).as_posix(): json.loads(p.read_text()) if p.name == "manifest.json" else p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("crash_at", [2, 4])
+def test_interrupted_collection_resumes_exactly(tiny_pair, tmp_path, monkeypatch, crash_at):
+    from crosscoders.cache import ShardWriter
+
+    # small batches and shards: shards end mid-batch, so rows are still buffered when the crash comes
+    cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=700, seq_len=32, batch_size=4,
                             shard_rows=128, tasks=("diffeval_factual",))
-    real_write = activations._ShardWriter._write
+    whole = collect_activations(cfg, tmp_path / "whole")
+    real_write = ShardWriter._write
     calls = []
 
-    def crash_on_second(self, acts, rows):
+    def crash(self, acts, rows):
         calls.append(len(acts))
-        if len(calls) == 2:
+        if len(calls) == crash_at:
             raise KeyboardInterrupt
         real_write(self, acts, rows)
 
-    monkeypatch.setattr(activations._ShardWriter, "_write", crash_on_second)
+    monkeypatch.setattr(ShardWriter, "_write", crash)
     with pytest.raises(KeyboardInterrupt):
-        collect_activations(cfg, tmp_path)
+        collect_activations(cfg, tmp_path / "resumed")
     with pytest.raises(ActivationDirError, match="did not finish"):
-        ActivationStore(tmp_path)
+        ActivationStore(tmp_path / "resumed")
     monkeypatch.undo()
-    collect_activations(cfg, tmp_path)
-    store = ActivationStore(tmp_path, check_hashes=True)
-    assert len(store) == 300 and [s["rows"] for s in store.manifest["shards"]] == [128, 128, 44]
+    collect_activations(cfg, tmp_path / "resumed")
+    assert [s["rows"] for s in ActivationStore(whole).manifest["shards"]] == [128] * 5 + [60]
+    assert _files(tmp_path / "resumed") == _files(whole)  # byte-identical shards, tokens and sequences
+
+
+@pytest.fixture(scope="module")
+def narrow_model(tiny_pair, tmp_path_factory):
+    """A tiny Llama of hidden size 48 sharing the tiny pair's tokenizer (whose models have 64)."""
+    from transformers import AutoTokenizer
+
+    from harness.tiny import save_pair, tiny_llama
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    return save_pair(tiny_llama(len(tok), seed=2, hidden=48), tok, tmp_path_factory.mktemp("narrow") / "model")
+
+
+def test_models_of_different_hidden_size_are_collected_padded(narrow_model, tiny_pair, tmp_path):
+    from crosscoders import CrossCoderConfig, train_crosscoder
+    from crosscoders.data import config_d_models
+
+    cfg = ActivationsConfig(base=str(narrow_model), tuned=str(tiny_pair[1]), layer=1, tokens=200, seq_len=32,
+                            shard_rows=128, tasks=("diffeval_factual",))
+    out = collect_activations(cfg, tmp_path / "acts")
+    store = ActivationStore(out, check_hashes=True)
+    m = store.manifest
+    assert m["d_models"] == [48, 64] and m["d_model"] == 64 and len(store) == 200
+    assert np.load(out / "acts_00000.npy", mmap_mode="r").shape == (128, 48 + 64)  # stored unpadded
+    x = store[torch.arange(200)]
+    assert x.shape == (200, 2, 64) and not x[:, 0, 48:].any() and x[:, 0, :48].abs().sum(-1).min() > 0
+    # row 0 equals each model's own hidden state at its (sequence, position)
+    import json
+
+    from transformers import AutoTokenizer
+
+    seq, pos, _ = np.load(out / "tokens_00000.npy")[0]
+    text = [json.loads(line) for line in (out / "sequences.jsonl").read_text().splitlines()][seq]["text"]
+    ids = AutoTokenizer.from_pretrained(narrow_model)(text, return_tensors="pt")["input_ids"]
+    for i, spec in enumerate((narrow_model, tiny_pair[1])):
+        model = load_model(resolve_spec(str(spec)))
+        h = truncated_hidden(model, decoder_blocks(model), 1, ids, torch.ones_like(ids))[0, pos]
+        assert torch.allclose(x[0, i, :len(h)], h, atol=1e-4)
+    with pytest.raises(ValueError, match=r"hidden sizes \(48, 64\) but the config says d_models=None"):
+        train_crosscoder(CrossCoderConfig(d_model=64, n_models=2, n_latents=32, k=4), out, progress=False)
+    cc_cfg = CrossCoderConfig(d_model=64, n_models=2, n_latents=32, k=4, n_steps=5, batch_size=64,
+                              d_models=config_d_models(m))
+    model = train_crosscoder(cc_cfg, out, progress=False)
+    assert not model.W_dec[:, 0, 48:].any()
+
+
+
+RANK_WORKER = """
+import sys
+from harness.activations import ActivationsConfig, collect_activations
+base, tuned, out = sys.argv[1:4]
+cfg = ActivationsConfig(base=base, tuned=tuned, tokens=10**6, seq_len=32, batch_size=4, shard_rows=256,
+                        tasks=("diffeval_factual",))
+collect_activations(cfg, out)
+"""
+
+
+@pytest.mark.slow
+def test_collection_sharded_by_rank_matches_one_process(tiny_pair, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = tmp_path / "worker.py"
+    worker.write_text(RANK_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}", str(worker),
+           str(tiny_pair[0]), str(tiny_pair[1]), str(tmp_path / "ranks")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the budget exceeds the corpus, so both collections hold every row of every sequence
+    single = collect_activations(ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=10**6,
+                                                   seq_len=32, batch_size=4, shard_rows=256,
+                                                   tasks=("diffeval_factual",)), tmp_path / "single")
+    merged, one = ActivationStore(tmp_path / "ranks", check_hashes=True), ActivationStore(single)
+    assert merged.manifest["ranks"] == 2 and {s["file"].split("/")[0] for s in merged.manifest["shards"]} == {
+        "rank_00", "rank_01"}
+    assert len(merged) == len(one) and merged.manifest["rows"] == one.manifest["rows"]
+
+    def rows_by_position(store):
+        tokens = np.concatenate([np.load(store.dir / s["tokens_file"]) for s in store.manifest["shards"]])
+        order = np.lexsort((tokens[:, 1], tokens[:, 0]))
+        return tokens[order], store[torch.from_numpy(order)]
+
+    (t_merged, x_merged), (t_one, x_one) = rows_by_position(merged), rows_by_position(one)
+    assert np.array_equal(t_merged, t_one)  # the same (sequence, position, token) rows
+    assert torch.allclose(x_merged, x_one, atol=1e-5)
+    assert (tmp_path / "ranks" / "sequences.jsonl").read_text() == (single / "sequences.jsonl").read_text()
+    assert merged.manifest["mean"] == pytest.approx(one.manifest["mean"], rel=1e-6)
