@@ -24,7 +24,11 @@ def build_report(
     shifts: dict[str, tuple[float | None, float | None]] | None = None,
     spearman: float | None = 0.8,
 ) -> dict[str, Any]:
-    """A report.json following shared/DESIGN.md's contract; `shifts` maps category -> (shift, p)."""
+    """A report.json following shared/DESIGN.md's contract.
+
+    `shifts` maps a category to (shift, p) with placeholder counts, or to (n_tuned, N_tuned, n_base,
+    N_base, p) with the shift computed from the counts as in the paper.
+    """
     tasks = {"ifeval_lite": 0.12, "gsm_lite": -0.03} if tasks is None else tasks
     shifts = {"instruction following": (1.517, 0.002), "safety": (0.328, 0.2), "self-reference": (-0.441, 0.04)} \
         if shifts is None else shifts
@@ -45,11 +49,7 @@ def build_report(
         "crosscoder": {"layer": 1, "architecture": "batchtopk", "n_latents": 64, "k": 4, "tokens": 1000,
                        "fve": {"base": 0.9, "tuned": 0.88}, "l0": 4.0, "dead_fraction": 0.1},
         "latent_classes": {"tuned_only": 10, "base_only": 8, "shared": 30, "other": 10, "dead": 6},
-        "categories": [
-            {"category": c, "n_tuned": 3, "n_base": 2, "N_tuned": 10, "N_base": 8, "shift": s,
-             "ci_low": None, "ci_high": None, "p_value": p, "mass_shift": None}
-            for c, (s, p) in shifts.items()
-        ],
+        "categories": [_category(c, spec) for c, spec in shifts.items()],
         "attribution": {
             "spearman": spearman, "p_value": 0.1 if spearman is not None else None,
             "per_task": [{"task": t, "delta": d, "predicted": d / 2, "contributions": {"safety": d / 2}}
@@ -58,6 +58,16 @@ def build_report(
         "causal": [],
         "provenance": {"config_hash": "abc", "packages": {"diffeval": "0.1.0"}, "timings": {"bench": 1.0}},
     }
+
+
+def _category(category: str, spec: tuple) -> dict[str, Any]:
+    if len(spec) == 2:
+        (shift, p), (n_t, N_t, n_b, N_b) = spec, (3, 10, 2, 8)
+    else:
+        n_t, N_t, n_b, N_b, p = spec
+        shift = (n_t / N_t) / (n_b / N_b) - 1 if n_b else None
+    return {"category": category, "n_tuned": n_t, "n_base": n_b, "N_tuned": N_t, "N_base": N_b, "shift": shift,
+            "ci_low": None, "ci_high": None, "p_value": p, "mass_shift": None}
 
 
 def write_run(run_dir: Path, report: dict[str, Any] | str | None = None, **kwargs: Any) -> Path:
