@@ -8,7 +8,6 @@ entry's report.json into a row of plain values. Every text that came from a mode
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,10 @@ def _shift(c: dict[str, Any]) -> dict[str, Any]:
 
 
 def fmt_pct(x: float | None) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}%"
+    """The paper-compatible percentage, written as report.md writes it ('+151.7 %')."""
+    from reports.build import format_shift
+
+    return "—" if x is None else format_shift(x)
 
 
 def fmt_num(x: float | None, digits: int = 2) -> str:
@@ -92,24 +94,28 @@ def shift_text(s: dict[str, Any]) -> str:
     return f"{s['category']} {fmt_pct(s['shift'])} ({fmt_p(s['p_value'])})"
 
 
-def md_text(text: Any) -> str:
-    """Escape a text for a markdown table cell: no markup, no HTML, no column break."""
-    out = " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    for ch in "\\`*_[]|#!~":
-        out = out.replace(ch, "\\" + ch)
-    return out
+def _environment(html: bool) -> Any:
+    """Jinja2 environment: every printed value is escaped for the document unless it is Markup.
 
-
-def _environment(autoescape: bool) -> Any:
+    Both documents use reports/escape.py (one escaping rule for reports and leaderboards):
+    html_escape for index.html, md_escape (via the `md` filter) for LEADERBOARD.md.
+    """
     import jinja2
+    from markupsafe import Markup
+
+    from reports.escape import html_escape, md_escape
+
+    def finalize(value: Any) -> Any:
+        return value if isinstance(value, Markup) or not html else html_escape(value)
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=autoescape,
+        autoescape=False,  # done by `finalize`, with reports.escape's rules
+        finalize=finalize,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters.update(md=md_text, pct=fmt_pct, num=fmt_num, p=fmt_p, shift=shift_text, sort_key=_sort_key)
+    env.filters.update(md=md_escape, pct=fmt_pct, num=fmt_num, p=fmt_p, shift=shift_text, sort_key=_sort_key)
     return env
 
 
@@ -129,8 +135,8 @@ def render_views(board: Path) -> list[Path]:
     from markupsafe import Markup
 
     rows = entry_rows(board)
-    md = _environment(autoescape=False).get_template("LEADERBOARD.md.j2").render(rows=rows, alpha=ALPHA, top=TOP_SHIFTS)
-    page = _environment(autoescape=True).get_template("index.html.j2").render(
+    md = _environment(html=False).get_template("LEADERBOARD.md.j2").render(rows=rows, alpha=ALPHA, top=TOP_SHIFTS)
+    page = _environment(html=True).get_template("index.html.j2").render(
         rows=rows, alpha=ALPHA, top=TOP_SHIFTS, data=Markup(_script_json(rows)),
         bases=sorted({r["base"] for r in rows}),
     )

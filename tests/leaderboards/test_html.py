@@ -82,8 +82,8 @@ def test_index_html_in_chromium_shows_published_pairs(tmp_path, board):
     assert [r[1][1] for r in rows] == ["org/base-7b-simpo", "org/base-7b-dpo", "a-toy/tuned"]
     assert [r[1][2] for r in rows] == ["—", "—", "a-toy/ref"]
     assert rows[0][1][5].startswith("+0.80") and rows[2][1][5] == "—"
-    assert "instruction following +151.7%" in rows[0][1][4]
-    assert "hallucination management -68.5% (p=0.03*" in rows[2][1][4]
+    assert "instruction following +151.7 %" in rows[0][1][4]
+    assert "hallucination management -68.5 % (p=0.03*" in rows[2][1][4]
     assert all(r[0] and r[1][6] == "report.md" for r in rows)
 
     # the per-base view, built by the page's script: the base named in the address (not the first one,
@@ -91,7 +91,7 @@ def test_index_html_in_chromium_shows_published_pairs(tmp_path, board):
     view = dict((cells[0], cells[1:]) for _, cells in tables.tables["base-view"])
     assert [c.removesuffix("report.md").strip() for c in view["tuned model →"]] == ["org/base-7b-dpo", "org/base-7b-simpo"]
     assert view["Spearman"] == ["+0.30", "+0.80"]
-    assert view["safety"] == ["+60.0% (p=0.01*)", "+32.8% (p=0.2)"]
+    assert view["safety"] == ["+60.0 % (p=0.01*)", "+32.8 % (p=0.2)"]
     assert view["code_lite"] == ["+0.20", "—"]
 
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import json
 import re
 
 from leaderboards import publish, render, show
-from leaderboards.views import entry_rows, fmt_p, md_text
+from leaderboards.views import entry_rows, fmt_p
 
 EVIL = 'evil|</script><img src=x onerror="alert(1)">*_[x](y)'
 
@@ -20,7 +20,7 @@ def test_rows_carry_top_shifts_by_magnitude_with_significance(tmp_path, make_run
     assert [s["significant"] for s in row["top_shifts"]] == [True, True, False]
     assert "empty" not in [s["category"] for s in row["shifts"]]
     md = (board / "LEADERBOARD.md").read_text()
-    assert "math +100.0% (p=0.04\\*)<br>code -95.0% (p=1.0e-04\\*)<br>safety +30.0% (p=0.5)" in md
+    assert "math +100.0 % (p=0.04\\*)<br>code -95.0 % (p=1.0e-04\\*)<br>safety +30.0 % (p=0.5)" in md
 
 
 def test_leaderboard_md_has_one_row_per_pair_with_link(tmp_path, make_run):
@@ -45,20 +45,21 @@ def test_hostile_names_are_escaped_in_markdown_and_html(tmp_path, make_run):
     md = (board / "LEADERBOARD.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| org/base"))
     assert len(row.split(" | ")) == 7  # the '|' in the name did not add a column
-    assert "<script" not in md and "<img" not in md and "<b>" not in md
+    # every '<' in the row is backslash-escaped (literal text in CommonMark), except the row's own <br>
+    assert re.findall(r"(?<!\\)<\w+", row) == ["<br", "<br"]
+    assert "evil\\|\\</script\\>\\<img" in row
 
     page = (board / "index.html").read_text()
     assert page.count("</script>") == 2  # the page's own two script elements, nothing from the name
     assert "<img" not in page and "<b>task" not in page
-    assert "&lt;/script&gt;&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
+    assert "evil|&lt;/script&gt;&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
     data = re.search(r'<script type="application/json" id="board-data">(.*?)</script>', page, re.S).group(1)
     assert json.loads(data)[0]["tuned"] == EVIL  # the embedded data still round-trips exactly
 
 
-def test_md_text_and_p_formatting():
-    assert md_text("a|b\nc") == "a\\|b c"
-    assert md_text("<x>&lt;") == "&lt;x&gt;&amp;lt;"
+def test_p_formatting():
     assert fmt_p(None) == "p n/a" and fmt_p(0.2) == "p=0.2" and fmt_p(0.01) == "p=0.01*"
+    assert fmt_p(0.00012) == "p=1.2e-04*"
 
 
 def test_show_is_a_table_without_control_characters(tmp_path, make_run):
@@ -68,7 +69,7 @@ def test_show_is_a_table_without_control_characters(tmp_path, make_run):
     table = show(board)
     assert "\x1b" not in table
     assert "org/tuned[31mred" in table and "org/second" in table
-    assert "instruction following +151.7% (p=0.002*)" in table
+    assert "instruction following +151.7 % (p=0.002*)" in table
     assert "+0.80 (p=0.1)" in table
 
 
