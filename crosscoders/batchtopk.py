@@ -3,7 +3,8 @@
 Latents are ranked by decoder-norm-weighted score f_j · Σ_m ‖d_j^m‖ and the k·B largest in the
 whole batch are kept. Training uses the sparse path (crosscoders.sparse): only active latents enter
 the decoder and the encoder gradient. An auxiliary loss (Gao et al. 2024) lets dead latents
-reconstruct the residual. At inference a latent fires where its score exceeds a threshold kept as
+reconstruct the residual. Under data parallelism the selection spans every rank's rows
+(crosscoders.distributed), so it equals one process's. At inference a latent fires where its score exceeds a threshold kept as
 an EMA of the smallest selected score during training.
 """
 
@@ -13,6 +14,7 @@ import torch
 
 from crosscoders.base import CrossCoderBase
 from crosscoders.config import CrossCoderConfig
+from crosscoders.distributed import global_batch_topk
 from crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
 
 
@@ -54,7 +56,8 @@ class BatchTopKCrossCoder(CrossCoderBase):
             dt = getattr(torch, self.cfg.dtype)
             pre = torch.addmm(self.b_enc.to(dt), xf.to(dt), W_enc.to(dt).t()).float().relu_()
             s = pre * self.dec_norms().sum(-1)
-        rows, cols = batch_topk(s, k * x.shape[0])
+        # the k·B largest over the whole batch, across ranks when data-parallel
+        rows, cols, smallest = global_batch_topk(s, k)
         vals = sparse_encode(pre, xf, W_enc, self.b_enc, rows, cols)
         recon = sparse_decode(rows, cols, vals, W_dec, x.shape[0]) + self.b_dec.reshape(1, -1)
         err = recon - xf
@@ -62,8 +65,7 @@ class BatchTopKCrossCoder(CrossCoderBase):
         aux = self._aux_loss(pre, xf, -err.detach(), dead) if dead is not None and dead.any() else mse.new_zeros(())
         loss = mse + self.cfg.aux_coeff * aux
         with torch.no_grad():
-            if len(rows):
-                smallest = s[rows, cols].min()
+            if smallest is not None:
                 t = self.threshold
                 self.threshold.copy_(smallest if t < 0 else self.cfg.threshold_ema * t + (1 - self.cfg.threshold_ema) * smallest)
         return loss, {"mse": mse.detach(), "aux": aux.detach(), "fired": cols, "l0": len(rows) / x.shape[0],

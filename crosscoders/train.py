@@ -18,6 +18,7 @@ import torch
 from crosscoders.base import CrossCoderBase
 from crosscoders.config import CrossCoderConfig
 from crosscoders.data import as_source
+from crosscoders.distributed import rank_world
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = 
 
 def train_step(model: CrossCoderBase, ddp: Any, opt: torch.optim.Optimizer, source: Any, cfg: CrossCoderConfig,
                step: int, since_fired: torch.Tensor) -> dict:
-    rank, world = _rank_world()
+    rank, world = rank_world()
     x = source[batch_indices(cfg, step, len(source), rank, world)].to(cfg.device)
     for group in opt.param_groups:
         group["lr"] = cfg.lr * lr_factor(cfg, step)
@@ -180,21 +181,13 @@ def load_checkpoint(out: Path, model: CrossCoderBase, opt: torch.optim.Optimizer
 
 
 # -- data parallel (torchrun) ------------------------------------------------------------------------
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _is_main() -> bool:
-    return _rank_world()[0] == 0
+    return rank_world()[0] == 0
 
 
 def _ddp_wrap(model: CrossCoderBase) -> Any:
     """DistributedDataParallel under torchrun (gloo on CPU, NCCL on GPU); None in one process."""
-    if _rank_world()[1] == 1:
+    if rank_world()[1] == 1:
         return None
     from torch.nn.parallel import DistributedDataParallel
 
@@ -205,7 +198,7 @@ def _ddp_wrap(model: CrossCoderBase) -> Any:
 def _all_reduce_fired(fired: torch.Tensor) -> None:
     import torch.distributed as dist
 
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         as_int = fired.to(torch.int32)
         dist.all_reduce(as_int, op=dist.ReduceOp.MAX)
         fired.copy_(as_int.bool())

@@ -1,5 +1,6 @@
 """Run by test_ddp under torchrun: train on a saved tensor with gloo and save the result."""
 
+import json
 import sys
 
 import torch
@@ -8,10 +9,8 @@ import torch.distributed as dist
 from crosscoders import CrossCoderConfig, train_crosscoder
 
 if __name__ == "__main__":
-    acts_path, out, arch = sys.argv[1], sys.argv[2], sys.argv[3]
+    acts_path, out, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=32, k=4, batch_size=64, n_steps=25, lr=3e-3,
-                           architecture=arch, l1_coeff=0.01)
-    train_crosscoder(cfg, torch.load(acts_path), out=out, progress=False)
+    train_crosscoder(CrossCoderConfig.from_dict(json.loads(cfg_json)), torch.load(acts_path), out=out, progress=False)
     dist.destroy_process_group()
