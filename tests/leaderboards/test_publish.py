@@ -180,3 +180,20 @@ def test_eight_concurrent_publishes_keep_every_entry(tmp_path, make_run):
     rows = [line for line in md.splitlines() if line.startswith("| org/base")]
     assert sorted(line.split(" | ")[1] for line in rows) == [f"org/tuned-{i}" for i in range(8)]
     assert not list(board.rglob("*.tmp"))
+
+
+def test_publishes_a_report_rendered_by_the_reports_package(tmp_path):
+    """The real producer of report.json (reports.render on a planted run directory) feeds a board."""
+    import re
+
+    from reports.render import render_report
+    from tests.reports.conftest import write_run_dir
+
+    run = write_run_dir(tmp_path / "run")
+    render_report(run)
+    board = tmp_path / "board"
+    entry = board / "entries" / publish(run, board)
+
+    assert json.loads((entry / "report.json").read_text()) == json.loads((run / "report.json").read_text())
+    links = re.findall(r"\]\((figures/[^)]+\.png)\)", (entry / "report.md").read_text())
+    assert links and all((entry / link).is_file() for link in links)  # report.md's figures travel with it
