@@ -62,11 +62,18 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
 def evaluate_model(spec: models.ModelSpec, tokenizer: Any, defs: list[taskreg.TaskDef],
                    cfg: BenchConfig, out: Path) -> list[Path]:
     """Run lm-eval on one model; write results.json and one samples file per task."""
+    log.info("loading %s (%s)", spec.spec, spec.kind)
+    model = models.load_model(spec, cfg.dtype, cfg.device)
+    written = evaluate_lm(model, tokenizer, defs, cfg, out)
+    del model
+    return written
+
+
+def evaluate_lm(model: Any, tokenizer: Any, defs: list[taskreg.TaskDef], cfg: BenchConfig, out: Path) -> list[Path]:
+    """Run lm-eval on a loaded model object (e.g. one with an ablation hook, harness.causal)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    log.info("loading %s (%s)", spec.spec, spec.kind)
-    model = models.load_model(spec, cfg.dtype, cfg.device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=cfg.device)
     try:
         task_objs = taskreg.load_tasks(defs)
@@ -83,7 +90,7 @@ def evaluate_model(spec: models.ModelSpec, tokenizer: Any, defs: list[taskreg.Ta
     written = [atomic_write_json(out / "results.json", results)]
     for task, rows in samples.items():
         written.append(atomic_write_jsonl(out / "samples" / f"{task}.jsonl", rows))
-    del model, lm
+    del lm
     return written
 
 
