@@ -129,9 +129,9 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
 
 
 def _interleave(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One list in which every prefix mixes the groups in proportion to their sizes (so a small
-    token budget still sees plain, chat and task text)."""
-    keyed = [((j + 0.5) / len(g), gi, j) for gi, g in enumerate(groups) for j in range(len(g))]
+    """One list that starts with the first item of every group and then mixes the groups in
+    proportion to their sizes (so a small token budget still sees plain, chat and task text)."""
+    keyed = [(j / len(g), gi, j) for gi, g in enumerate(groups) for j in range(len(g))]
     return [groups[gi][j] for _, gi, j in sorted(keyed)]
 
 

@@ -252,3 +252,81 @@ def test_collection_sharded_by_rank_matches_one_process(tiny_pair, tmp_path):
     assert torch.allclose(x_merged, x_one, atol=1e-5)
     assert (tmp_path / "ranks" / "sequences.jsonl").read_text() == (single / "sequences.jsonl").read_text()
     assert merged.manifest["mean"] == pytest.approx(one.manifest["mean"], rel=1e-6)
+
+
+def _write_jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def shipped_corpus_dir(tmp_path, monkeypatch):
+    """A stand-in for harness/corpus with two plain texts and one chat."""
+    from harness import activations
+
+    _write_jsonl(tmp_path / "plain.jsonl", [{"text": "The river ran north."}, {"text": "Bread rises in warmth."}])
+    _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Name a colour."},
+                                                         {"role": "assistant", "content": "Teal."}]}])
+    monkeypatch.setattr(activations, "CORPUS_DIR", tmp_path)
+    return tmp_path
+
+
+def test_default_corpus_is_shipped_texts_chats_and_task_prompts(tiny_pair, shipped_corpus_dir):
+    from transformers import AutoTokenizer
+
+    from harness.activations import corpus_sequences
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1])
+    seqs = corpus_sequences(ActivationsConfig(tasks=("diffeval_factual",)), tok)
+    by_source = {(s["kind"], s["source"]) for s in seqs}
+    assert {("plain", "shipped:plain.jsonl"), ("chat", "shipped:chat.jsonl"), ("task", "diffeval_factual"),
+            ("chat", "diffeval_factual")} == by_source
+    chat = next(s for s in seqs if s["source"] == "shipped:chat.jsonl")
+    assert chat["text"] == "<s>Instruction: Name a colour.\nResponse: Teal.</s>\n"  # the tuned model's template
+    # interleaved: every source is in the first four sequences, and the plain texts are spread out
+    assert {(s["kind"], s["source"]) for s in seqs[:4]} == by_source
+    assert [i for i, s in enumerate(seqs) if s["kind"] == "plain"][1] == pytest.approx(len(seqs) / 2, abs=3)
+    tok.chat_template = None  # no template: a plain "User: …\nAssistant: …" rendering
+    seqs = corpus_sequences(ActivationsConfig(tasks=("diffeval_factual",)), tok)
+    assert next(s for s in seqs if s["source"] == "shipped:chat.jsonl")["text"] == "User: Name a colour.\nAssistant: Teal."
+    task_chat = next(s for s in seqs if s["kind"] == "chat" and s["source"] == "diffeval_factual")
+    assert task_chat["text"].startswith("User: ") and task_chat["text"].endswith("\nAssistant:")
+
+
+def test_missing_shipped_corpus_leaves_task_prompts(tiny_pair, tmp_path, monkeypatch, caplog):
+    from transformers import AutoTokenizer
+
+    from harness import activations
+
+    monkeypatch.setattr(activations, "CORPUS_DIR", tmp_path / "absent")
+    seqs = activations.corpus_sequences(ActivationsConfig(tasks=("diffeval_factual",)),
+                                        AutoTokenizer.from_pretrained(tiny_pair[1]))
+    assert {s["kind"] for s in seqs} == {"task", "chat"} and "plain.jsonl is missing" in caplog.text
+
+
+def test_corpus_files_plain_chat_and_bad_rows(tiny_pair, tmp_path):
+    from transformers import AutoTokenizer
+
+    from harness.activations import corpus_sequences
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1])
+    good = _write_jsonl(tmp_path / "mine.jsonl", [{"text": "a b c"}, {"messages": [{"role": "user", "content": "hi"}]}])
+    seqs = corpus_sequences(ActivationsConfig(corpus=(str(good),)), tok)  # --corpus: no shipped texts, no tasks
+    assert [(s["kind"], s["source"]) for s in seqs] == [("plain", str(good)), ("chat", str(good))]
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"messages": "hi"}])
+    with pytest.raises(DiffevalError, match=r"bad.jsonl line 2 has neither a 'text' string nor 'messages'"):
+        corpus_sequences(ActivationsConfig(corpus=(str(bad),)), tok)
+
+
+def test_shipped_corpus_files_parse(tiny_pair):
+    from transformers import AutoTokenizer
+
+    from harness.activations import CORPUS_DIR, shipped_corpus
+
+    if not (CORPUS_DIR / "plain.jsonl").exists() or not (CORPUS_DIR / "chat.jsonl").exists():
+        pytest.skip(f"the shipped corpus is not in {CORPUS_DIR} yet")
+    plain, chat = shipped_corpus(AutoTokenizer.from_pretrained(tiny_pair[1]))
+    assert len(plain) >= 100 and all(s["kind"] == "plain" and s["text"].strip() for s in plain)
+    assert chat and all(s["kind"] == "chat" and "Response:" in s["text"] for s in chat)
