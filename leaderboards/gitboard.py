@@ -22,7 +22,8 @@ from leaderboards.board import BoardError
 
 log = logging.getLogger(__name__)
 
-PUSH_ATTEMPTS = 6
+PUSH_ATTEMPTS = 12
+MAX_BACKOFF_S = 3.0
 _URL_PREFIXES = ("file://", "ssh://", "https://", "http://", "git://", "git@")
 # what git prints when the remote moved on since our fetch: retry; anything else is a real failure
 _REJECTED = ("[rejected]", "fetch first", "non-fast-forward", "cannot lock ref", "failed to update ref")
@@ -74,7 +75,8 @@ def with_git_board(url: str, change: Callable[[Path], T], message: str, push: bo
                 raise BoardError(f"git push to {url} failed: {pushed.stderr.strip()}")
             log.info("push to %s rejected (someone published first); retrying on top of theirs", url)
             _reset_to_remote(clone, branch)
-            time.sleep(random.uniform(0.05, 0.3) * attempt)  # spread out publishers that collided
+            # exponential backoff with full jitter spreads out publishers that collided
+            time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.1 * 2**attempt)))
         raise BoardError(
             f"git push to {url} was rejected {PUSH_ATTEMPTS} times (others keep publishing); try again later"
         )
