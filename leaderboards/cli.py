@@ -31,6 +31,8 @@ def _user_errors(fn: Any) -> Any:
             return fn(*args, **kwargs)
         except DiffevalError as e:
             raise BoardUsageError(" ".join(str(e).split())) from None
+        except OSError as e:  # a board on a read-only or full disk: say which file, no traceback
+            raise BoardUsageError(f"{e.strerror or e}: {e.filename}") from None
 
     return wrapper
 

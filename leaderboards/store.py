@@ -50,7 +50,7 @@ class Submission:
     report: dict[str, Any]
     report_md: str
     figures: dict[str, bytes]  # file name -> PNG bytes
-    source: str
+    source: str  # the run folder's name (not its path: a public board should not show the publisher's disk)
 
     def summary(self) -> dict[str, Any]:
         models = self.report["models"]
@@ -94,7 +94,7 @@ def read_submission(run_dir: str | Path, entry_id: str | None = None) -> Submiss
         report=report,
         report_md=md_path.read_text(encoding="utf-8"),
         figures=figures,
-        source=str(run_dir.resolve()),
+        source=run_dir.resolve().name,
     )
 
 

@@ -37,7 +37,9 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, make_run):
         ["publish", str(tmp_path / "no-such-run"), "--board", str(board)],
         ["publish", str(make_run("b")), "--board", str(board), "--entry-id", "../../x"],
         ["show", "--board", str(tmp_path / "empty")],
+        ["publish", str(make_run("c")), "--board", str(tmp_path / "a-file" / "board")],  # OSError, no traceback
     ]
+    (tmp_path / "a-file").write_text("not a folder")
     for args in cases:
         result = runner.invoke(leaderboard, args)
         assert result.exit_code == 2, (args, result.output)

@@ -27,7 +27,7 @@ def test_publish_writes_entry_index_and_views(tmp_path, make_run):
     assert (entry / "report.md").read_text().endswith("planted text\n")
     assert (entry / "figures" / "shifts.png").read_bytes() == PNG
     meta = json.loads((entry / "entry.json").read_text())
-    assert meta["version"] == 1 and meta["source"] == str((tmp_path / "runs" / "a").resolve())
+    assert meta["version"] == 1 and meta["source"] == "a"
     index = json.loads((board / "board.json").read_text())
     assert index["format_version"] == 1
     assert index["entries"][entry_id]["tuned"] == "org/base-1b-simpo"
