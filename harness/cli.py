@@ -67,7 +67,8 @@ def bench_options(fn: Any) -> Any:
     return fn
 
 
-def build_bench_config(config_file: str | None, **flags: Any) -> BenchConfig:
+def build_bench_config(config_file: str | None, cls: type = BenchConfig, **flags: Any) -> Any:
+    """`cls` from the config file (if any) with the given flags overriding it."""
     from harness.config import from_dict, load_config_file
 
     data: dict[str, Any] = load_config_file(config_file) if config_file else {}
@@ -75,7 +76,37 @@ def build_bench_config(config_file: str | None, **flags: Any) -> BenchConfig:
         if value is None or value == ():
             continue
         data[key] = [t.strip() for t in value.split(",") if t.strip()] if key == "tasks" else value
-    return from_dict(BenchConfig, data, source=config_file or "options")
+    return from_dict(cls, data, source=config_file or "options")
+
+
+def _run_help(name: str) -> str:
+    from harness.runconfig import RunConfig
+
+    return field_help(RunConfig, name)
+
+
+def run_options(fn: Any) -> Any:
+    """The options `run` adds to the bench options (help from RunConfig's field docs)."""
+    options = [
+        click.option("--layer", type=float, help=_run_help("layer")),
+        click.option("--tokens", type=int, help=_run_help("tokens")),
+        click.option("--corpus", multiple=True, type=click.Path(), help=_run_help("corpus") + "; repeatable"),
+        click.option("--n-latents", type=int, help=_run_help("n_latents")),
+        click.option("--k", type=int, help=_run_help("k")),
+        click.option("--architecture", type=click.Choice(["batchtopk", "l1"]), help=_run_help("architecture")),
+        click.option("--n-steps", type=int, help=_run_help("n_steps")),
+        click.option("--categories", type=click.Path(), help=_run_help("categories")),
+        click.option("--probes-dir", type=click.Path(file_okay=False), help=_run_help("probes_dir")),
+        click.option("--alpha", type=float, help=_run_help("alpha")),
+        click.option("--specific-by", type=click.Choice(["latent_scaling", "delta_norm"]), help=_run_help("specific_by")),
+        click.option("--attribution-shift", type=click.Choice(["share", "mass"]), help=_run_help("attribution_shift")),
+        click.option("--reference", help=_run_help("reference")),
+        click.option("--causal", is_flag=True, default=None, help=_run_help("causal")),
+        click.option("--dry-run", is_flag=True, help="print the stages to run or reuse and the estimated cost, then stop"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,20 +150,36 @@ def _run_and_show(stage: Any, config_file: str | None, out: str | None, flags: d
 
 @cli.command()
 @bench_options
+@run_options
 @user_errors
-def run(out: str | None, config_file: str | None, **flags: Any) -> None:
-    """Run the pipeline on two models (with none: on the default model organism)."""
+def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -> None:
+    """Run the whole pipeline on two models (with none: on the default model organism)."""
     from harness.pipeline import run_pipeline
+    from harness.runconfig import RunConfig
+    from harness.rundir import default_run_dir
 
     if not flags.get("base") and not flags.get("tuned"):
         from harness.organisms import DEFAULT_ORGANISM, default_run_flags
-        from harness.rundir import default_run_dir
 
         click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
         flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
         out = out or str(default_run_dir(f"{DEFAULT_ORGANISM}-base", f"{DEFAULT_ORGANISM}-tuned"))
-    run_dir = _run_and_show(run_pipeline, config_file, out, flags)
-    click.echo(f"\nrun directory: {run_dir}")
+    cfg = build_bench_config(config_file, RunConfig, **flags)
+    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
+    if dry_run:
+        from harness.plan import plan
+
+        click.echo(plan(cfg, run_dir))
+        return
+    run_pipeline(cfg, run_dir)
+    _show_summary(run_dir)
+
+
+def _show_summary(run_dir: Path) -> None:
+    from harness.bench import deltas_table, load_deltas
+
+    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(f"\nreport: {run_dir / 'report.md'}\nrun directory: {run_dir}")
 
 
 @cli.group()
@@ -355,6 +402,26 @@ def crosscoder_stats(crosscoder_dir: str, acts: str, out: str | None) -> None:
     except (ActivationDirError, ValueError) as e:
         raise UserError(str(e)) from None
     click.echo(f"wrote {path}")
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@user_errors
+def report(run_dir: str) -> None:
+    """Re-render report.md, report.json and figures/ of RUN_DIR (no model, no GPU)."""
+    from reports.render import report_main
+
+    paths = report_main(run_dir)
+    click.echo(f"wrote {paths[0]} ({len(paths) - 2} figures, report.json validated)")
+
+
+def _add_leaderboard() -> None:
+    from leaderboards.cli import leaderboard
+
+    cli.add_command(leaderboard)
+
+
+_add_leaderboard()
 
 
 def main() -> None:

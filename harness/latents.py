@@ -36,9 +36,31 @@ def context_lookup(acts_dir: Path, window: int = 8) -> Any:
 
 
 def write_latents(model: Any, acts: str | Path, out: Path) -> Path:
+    return atomic_write_jsonl(out, latent_rows(model, acts))
+
+
+def latent_rows(model: Any, acts: str | Path) -> list[dict[str, Any]]:
+    """latents.jsonl rows (statistics and top contexts) before annotation."""
     from crosscoders.stats import latent_stats
 
     acts = Path(acts)
     table = latent_stats(model, acts, contexts=context_lookup(acts))
-    rows = [{"format_version": LATENTS_VERSION, **r} for r in table.to_dict(orient="records")]
-    return atomic_write_jsonl(out, rows)
+    return [{"format_version": LATENTS_VERSION, **r} for r in table.to_dict(orient="records")]
+
+
+def annotate_rows(rows: list[dict[str, Any]], labels: list[Any], annotator: str) -> None:
+    """Add category, categories, q_value, enrichment and annotator to each row (in place)."""
+    by_latent = {lab.latent: lab for lab in labels}
+    for row in rows:
+        lab = by_latent[int(row["latent"])]
+        row.update({"category": lab.category, "categories": list(lab.categories), "q_value": lab.q_value,
+                    "enrichment": lab.enrichment, "annotator": annotator})
+
+
+def read_latents(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        from harness.errors import RunDirError
+
+        raise RunDirError(f"{path} does not exist; run the latents stage first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -15,8 +15,8 @@ from harness import models, taskreg
 from harness.config import config_hash
 from harness.errors import DiffevalError, RunDirError
 from harness.io import atomic_write_json, read_json
-from harness.rundir import RunDir
 from harness.runconfig import RunConfig
+from harness.rundir import RunDir
 from harness.taxonomy import Taxonomy, load_taxonomy, organism_probes
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,9 @@ def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
 def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, alpha: float) -> Path:
     from crosscoders import CrossCoderBase
     from harness.annotate import AnnotationInputs, EnrichmentAnnotator
+    from harness.io import atomic_write_jsonl
     from harness.latent_acts import sequence_max, sequences
-    from harness.latents import annotate_rows, latent_rows, write_rows
+    from harness.latents import annotate_rows, latent_rows
 
     model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
     rows = latent_rows(model, run_path / ACTS_DIR)
@@ -140,4 +141,83 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, alp
                               seq_acts=seq_acts, seq_labels=labels, latents=rows)
     annotator = EnrichmentAnnotator(alpha=alpha)
     annotate_rows(rows, annotator.annotate(inputs), annotator.name)
-    return write_rows(rows, run_path / LATENTS_FILE)
+    return atomic_write_jsonl(run_path / LATENTS_FILE, rows)
+
+
+def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[dict], list[dict]]:
+    """(tuned-specific, base-specific) latents: Latent Scaling's verdict, or the Δnorm class alone."""
+    if specific_by == "latent_scaling":
+        return [r for r in rows if r.get("specific") == "tuned"], [r for r in rows if r.get("specific") == "base"]
+    return [r for r in rows if r["class"] == "tuned_only"], [r for r in rows if r["class"] == "base_only"]
+
+
+def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
+    key = config_hash({"specific_by": cfg.specific_by, "shift": cfg.attribution_shift, "seed": cfg.seed},
+                      _hash(run, "latents"), _hash(run, "bench.deltas"))
+    out = run.path / ATTRIBUTION_FILE
+    if not run.is_done("attribution", key):
+        with run.stage("attribution", key) as rec:
+            rec["outputs"] = [atomic_write_json(out, compute_attribution(run.path, cfg))]
+    return out
+
+
+def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
+    import math
+
+    import numpy as np
+
+    from crosscoders import CrossCoderBase
+    from harness import attribution as A
+    from harness.bench import load_deltas
+    from harness.latent_acts import group_sums, sequences
+    from harness.latents import read_latents
+
+    rows = read_latents(run_path / LATENTS_FILE)
+    if "category" not in rows[0]:
+        raise RunDirError(f"{run_path / LATENTS_FILE} has no categories; re-run the latents stage")
+    tax = taxonomy_for(cfg)
+    cats = [c for c in tax.names if c in {r["category"] for r in rows} or tax.categories[c].probes is not None]
+    tuned, base = specific_sets(rows, cfg.specific_by)
+    shifts = [A.category_shift_row(c, A.ShareCounts(sum(r["category"] == c for r in tuned), len(tuned),
+                                                   sum(r["category"] == c for r in base), len(base)), seed=cfg.seed)
+              for c in cats]
+    model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
+    groups = [np.array([r["latent"] for r in rows if r["category"] == c], dtype=np.int64) for c in cats]
+    sums = group_sums(model, run_path / ACTS_DIR, groups)
+    for row, mass, members in zip(shifts, A.mass_shift(sums.mass, seed=cfg.seed), groups, strict=True):
+        row.update(mass, n_latents=int(len(members)))
+    seqs = sequences(run_path / ACTS_DIR)
+    task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
+    deltas = {r["task"]: r for r in load_deltas(run_path)["tasks"] if r.get("delta") is not None}
+    tasks = [t for t in deltas if t in set(task_of_seq)]
+    skipped = sorted(set(deltas) - set(tasks))
+    w = A.exposure(sums.act, sums.tokens, task_of_seq, tasks)
+    assignable = [i for i, c in enumerate(cats) if c != "unassigned"]
+    if cfg.attribution_shift == "share":
+        s = np.array([shifts[i]["log_share_ratio"] for i in assignable])
+    else:
+        s = np.array([math.log1p(shifts[i]["mass_shift"]) if shifts[i]["mass_shift"] is not None else 0.0 for i in assignable])
+    attr = A.attribute(w[:, assignable], s, tasks, [cats[i] for i in assignable],
+                       {t: deltas[t]["delta"] for t in tasks}, {t: deltas[t]["category"] for t in tasks})
+    attr["shift_used"] = cfg.attribution_shift
+    attr["tasks_without_prompts"] = skipped
+    return {
+        "format_version": 1, "taxonomy": tax.source, "reference": cfg.reference,
+        "annotator": {"name": rows[0].get("annotator"), "alpha": cfg.alpha}, "specific_by": cfg.specific_by,
+        "N_tuned": len(tuned), "N_base": len(base), "categories": shifts,
+        "exposure": {t: {c: float(w[i, g]) for g, c in enumerate(cats)} for i, t in enumerate(tasks)},
+        "attribution": attr, "causal": [], "top_latents": top_latents(rows, cats),
+    }
+
+
+def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for c in cats:
+        if c == "unassigned":
+            continue
+        mine = sorted((r for r in rows if r["category"] == c), key=lambda r: -(r.get("enrichment") or 0))[:n]
+        out[c] = [{"latent": r["latent"], "class": r["class"], "delta_norm": r["delta_norm"],
+                   "enrichment": r.get("enrichment"), "q_value": r.get("q_value"),
+                   "contexts": [{"token": x.get("token"), "context": x.get("context")} for x in (r.get("top_contexts") or [])[:3]]}
+                  for r in mine]
+    return out

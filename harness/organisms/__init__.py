@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 from harness.errors import DiffevalError
@@ -51,10 +52,14 @@ def describe(name: str) -> dict[str, Any]:
 
 
 def default_run_flags(name: str, flags: dict[str, Any]) -> dict[str, Any]:
-    """--base/--tuned/--tasks-dir/--tasks for running the pipeline on organism `name`."""
+    """The `run` options for organism `name`: models, tasks, probe corpora, and its texts as the corpus."""
     info = describe(name)
     out: dict[str, Any] = {"base": info["base"], "tuned": info["tuned"],
                            "tasks_dir": (info["tasks_dir"], *(flags.get("tasks_dir") or ()))}
     if not flags.get("tasks"):
         out["tasks"] = ",".join(t for p in info["planted"] for t in p["tasks"])
+    probes = sorted(str(p) for p in Path(info["probes_dir"]).glob("*.jsonl"))
+    out.update(organism=name, probes_dir=info["probes_dir"])
+    if not flags.get("corpus"):  # the organism's own text: its world is not the shipped English corpus
+        out["corpus"] = tuple(probes)
     return out
