@@ -302,8 +302,6 @@ def test_causal_check_end_to_end(planted_run, monkeypatch):
     assert res["n_latents"] == 2 and res["n"] == 12 and res["metric"] == "perplexity"
     assert res["delta_removed"] == pytest.approx(1.0, abs=1e-3) and abs(res["delta_ablated"]) < 1e-3 * abs(res["delta"])
     assert res["ci_low"] == pytest.approx(1.0, abs=1e-3) and res["ci_high"] == pytest.approx(1.0, abs=1e-3)
-    one_sign = causal_check(run, "planted_ll", "one_sign", [0], n_boot=500)  # only where v·a > 0
-    assert 0.05 < one_sign["delta_removed"] < 0.95
     unrelated = causal_check(run, "planted_ll", "unrelated", [2], n_boot=500)
     assert unrelated["delta_removed"] == pytest.approx(0.0, abs=1e-3)
     # generation (KV cache inside lm-eval): the ablated model writes the base model's text
