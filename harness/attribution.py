@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-MIN_COUNT = 5      # n_c^T + n_c^B below this: too few latents to support a claim
+MIN_COUNT = 10     # n_c^T + n_c^B below this: too few latents to support a claim
 MIN_SPECIFIC = 10  # N^T or N^B below this: too few model-specific latents for share ratios
 
 
@@ -69,7 +69,8 @@ def shift_ci(c: ShareCounts, n_boot: int = 4000, level: float = 0.95, seed: int 
     s = s[~np.isnan(s)]
     if len(s) == 0:
         return None, None
-    lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2])
+    lo = np.quantile(s, (1 - level) / 2, method="lower")  # no interpolation: replicates may be infinite
+    hi = np.quantile(s, (1 + level) / 2, method="higher")
     return float(lo), (float(hi) if np.isfinite(hi) else None)
 
 

@@ -221,3 +221,29 @@ def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict
                    "contexts": [{"token": x.get("token"), "context": x.get("context")} for x in (r.get("top_contexts") or [])[:3]]}
                   for r in mine]
     return out
+
+
+def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
+    """Ablate each task's category's tuned-specific latents on the tuned model, re-score, add to attribution.json.
+
+    Tasks whose category has no tuned-specific latent have nothing to ablate and are listed as skipped.
+    (`causal_check` caches each (task, category) result under causal/ by its own input hash.)
+    """
+    from harness.causal import causal_check
+    from harness.latents import read_latents
+
+    path = run.path / ATTRIBUTION_FILE
+    doc = read_json(path)
+    tuned, _ = specific_sets(read_latents(run.path / LATENTS_FILE), cfg.specific_by)
+    rows, skipped = [], []
+    for t in doc["attribution"]["per_task"]:
+        latents = [r["latent"] for r in tuned if r["category"] == t["category"]]
+        if not latents or t["delta"] == 0:
+            skipped.append({"task": t["task"], "category": t["category"],
+                            "reason": "no tuned-specific latent in its category" if not latents else "delta is 0"})
+            continue
+        res = causal_check(run.path, t["task"], t["category"], latents, n_boot=cfg.bootstrap_iters, seed=cfg.seed)
+        rows.append({k: res.get(k) for k in ("task", "category", "n_latents", "delta", "delta_ablated",
+                                             "delta_removed", "ci_low", "ci_high")})
+    doc["causal"], doc["causal_skipped"] = rows, skipped
+    return atomic_write_json(path, doc)

@@ -79,7 +79,7 @@ REPORT_SPEC: dict[str, Any] = {
         "spearman": nullable(NUM), "p_value": nullable(NUM),
         "per_task": [{"task": STR, "delta": NUM, "predicted": nullable(NUM), "contributions": _MapOf(NUM)}],
     },
-    "causal": [{"task": STR, "category": STR, "delta_removed": NUM, "ci_low": nullable(NUM), "ci_high": nullable(NUM)}],
+    "causal": [{"task": STR, "category": STR, "delta_removed": nullable(NUM), "ci_low": nullable(NUM), "ci_high": nullable(NUM)}],
     "provenance": {"config_hash": nullable(STR), "packages": _MapOf(STR), "timings": _MapOf(nullable(NUM))},
 }
 

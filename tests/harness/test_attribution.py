@@ -1,0 +1,182 @@
+"""Known-answer tests of the attribution layer: share ratios, enrichment, exposure and attribution."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harness import attribution as A
+from harness.annotate import AnnotationInputs, EnrichmentAnnotator, LLMAnnotator, benjamini_hochberg
+from harness.errors import DiffevalError, RunDirError
+from harness.taxonomy import load_taxonomy
+
+# Boughorbel et al. (EMNLP 2025): N^T = 89 tuned-specific and N^B = 56 base-specific latents;
+# counts n^T:n^B per category and the percentages the paper printed.
+PAPER = [((4, 1), 151.7), ((3, 1), 88.8), ((16, 7), 43.8), ((19, 9), 32.8), ((21, 16), -17.4),
+         ((8, 7), -28.1), ((1, 1), -37.1), ((8, 9), -44.1), ((1, 2), -68.5)]
+
+
+@pytest.mark.parametrize(("counts", "published"), PAPER)
+def test_share_shift_reproduces_the_published_figures(counts: tuple[int, int], published: float) -> None:
+    row = A.category_shift_row("c", A.ShareCounts(counts[0], 89, counts[1], 56), n_boot=500)
+    assert row["shift_pct"] == published
+    assert 0 < row["p_value"] <= 1
+    assert row["N_tuned"] == 89 and row["N_base"] == 56
+
+
+def test_paper_counts_of_one_to_four_latents_are_flagged_and_not_significant() -> None:
+    row = A.category_shift_row("instruction_following", A.ShareCounts(4, 89, 1, 56))
+    assert row["small_counts"] and "too few" in row["note"]
+    assert row["p_value"] > 0.05                      # +151.7 % rests on 4 vs 1 latents
+    assert row["ci_low"] < 0 < (row["ci_high"] or np.inf)
+
+
+def test_share_shift_undefined_without_base_latents_but_smoothed_ratio_is_finite() -> None:
+    c = A.ShareCounts(10, 50, 0, 40)
+    assert A.share_shift(c) is None
+    assert A.log_share_ratio(c) > 2
+    assert A.log_share_ratio(A.ShareCounts(0, 40, 10, 50)) == pytest.approx(-A.log_share_ratio(A.ShareCounts(10, 50, 0, 40)), rel=0.05)
+
+
+def test_large_planted_shift_is_significant_with_a_ci_excluding_zero() -> None:
+    row = A.category_shift_row("c", A.ShareCounts(60, 200, 10, 200), n_boot=2000)
+    assert row["shift"] == pytest.approx(5.0)
+    assert row["p_value"] < 1e-6 and row["ci_low"] > 0 and not row["small_counts"]
+
+
+def _planted_probe_acts(rng: np.random.Generator, n_latents: int = 300, per_cat: int = 50):
+    cats = ["safety", "math", "code", "multilingual"]
+    labels = [c for c in cats for _ in range(per_cat)]
+    acts = rng.exponential(1.0, (len(labels), n_latents)) * (rng.random((len(labels), n_latents)) < 0.3)
+    planted = {c: list(range(10 * i, 10 * i + 10)) for i, c in enumerate(cats)}
+    for c, latents in planted.items():
+        rows = np.array([i for i, lab in enumerate(labels) if lab == c])
+        acts[np.ix_(rows, latents)] += rng.exponential(3.0, (len(rows), len(latents)))
+    return cats, labels, acts, planted
+
+
+def test_enrichment_finds_planted_categories() -> None:
+    rng = np.random.default_rng(0)
+    cats, labels, acts, planted = _planted_probe_acts(rng)
+    out = EnrichmentAnnotator().annotate(AnnotationInputs(cats, {}, acts, labels))
+    for c, latents in planted.items():
+        assert all(out[j].category == c for j in latents), c
+    others = [lab.category for lab in out[40:]]
+    assert others.count("unassigned") >= 0.95 * len(others)
+
+
+def test_enrichment_on_shuffled_labels_assigns_at_most_the_fdr_rate() -> None:
+    rng = np.random.default_rng(1)
+    cats, labels, acts, _ = _planted_probe_acts(rng)
+    false_rates = []
+    for seed in range(5):
+        shuffled = list(np.random.default_rng(seed).permutation(labels))
+        out = EnrichmentAnnotator(alpha=0.05, min_ratio=1.0, min_fire=0.0).annotate(AnnotationInputs(cats, {}, acts, shuffled))
+        false_rates.append(np.mean([lab.category != "unassigned" for lab in out]))
+    assert np.mean(false_rates) <= 0.05
+
+
+def test_benjamini_hochberg_matches_hand_computation() -> None:
+    q = benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5]))
+    # sorted: 0.01·4/1, 0.03·4/2, 0.04·4/3, 0.5·4/4, then the running minimum from the top
+    assert q == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+
+
+def test_attribution_recovers_a_planted_linear_relation() -> None:
+    rng = np.random.default_rng(2)
+    tasks, cats = [f"t{i}" for i in range(8)], ["a", "b", "c"]
+    w = rng.uniform(0, 3, (8, 3))
+    shifts = np.array([0.8, -0.5, 0.0])
+    observed = {t: float(w[i] @ shifts) + rng.normal(0, 0.02) for i, t in enumerate(tasks)}
+    out = A.attribute(w, shifts, tasks, cats, observed, {})
+    assert out["spearman"] > 0.9 and out["p_value"] < 0.01
+    row = out["per_task"][0]
+    assert sum(row["contributions"].values()) == pytest.approx(row["predicted"])
+    shuffled = dict(zip(tasks, np.random.default_rng(3).permutation(list(observed.values())), strict=True))
+    assert A.attribute(w, shifts, tasks, cats, shuffled, {})["spearman"] < out["spearman"]
+
+
+def test_attribution_with_fewer_than_three_tasks_gives_a_reason() -> None:
+    out = A.attribute(np.ones((2, 1)), np.array([1.0]), ["a", "b"], ["c"], {"a": 0.1, "b": 0.2}, {})
+    assert out["spearman"] is None and "at least 3" in out["reason"]
+
+
+def test_exposure_is_the_excess_over_the_corpus() -> None:
+    act = np.array([[10.0, 0.0], [0.0, 10.0], [1.0, 1.0], [1.0, 1.0]])
+    tokens = np.array([10, 10, 10, 10])
+    w = A.exposure(act, tokens, ["x", "y", None, None], ["x", "y"])
+    # category 0 fires 1.0/token on x vs 12/40 = 0.3 on the corpus: 1/0.3 - 1
+    assert w[0, 0] == pytest.approx(1 / 0.3 - 1) and w[0, 1] == 0
+
+
+def test_mass_shift_sign_and_ci() -> None:
+    rng = np.random.default_rng(4)
+    mass = np.stack([rng.uniform(1, 2, (200, 2)), rng.uniform(2, 4, (200, 2))], axis=-1)  # tuned ≈ 2× base
+    rows = A.mass_shift(mass, n_boot=300)
+    assert rows[0]["mass_shift"] == pytest.approx(1.0, abs=0.1) and rows[0]["mass_ci_low"] > 0.5
+
+
+def test_unknown_category_and_empty_probe_corpus_are_clear_errors(tmp_path) -> None:
+    tax = load_taxonomy()
+    with pytest.raises(DiffevalError, match="unknown category 'safty'.*did you mean safety"):
+        tax.get("safty")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "cats.yaml").write_text("extends: shipped\ncategories:\n  poetry:\n    description: verse\n    probes: empty.jsonl\n")
+    with pytest.raises(DiffevalError, match="poetry.*0 texts"):
+        load_taxonomy(tmp_path / "cats.yaml").probe_texts()
+    (tmp_path / "bad.yaml").write_text("categories: [a, b]\n")
+    with pytest.raises(DiffevalError, match="non-empty mapping"):
+        load_taxonomy(tmp_path / "bad.yaml")
+
+
+def test_shipped_taxonomy_has_probe_corpora_of_at_least_50_texts() -> None:
+    tax = load_taxonomy()
+    texts = tax.probe_texts()
+    assert set(texts) == set(tax.names) - {"unassigned"}
+    assert min(len(v) for v in texts.values()) >= 50
+    assert all(tax.categories[c].tasks for c in texts)
+
+
+def test_run_dir_missing_a_stage_is_a_clear_error(tmp_path) -> None:
+    from harness.rundir import RunDir
+    from harness.runconfig import RunConfig
+    from harness.stages import stage_attribution
+
+    cfg = RunConfig(base="a", tuned="b")
+    with pytest.raises(RunDirError, match="no finished 'latents' stage"):
+        stage_attribution(RunDir(tmp_path), cfg)
+
+
+def test_llm_annotator_against_a_local_endpoint() -> None:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][0]["content"]
+            answer = '{"category": "math"}' if "[[+]]" in prompt else "I am not sure."
+            data = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rows = [{"latent": 0, "top_contexts": [{"context": "2 +", "token": "+"}]},
+                {"latent": 1, "top_contexts": [{"context": "hello", "token": "lo"}]},
+                {"latent": 2, "top_contexts": []}]
+        ann = LLMAnnotator(f"http://127.0.0.1:{server.server_port}/v1", "any")
+        out = ann.annotate(AnnotationInputs(["math", "code"], {"math": "numbers"}, latents=rows))
+        assert [lab.category for lab in out] == ["math", "unassigned", "unassigned"]
+    finally:
+        server.shutdown()
+    with pytest.raises(DiffevalError, match="endpoint .* failed"):
+        LLMAnnotator("http://127.0.0.1:9/v1", "any", timeout=2).annotate(AnnotationInputs(["math"], {}, latents=rows[:1]))
