@@ -39,7 +39,7 @@ class CrossCoderBase(nn.Module):
         gen = torch.Generator().manual_seed(cfg.seed)
         # [n, d]: 1 on each model's real dimensions, 0 on padding (None when all models have d_model)
         dims = cfg.model_dims()
-        mask = (torch.arange(d)[None, :] < torch.tensor(dims)[:, None]).float() if cfg.d_models else None
+        mask = (torch.arange(d)[None, :] < torch.tensor(dims)[:, None]).float() if min(dims) < d else None
         self.register_buffer("dim_mask", mask, persistent=False)
         W_dec = torch.randn(L, n, d, generator=gen)
         if mask is not None:

@@ -77,7 +77,11 @@ class CrossCoderConfig:
         return self.d_models or (self.d_model,) * self.n_models
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (d_models as a list), so a dict read back from cfg.json compares equal."""
+        data = dataclasses.asdict(self)
+        if data["d_models"] is not None:
+            data["d_models"] = list(data["d_models"])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CrossCoderConfig:

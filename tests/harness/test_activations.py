@@ -199,10 +199,21 @@ def test_models_of_different_hidden_size_are_collected_padded(narrow_model, tiny
         assert torch.allclose(x[0, i, :len(h)], h, atol=1e-4)
     with pytest.raises(ValueError, match=r"hidden sizes \(48, 64\) but the config says d_models=None"):
         train_crosscoder(CrossCoderConfig(d_model=64, n_models=2, n_latents=32, k=4), out, progress=False)
-    cc_cfg = CrossCoderConfig(d_model=64, n_models=2, n_latents=32, k=4, n_steps=5, batch_size=64,
-                              d_models=config_d_models(m))
-    model = train_crosscoder(cc_cfg, out, progress=False)
-    assert not model.W_dec[:, 0, 48:].any()
+    assert config_d_models(m) == (48, 64)
+    from click.testing import CliRunner
+
+    from crosscoders import CrossCoderBase
+    from harness.cli import cli
+
+    r = CliRunner().invoke(cli, ["crosscoder", "train", str(out), "--out", str(tmp_path / "cc"), "--n-latents", "32",
+                                 "--k", "4", "--steps", "5", "--batch-size", "64"])
+    assert r.exit_code == 0, r.output
+    model = CrossCoderBase.load(tmp_path / "cc")
+    assert model.cfg.d_models == (48, 64) and not model.W_dec[:, 0, 48:].any()
+    r = CliRunner().invoke(cli, ["crosscoder", "stats", str(tmp_path / "cc"), str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "cc" / "latents.jsonl").read_text().splitlines()]
+    assert len(rows) == 32 and all(r["cosine"] != r["cosine"] for r in rows)  # NaN: no shared space
 
 
 
