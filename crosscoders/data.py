@@ -8,7 +8,7 @@ Directory layout (written by `harness.activations`):
                              models' hidden sizes differ, [rows, Σ d_models] (the models side by side),
                              zero-padded to [rows, n_models, d_model] on read
   tokens_00000.npy …         [rows, 3] int64: sequence id, position, token id
-  sequences.jsonl            one row per sequence: its source (text, chat or task + doc id) and text
+  sequences.jsonl            one row per sequence: kind (plain, chat or task), source, doc id, text, tokens
 Every shard's row count and byte size are in the manifest, so a truncated or swapped shard is
 caught before training reads it.
 """
