@@ -141,7 +141,7 @@ class CrossCoderBase(nn.Module):
             raise ValueError(f"{directory} is not a saved crosscoder ({CFG_FILE}: {e})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory}: crosscoder format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-        arch = meta.pop("architecture")
+        arch = meta["architecture"]  # also a config field: keep it, or an L1 crosscoder reloads as BatchTopK
         meta.pop("format_version")
         model = ARCHITECTURES[arch](CrossCoderConfig.from_dict(meta))
         try:

@@ -81,7 +81,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
 
 def config_hash(cfg: Any, *extra: Any) -> str:
     """A stable hash of a config (and any extra inputs) used to decide whether a stage can be skipped."""
-    blob = json.dumps([to_dict(cfg), *extra], sort_keys=True, default=str)
+    blob = json.dumps([cfg if isinstance(cfg, dict) else to_dict(cfg), *extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

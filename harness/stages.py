@@ -58,10 +58,13 @@ def _collect(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **acts_
 
 def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
     """Paired activations on the corpus and the benchmark tasks' prompts."""
+    from harness.activations import CORPUS_DIR
+
     tasks = tuple(bench_tasks(cfg))
     specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
+    files = cfg.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))  # the shipped default corpus
     key = config_hash({"layer": cfg.layer, "tokens": cfg.tokens, "seq_len": cfg.seq_len, "corpus": cfg.corpus,
-                       "tasks": tasks}, specs, [_file_stamp(p) for p in cfg.corpus])
+                       "tasks": tasks}, specs, [_file_stamp(p) for p in files])
     return _collect(run, cfg, "activations", ACTS_DIR, key, tokens=cfg.tokens, corpus=cfg.corpus, tasks=tasks)
 
 
@@ -72,13 +75,14 @@ def _file_stamp(path: str) -> list[Any]:
 
 def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
     from crosscoders import CrossCoderConfig, train_crosscoder
-    from crosscoders.data import ActivationDirError, read_manifest
+    from crosscoders.data import ActivationDirError, config_d_models, read_manifest
 
     acts = run.path / ACTS_DIR
     manifest = read_manifest(acts)
     d_model = manifest["d_model"]
     n_latents = cfg.n_latents or EXPANSION * d_model
-    kw = {"d_models": tuple(manifest["d_models"])} if manifest.get("d_models") else {}
+    d_models = config_d_models(manifest)
+    kw = {"d_models": d_models} if d_models else {}
     try:
         cc_cfg = CrossCoderConfig(d_model=d_model, n_models=manifest["n_models"], n_latents=n_latents,
                                   k=cfg.k, n_steps=cfg.n_steps, architecture=cfg.architecture, seed=cfg.seed,

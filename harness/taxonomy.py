@@ -3,7 +3,7 @@
 The shipped taxonomy is `tasks/categories.yaml`. A user file (`--categories FILE`) either replaces it or,
 with `extends: shipped`, adds categories to it and overrides the ones it names. Probe paths are relative
 to the YAML that names them. An organism ships its own probe texts (its made-up world is not English
-prose); `probe_overrides` points categories at those instead.
+prose); `probe_overrides` (one file per category) then replaces the taxonomy's probe corpora.
 """
 
 from __future__ import annotations
@@ -86,10 +86,8 @@ def load_taxonomy(path: str | Path | None = None, probe_overrides: dict[str, Pat
             raise DiffevalError(f"{path}: 'extends' must be 'shipped' (or absent to replace the taxonomy), got {extends!r}")
         cats, source = ({**shipped, **user} if extends else user), str(path)
     cats.setdefault(UNASSIGNED, Category(UNASSIGNED, "No capability category applies."))
-    for name, probes in (probe_overrides or {}).items():
-        if name in cats:
-            c = cats[name]
-            cats[name] = Category(c.name, c.description, probes, c.tasks)
+    if probe_overrides is not None:  # a probe directory replaces every category's corpus; absent ones get none
+        cats = {n: Category(c.name, c.description, probe_overrides.get(n), c.tasks) for n, c in cats.items()}
     return Taxonomy(source, cats)
 
 

@@ -128,3 +128,12 @@ def test_padding_must_be_zero_for_smaller_models():
     cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=32, k=2, d_models=(6, 8))
     with pytest.raises(ValueError, match="non-zero entries beyond d_models"):
         train_crosscoder(cfg, acts, progress=False)
+
+
+def test_l1_crosscoder_reloads_as_l1(tmp_path) -> None:
+    from crosscoders import L1CrossCoder
+
+    cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=16, architecture="l1")  # k (32) > n_latents: fine for L1
+    L1CrossCoder(cfg).save(tmp_path)
+    loaded = CrossCoderBase.load(tmp_path)
+    assert isinstance(loaded, L1CrossCoder) and loaded.cfg.architecture == "l1"
