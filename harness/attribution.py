@@ -6,7 +6,7 @@ bootstrap CI (latents resampled within T and within B). It is undefined when n_c
 attribution we then use a smoothed log share ratio, log((n_c^T+½)/(N^T+1)) − log((n_c^B+½)/(N^B+1)),
 which is finite, symmetric in T and B, and equals log(1 + shift_c) for large counts.
 Mass shift: Σ_{j∈c} f_j‖d_j^T‖ / Σ_{j∈c} f_j‖d_j^B‖ − 1 over all of c's latents on the evaluation
-corpus, CI by resampling sequences.
+corpus, and relative to all latents' mass ratio (mass_shift_rel); CIs by resampling c's latents.
 Exposure: w_{t,c} = max(0, a_{t,c}/a_c − 1), where a is category c's mean latent activation per token on
 task t's prompts and on the whole corpus (how much more than usual the task engages c's latents).
 Predicted Δ_t = Σ_c w_{t,c}·s_c; Spearman against the observed deltas with an exact or Monte-Carlo
@@ -90,23 +90,36 @@ def category_shift_row(category: str, c: ShareCounts, n_boot: int = 4000, seed: 
             "small_counts": small, "note": note}
 
 
-def mass_shift(mass: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[dict[str, Any]]:
-    """Per group: tuned/base decoded mass − 1 with a sequence-bootstrap CI. mass [S, G, 2] (base, tuned)."""
+def mass_shift(latent_mass: np.ndarray, members: np.ndarray, n_boot: int = 2000, seed: int = 0,
+               level: float = 0.95) -> dict[str, Any]:
+    """A category's decoded-mass shift, plain and relative to all latents, with latent-bootstrap CIs.
+
+    latent_mass [n_latents, 2]: Σ f_j‖d_j^m‖ over the evaluation corpus for model m = base, tuned.
+    mass_shift = M_c^T/M_c^B − 1; mass_shift_rel = (M_c^T/M_c^B)/(M^T/M^B) − 1 asks whether the category
+    grew more than the model as a whole (fine-tuning moves every decoder norm a little). The CI resamples
+    the category's latents, so a shift carried by one or two latents gets the wide interval it deserves.
+    """
+    members = np.asarray(members, dtype=np.int64)
+    whole = _ratio(latent_mass.sum(0))
+    empty = {k: None for k in ("mass_shift", "mass_ci_low", "mass_ci_high", "mass_shift_rel", "mass_rel_ci_low",
+                               "mass_rel_ci_high")}
+    if len(members) == 0 or latent_mass[members, 0].sum() <= 0:
+        return empty
     rng = np.random.default_rng(seed)
-    total = mass.sum(0)  # [G, 2]
-    boots = np.stack([mass[rng.integers(0, len(mass), len(mass))].sum(0) for _ in range(n_boot)])  # [n_boot, G, 2]
-    out = []
-    for g in range(mass.shape[1]):
-        if total[g, 0] <= 0:
-            out.append({"mass_shift": None, "mass_ci_low": None, "mass_ci_high": None})
-            continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = boots[:, g, 1] / boots[:, g, 0] - 1
-        r = r[np.isfinite(r)]
-        lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2]) if len(r) else (None, None)
-        out.append({"mass_shift": float(total[g, 1] / total[g, 0] - 1),
-                    "mass_ci_low": None if lo is None else float(lo), "mass_ci_high": None if hi is None else float(hi)})
-    return out
+    picks = members[rng.integers(0, len(members), (n_boot, len(members)))]
+    reps = _ratio(latent_mass[picks].sum(1).T)  # [n_boot]
+    reps = reps[np.isfinite(reps)]
+    point = float(_ratio(latent_mass[members].sum(0)))
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return {"mass_shift": point - 1, "mass_ci_low": float(lo) - 1, "mass_ci_high": float(hi) - 1,
+            "mass_shift_rel": point / whole - 1, "mass_rel_ci_low": float(lo / whole) - 1,
+            "mass_rel_ci_high": float(hi / whole) - 1}
+
+
+def _ratio(pair: np.ndarray) -> Any:
+    """tuned / base for a [2, …] array (inf/nan where the base mass is 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(pair[1], dtype=np.float64) / np.asarray(pair[0], dtype=np.float64)
 
 
 def exposure(act: np.ndarray, tokens: np.ndarray, task_of_seq: list[str | None], tasks: list[str]) -> np.ndarray:

@@ -99,7 +99,7 @@ def run_options(fn: Any) -> Any:
         click.option("--probes-dir", type=click.Path(file_okay=False), help=_run_help("probes_dir")),
         click.option("--alpha", type=float, help=_run_help("alpha")),
         click.option("--specific-by", type=click.Choice(["latent_scaling", "delta_norm"]), help=_run_help("specific_by")),
-        click.option("--attribution-shift", type=click.Choice(["share", "mass"]), help=_run_help("attribution_shift")),
+        click.option("--attribution-shift", type=click.Choice(["auto", "share", "mass"]), help=_run_help("attribution_shift")),
         click.option("--reference", help=_run_help("reference")),
         click.option("--causal", is_flag=True, default=None, help=_run_help("causal")),
         click.option("--dry-run", is_flag=True, help="print the stages to run or reuse and the estimated cost, then stop"),
@@ -324,6 +324,66 @@ def organisms_verify(name: str, out: str | None) -> None:
     click.echo(f"\n{len(checks) - len(failed)}/{len(checks)} planted changes verified (run: {run_dir})")
     if failed:
         sys.exit(1)
+
+
+@organisms.command("score")
+@click.argument("name")
+@click.option("--seeds", type=int, default=3, show_default=True, help="crosscoder seeds to run the pipeline with")
+@click.option("--causal", is_flag=True, help="also run the causal ablation check")
+@click.option("--out", type=click.Path(file_okay=False), help="directory (default runs/<time>-score-<name>)")
+@user_errors
+def organisms_score(name: str, seeds: int, causal: bool, out: str | None) -> None:
+    """Run the whole pipeline on an organism and score it against its planted changes."""
+    from harness.organisms.score import score_organism, score_table
+    from harness.rundir import default_run_dir
+
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    out_dir = Path(out) if out else default_run_dir("score", name)
+    doc = score_organism(name, seeds, out_dir, causal=causal)
+    click.echo(score_table(doc))
+    click.echo(f"\nwrote {out_dir / 'score.json'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--categories", type=click.Path(), help=_run_help("categories"))
+@click.option("--specific-by", type=click.Choice(["latent_scaling", "delta_norm"]), help=_run_help("specific_by"))
+@click.option("--attribution-shift", type=click.Choice(["auto", "share", "mass"]), help=_run_help("attribution_shift"))
+@click.option("--causal", is_flag=True, default=None, help=_run_help("causal"))
+@user_errors
+def attribute(run_dir: str, **flags: Any) -> None:
+    """(Re)compute latent categories, category shifts and the attribution of RUN_DIR → attribution.json."""
+    import dataclasses
+
+    from harness import stages
+    from harness.config import from_dict
+    from harness.io import read_json
+    from harness.runconfig import RunConfig
+    from harness.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not (run.path / "config.json").exists():
+        raise UserError(f"{run_dir} has no config.json; is it a diffeval run directory?")
+    cfg = from_dict(RunConfig, read_json(run.path / "config.json"), source=str(run.path / "config.json"))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    run.write_config(cfg)
+    stages.stage_latents(run, cfg)
+    path = stages.stage_attribution(run, cfg)
+    if cfg.causal:
+        stages.stage_causal(run, cfg)
+    stages.stage_report(run)
+    click.echo(f"wrote {path} and {run.path / 'report.md'}")
+
+
+@cli.command()
+@bench_options
+@run_options
+@user_errors
+def plan(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -> None:
+    """Print the stages `diffeval run` would run or reuse, with a disk, memory and time estimate."""
+    ctx = click.get_current_context()
+    ctx.invoke(run, out=out, config_file=config_file, dry_run=True, **flags)
 
 
 @cli.group()

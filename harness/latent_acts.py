@@ -63,6 +63,7 @@ class GroupSums:
     tokens: np.ndarray    # [S] rows per sequence
     act: np.ndarray       # [S, G] Σ_{j∈g} f_j over the sequence's rows
     mass: np.ndarray      # [S, G, n_models] Σ_{j∈g} f_j‖d_j^m‖
+    latent_mass: np.ndarray  # [n_latents, n_models] Σ over the whole cache of f_j‖d_j^m‖
 
 
 def group_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray]) -> GroupSums:
@@ -78,9 +79,12 @@ def group_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray]) -> Gr
     tokens = torch.zeros(len(ids))
     act = torch.zeros(len(ids), len(groups), dtype=torch.float64)
     mass = torch.zeros(len(ids), len(groups) * n_models, dtype=torch.float64)
+    per_latent = torch.zeros(model.cfg.n_latents, dtype=torch.float64)
     for seq, f in encoded_batches(model, acts_dir, desc="category activations"):
+        per_latent += f.double().sum(0)
         rows = torch.as_tensor([pos[int(s)] for s in seq])
         tokens.index_add_(0, rows, torch.ones(len(rows)))
         act.index_add_(0, rows, (f @ member).double())
         mass.index_add_(0, rows, (f @ weighted.reshape(len(norms), -1)).double())
-    return GroupSums(ids, tokens.numpy(), act.numpy(), mass.reshape(len(ids), len(groups), n_models).numpy())
+    return GroupSums(ids, tokens.numpy(), act.numpy(), mass.reshape(len(ids), len(groups), n_models).numpy(),
+                     (per_latent[:, None] * norms.double()).numpy())

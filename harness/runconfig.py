@@ -9,7 +9,7 @@ from harness.config import BenchConfig, opt
 from harness.errors import DiffevalError
 
 SPECIFIC_BY = ("latent_scaling", "delta_norm")
-ATTRIBUTION_SHIFTS = ("share", "mass")
+ATTRIBUTION_SHIFTS = ("auto", "share", "mass")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class RunConfig(BenchConfig):
     probes_dir: str | None = opt(None, "directory of <category>.jsonl probe corpora overriding the taxonomy's")
     alpha: float = opt(0.05, "false discovery rate of the latent → category enrichment tests")
     specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
-    attribution_shift: str = opt("share", "shift used to predict task deltas: share (log share ratio) or mass")
+    attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), mass (relative "
+                                 "mass shift) or auto (share when both models have >= 10 specific latents, else mass)")
     reference: str | None = opt(None, "reference model R: tuned- and base-specific latents are taken against R")
     causal: bool = opt(False, "re-score each task with its category's tuned-specific latents ablated")
     organism: str | None = opt(None, "the model organism these models come from (set by `run` with no models)")

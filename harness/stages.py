@@ -49,11 +49,24 @@ def _collect(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **acts_
     from harness.activations import ActivationsConfig, collect_activations
 
     if not run.is_done(name, key):
+        _fresh_dir_for(run.path / out, key)
         with run.stage(name, key) as rec:
             acfg = ActivationsConfig(base=cfg.base, tuned=cfg.tuned, layer=cfg.layer, seq_len=cfg.seq_len,
                                      tasks_dir=cfg.tasks_dir, device=cfg.device, **acts_kw)
             rec["outputs"] = [collect_activations(acfg, run.path / out) / "manifest.json"]
     return run.path / out
+
+
+def _fresh_dir_for(directory: Path, key: str) -> None:
+    """Keep `directory` for a resume of the same inputs; clear it when it holds another configuration's output."""
+    import shutil
+
+    marker = directory / ".stage_key"
+    if directory.exists() and (not marker.exists() or marker.read_text() != key):
+        log.info("%s holds output of other inputs; clearing it", directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
 
 
 def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
@@ -188,8 +201,8 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
     groups = [np.array([r["latent"] for r in rows if r["category"] == c], dtype=np.int64) for c in cats]
     sums = group_sums(model, run_path / ACTS_DIR, groups)
-    for row, mass, members in zip(shifts, A.mass_shift(sums.mass, seed=cfg.seed), groups, strict=True):
-        row.update(mass, n_latents=int(len(members)))
+    for row, members in zip(shifts, groups, strict=True):
+        row.update(A.mass_shift(sums.latent_mass, members, seed=cfg.seed), n_latents=int(len(members)))
     seqs = sequences(run_path / ACTS_DIR)
     task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
     deltas = {r["task"]: r for r in load_deltas(run_path)["tasks"] if r.get("delta") is not None}
@@ -197,13 +210,17 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     skipped = sorted(set(deltas) - set(tasks))
     w = A.exposure(sums.act, sums.tokens, task_of_seq, tasks)
     assignable = [i for i, c in enumerate(cats) if c != "unassigned"]
-    if cfg.attribution_shift == "share":
+    shift_used = cfg.attribution_shift
+    if shift_used == "auto":  # share ratios need enough model-specific latents to be estimated at all
+        shift_used = "share" if min(len(tuned), len(base)) >= A.MIN_SPECIFIC else "mass"
+    if shift_used == "share":
         s = np.array([shifts[i]["log_share_ratio"] for i in assignable])
     else:
-        s = np.array([math.log1p(shifts[i]["mass_shift"]) if shifts[i]["mass_shift"] is not None else 0.0 for i in assignable])
+        s = np.array([math.log1p(shifts[i]["mass_shift_rel"]) if shifts[i]["mass_shift_rel"] is not None else 0.0
+                      for i in assignable])
     attr = A.attribute(w[:, assignable], s, tasks, [cats[i] for i in assignable],
                        {t: deltas[t]["delta"] for t in tasks}, {t: deltas[t]["category"] for t in tasks})
-    attr["shift_used"] = cfg.attribution_shift
+    attr["shift_used"] = shift_used
     attr["tasks_without_prompts"] = skipped
     return {
         "format_version": 1, "taxonomy": tax.source, "reference": cfg.reference,

@@ -111,11 +111,26 @@ def test_exposure_is_the_excess_over_the_corpus() -> None:
     assert w[0, 0] == pytest.approx(1 / 0.3 - 1) and w[0, 1] == 0
 
 
-def test_mass_shift_sign_and_ci() -> None:
+def test_mass_shift_sign_and_latent_bootstrap_ci() -> None:
     rng = np.random.default_rng(4)
-    mass = np.stack([rng.uniform(1, 2, (200, 2)), rng.uniform(2, 4, (200, 2))], axis=-1)  # tuned ≈ 2× base
-    rows = A.mass_shift(mass, n_boot=300)
-    assert rows[0]["mass_shift"] == pytest.approx(1.0, abs=0.1) and rows[0]["mass_ci_low"] > 0.5
+    base = rng.uniform(1, 2, 300)
+    factor = np.ones(300)
+    factor[:100] = 2.0                                   # category A (latents 0-99) doubles; B (100-199) unchanged
+    factor[200:] = 1.5
+    latent_mass = np.stack([base, base * factor], axis=1)  # [n_latents, 2]
+    a = A.mass_shift(latent_mass, np.arange(100), n_boot=500)
+    b = A.mass_shift(latent_mass, np.arange(100, 200), n_boot=500)
+    assert a["mass_shift"] == pytest.approx(1.0) and b["mass_shift"] == pytest.approx(0.0)
+    whole = latent_mass[:, 1].sum() / latent_mass[:, 0].sum()
+    assert a["mass_shift_rel"] == pytest.approx(2 / whole - 1) and a["mass_rel_ci_low"] > 0
+    assert b["mass_shift_rel"] == pytest.approx(1 / whole - 1) and b["mass_rel_ci_high"] < 0
+    # one latent carrying the whole shift: the point estimate moves, the CI stays wide
+    spiky = latent_mass.copy()
+    spiky[:100, 1] = spiky[:100, 0]
+    spiky[0, 1] = spiky[0, 0] * 60
+    c = A.mass_shift(spiky, np.arange(100), n_boot=500)
+    assert c["mass_shift"] > 0.3 and c["mass_ci_low"] < 0.05
+    assert A.mass_shift(latent_mass, np.array([], dtype=np.int64))["mass_shift"] is None
 
 
 def test_unknown_category_and_empty_probe_corpus_are_clear_errors(tmp_path) -> None:
@@ -140,8 +155,8 @@ def test_shipped_taxonomy_has_probe_corpora_of_at_least_50_texts() -> None:
 
 
 def test_run_dir_missing_a_stage_is_a_clear_error(tmp_path) -> None:
-    from harness.rundir import RunDir
     from harness.runconfig import RunConfig
+    from harness.rundir import RunDir
     from harness.stages import stage_attribution
 
     cfg = RunConfig(base="a", tuned="b")

@@ -1,0 +1,111 @@
+"""Score the whole pipeline on an organism against its declared planted changes (issue 6, item 6).
+
+For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
+the bench and activation stages, which do not depend on the seed, are copied from the first seed's run.
+Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
+(planted +/−), or not significant (planted 0)? Both the share-ratio shift and the mass shift are scored.
+Per seed: Spearman between predicted and observed task deltas, and with --causal the share of each
+planted task's delta that the ablation removes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from harness.io import atomic_write_json, read_json
+from harness.organisms.base import Planted
+
+REUSED = ("bench", "activations", "probes")
+
+
+def found(direction: str, shift: float | None, lo: float | None, hi: float | None) -> bool:
+    """+/−: shift of that sign with a CI excluding 0; 0: a CI containing 0 (or no estimate at all)."""
+    if direction == "0":
+        return shift is None or lo is None or ((lo <= 0) and (hi is None or hi >= 0))
+    if shift is None or lo is None:
+        return False
+    return lo > 0 if direction == "+" else hi is not None and hi < 0
+
+
+def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
+    attr = read_json(run_dir / "attribution.json")
+    by_cat = {c["category"]: c for c in attr["categories"]}
+    rows = []
+    for p in planted:
+        c = by_cat.get(p.category, {})
+        rows.append({
+            "category": p.category, "planted": p.direction,
+            "share_shift": c.get("shift"), "share_ci": [c.get("ci_low"), c.get("ci_high")], "p_value": c.get("p_value"),
+            "share_found": found(p.direction, c.get("shift"), c.get("ci_low"), c.get("ci_high")),
+            "mass_shift": c.get("mass_shift"), "mass_ci": [c.get("mass_ci_low"), c.get("mass_ci_high")],
+            "mass_found": found(p.direction, c.get("mass_shift"), c.get("mass_ci_low"), c.get("mass_ci_high")),
+        })
+    planted_tasks = {t for p in planted if p.direction != "0" for t in p.tasks}
+    causal = [c for c in attr.get("causal", []) if c["task"] in planted_tasks]
+    return {"run": str(run_dir), "categories": rows, "spearman": attr["attribution"]["spearman"],
+            "spearman_p": attr["attribution"]["p_value"], "N_tuned": attr["N_tuned"], "N_base": attr["N_base"],
+            "causal": [{"task": c["task"], "delta_removed": c["delta_removed"]} for c in causal]}
+
+
+def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Run the pipeline on organism `name` for `seeds` seeds; write and return score.json."""
+    from harness.config import from_dict
+    from harness.organisms import default_run_flags, get
+    from harness.pipeline import run_pipeline
+    from harness.runconfig import RunConfig
+
+    flags = default_run_flags(name, {})
+    flags["tasks"] = [t.strip() for t in flags["tasks"].split(",")]
+    base_cfg = from_dict(RunConfig, {**flags, "causal": causal, **overrides}, source=f"organism {name}")
+    runs = []
+    for seed in range(seeds):
+        run_dir = out / f"seed_{seed}"
+        if seed > 0:
+            _reuse_seed_independent(out / "seed_0", run_dir)
+        run_pipeline(dataclasses.replace(base_cfg, seed=seed), run_dir)
+        runs.append(score_run(run_dir, get(name).planted))
+    summary = summarise(runs)
+    doc = {"format_version": 1, "organism": name, "seeds": seeds, "runs": runs, "summary": summary}
+    atomic_write_json(out / "score.json", doc)
+    return doc
+
+
+def _reuse_seed_independent(src: Path, dst: Path) -> None:
+    """Copy the stages that do not depend on the seed (their manifest entries come along)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    manifest = read_json(src / "manifest.json")
+    keep = {k: v for k, v in manifest["stages"].items() if k.split(".")[0] in REUSED}
+    for name in ("bench", "activations", "probes"):
+        if (src / name).exists() and not (dst / name).exists():
+            shutil.copytree(src / name, dst / name)
+    atomic_write_json(dst / "manifest.json", {**manifest, "stages": keep})
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    cats = [r["category"] for r in runs[0]["categories"]]
+    per_cat = {c: {kind: sum(next(x for x in r["categories"] if x["category"] == c)[f"{kind}_found"] for r in runs)
+                   for kind in ("share", "mass")} for c in cats}
+    rhos = [r["spearman"] for r in runs]
+    removed = [c["delta_removed"] for r in runs for c in r["causal"] if c["delta_removed"] is not None]
+    return {"found": per_cat, "spearman": rhos,
+            "spearman_ge_0_7": sum(1 for x in rhos if x is not None and x >= 0.7),
+            "causal_removed": removed, "causal_ge_half": sum(1 for x in removed if x >= 0.5)}
+
+
+def score_table(doc: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    n = doc["seeds"]
+    first = doc["runs"][0]["categories"]
+    rows = [[c["category"], c["planted"], f"{doc['summary']['found'][c['category']]['share']}/{n}",
+             f"{doc['summary']['found'][c['category']]['mass']}/{n}"] for c in first]
+    rhos = ", ".join("—" if x is None else f"{x:+.2f}" for x in doc["summary"]["spearman"])
+    text = tabulate(rows, headers=["category", "planted", "share shift found", "mass shift found"], tablefmt="github")
+    text += f"\n\nSpearman (predicted vs observed task deltas) per seed: {rhos}"
+    if doc["summary"]["causal_removed"]:
+        text += ("\ncausal: share of planted task deltas removed: "
+                 + ", ".join(f"{x:.2f}" for x in doc["summary"]["causal_removed"]))
+    return text
