@@ -187,7 +187,8 @@ def latent_classes_section(latents: list[dict] | None) -> dict[str, Any]:
 def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
     rows = (attribution or {}).get("categories") or []
     keep = ("category", "n_tuned", "n_base", "N_tuned", "N_base", "shift", "ci_low", "ci_high", "p_value",
-            "mass_shift", "mass_ci_low", "mass_ci_high", "n_latents", "small_counts", "note")
+            "mass_shift", "mass_ci_low", "mass_ci_high", "mass_shift_rel", "mass_rel_ci_low", "mass_rel_ci_high",
+            "n_latents", "small_counts", "note")
     return [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
 
 
@@ -198,6 +199,7 @@ def attribution_section(attribution: dict | None) -> dict[str, Any]:
                 for r in attr.get("per_task") or []]
     return {"spearman": _finite(attr.get("spearman")), "p_value": _finite(attr.get("p_value")),
             "reason": attr.get("reason"), "n_tasks": attr.get("n_tasks", len(per_task)), "per_task": per_task,
+            "shift_used": attr.get("shift_used"),
             "exposure": (attribution or {}).get("exposure") or {}}
 
 
@@ -255,8 +257,17 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
         lines.append(f"{c['category']}: {format_shift(c['shift'])} — tuned-specific latents belong to it {direction} "
                      f"often than base-specific ones ({c['n_tuned']} of {c['N_tuned']} vs {c['n_base']} of "
                      f"{c['N_base']}; p = {c['p_value']:.2g}{', few latents' if c.get('small_counts') else ''}).")
+    mass_moved = [c for c in report["categories"] if c.get("mass_rel_ci_low") is not None
+                  and (c["mass_rel_ci_low"] > 0 or c["mass_rel_ci_high"] < 0) and c["category"] != "unassigned"]
+    for c in mass_moved:
+        lines.append(f"{c['category']}: its latents' decoded mass moved {format_shift(c['mass_shift_rel'])} relative "
+                     f"to all latents (95% CI {format_shift(c['mass_rel_ci_low'])} to {format_shift(c['mass_rel_ci_high'])}, "
+                     f"{c.get('n_latents')} latents).")
     if report["categories"] and not moved:
-        lines.append(f"No category moved significantly (all p ≥ {alpha:g}); treat the shifts below as hints.")
+        lines.append(f"No category's share of model-specific latents moved significantly (all Fisher p ≥ {alpha:g}"
+                     f"{' or undefined' if any(c['p_value'] is None for c in report['categories']) else ''}).")
+    if report["categories"] and not moved and not mass_moved:
+        lines.append("No category's relative mass shift has a CI excluding 0 either: treat the shifts below as hints.")
     if not report["categories"]:
         lines.append("No category shifts yet: the attribution stage has not run.")
     sig = [t for t in report["tasks"] if t["p_value"] is not None and t["p_value"] < alpha]

@@ -1,0 +1,102 @@
+"""The whole pipeline on a tiny local pair: every stage's files, the stage cache, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.runconfig import RunConfig
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_cfg(pair, **over) -> RunConfig:
+    base, tuned = pair
+    opts = {"base": str(base), "tuned": str(tuned), "tasks": ("diffeval_factual", "diffeval_multilingual",
+            "diffeval_hallucination"), "limit": 6, "tokens": 3000, "seq_len": 32, "n_latents": 64, "k": 4,
+            "n_steps": 40, "bootstrap_iters": 200}
+    return RunConfig(**{**opts, **over})
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    return {name: (run / name).read_bytes()
+            for name in ("crosscoder/crosscoder.safetensors", "latents.jsonl", "attribution.json", "bench/deltas.json")}
+
+
+def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> None:
+    from harness.pipeline import run_pipeline
+    from reports.schema import load_report
+
+    run = run_pipeline(tiny_cfg(tiny_pair), tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    for stage in ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "probes", "latents", "attribution"):
+        assert manifest["stages"][stage]["status"] == "done", stage
+    report = load_report(run / "report.json")
+    assert [t["task"] for t in report["tasks"]] == ["diffeval_factual", "diffeval_multilingual", "diffeval_hallucination"]
+    assert report["crosscoder"]["n_latents"] == 64
+    rows = [json.loads(x) for x in (run / "latents.jsonl").read_text().splitlines()]
+    assert len(rows) == 64 and all("category" in r for r in rows)
+    attr = json.loads((run / "attribution.json").read_text())
+    assert {c["category"] for c in attr["categories"]} >= {"safety", "math", "unassigned"}
+    assert attr["attribution"]["n_tasks"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["n_latents"] == 64  # the full configuration, not only the bench's part
+    before = _outputs(run)
+    ended = {k: v.get("ended") for k, v in manifest["stages"].items()}
+    run_pipeline(tiny_cfg(tiny_pair), run)
+    again = json.loads((run / "manifest.json").read_text())
+    assert {k: v.get("ended") for k, v in again["stages"].items() if k in ended} == ended  # nothing re-ran
+    assert _outputs(run) == before
+
+
+def test_killed_run_resumes_to_identical_results(tiny_pair, tmp_path, monkeypatch) -> None:
+    import crosscoders.train as train
+    from harness.pipeline import run_pipeline
+
+    cfg = tiny_cfg(tiny_pair, tasks=("diffeval_factual", "diffeval_multilingual"))
+    reference = run_pipeline(cfg, tmp_path / "uninterrupted")
+
+    real_step = train.train_step
+
+    def dying_step(model, ddp, opt, source, c, step, since_fired):
+        if step == 25:  # after the checkpoints at steps 10 and 20
+            raise KeyboardInterrupt
+        return real_step(model, ddp, opt, source, c, step, since_fired)
+
+    monkeypatch.setattr(train, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path / "killed")
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert manifest["stages"]["crosscoder"]["status"] == "failed"
+    assert not (tmp_path / "killed" / "latents.jsonl").exists()
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed = run_pipeline(cfg, tmp_path / "killed")
+    assert _outputs(resumed) == _outputs(reference)
+
+
+def test_dry_run_plans_without_running(tiny_pair, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    base, tuned = tiny_pair
+    res = CliRunner().invoke(cli, ["run", "--base", str(base), "--tuned", str(tuned), "--dry-run", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "crosscoder" in res.output and "disk: activation cache" in res.output
+    assert not (tmp_path / "r" / "manifest.json").exists()
+
+
+def test_config_file_and_flags(tmp_path) -> None:
+    from harness.cli import build_bench_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("base: a\ntuned: b\nn_steps: 77\nk: 8\n")
+    cfg = build_bench_config(str(path), RunConfig, k=4)
+    assert cfg.n_steps == 77 and cfg.k == 4
+    path.write_text("base: a\ntuned: b\nn_stepz: 1\n")
+    from harness.errors import DiffevalError
+
+    with pytest.raises(DiffevalError, match="unknown key.*n_stepz"):
+        build_bench_config(str(path), RunConfig)
