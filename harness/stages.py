@@ -268,3 +268,10 @@ def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
                                              "delta_removed", "ci_low", "ci_high")})
     doc["causal"], doc["causal_skipped"] = rows, skipped
     return atomic_write_json(path, doc)
+
+
+def stage_report(run: RunDir) -> list[Path]:
+    """report.md, report.json and figures (re-rendered on every run: it is cheap and reads only files)."""
+    from reports.render import render_report
+
+    return render_report(run.path)
