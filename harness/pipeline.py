@@ -29,6 +29,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path) -> Path:
     stages.stage_activations(run, cfg)
     stages.stage_crosscoder(run, cfg)
     stages.stage_latents(run, cfg)
+    if cfg.reference:
+        stages.stage_reference(run, cfg)
     stages.stage_attribution(run, cfg)
     if cfg.causal:
         stages.stage_causal(run, cfg)

@@ -27,6 +27,7 @@ CROSSCODER_DIR = "crosscoder"
 LATENTS_FILE = "latents.jsonl"
 ATTRIBUTION_FILE = "attribution.json"
 EXPANSION = 8  # n_latents = 8 × hidden size when not given
+REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 
 
 def _hash(run: RunDir, stage: str) -> str:
@@ -161,6 +162,22 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, alp
     return atomic_write_jsonl(run_path / LATENTS_FILE, rows)
 
 
+def stage_reference(run: RunDir, cfg: RunConfig) -> None:
+    """With --reference R: crosscoders of (R, tuned) and (R, base), each with its annotated latents.
+
+    In each, model 0 is R, so "tuned-specific" latents are those specific to the compared model against R.
+    """
+    import dataclasses
+
+    for side, sub in REFERENCE_DIRS.items():
+        model = cfg.tuned if side == "tuned" else cfg.base
+        sub_cfg = dataclasses.replace(cfg, base=cfg.reference, tuned=model, reference=None)
+        sub_run = RunDir(run.path / sub)
+        stage_activations(sub_run, sub_cfg)
+        stage_crosscoder(sub_run, sub_cfg)
+        stage_latents(sub_run, sub_cfg)
+
+
 def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[dict], list[dict]]:
     """(tuned-specific, base-specific) latents: Latent Scaling's verdict, or the Δnorm class alone."""
     if specific_by == "latent_scaling":
@@ -169,8 +186,9 @@ def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[di
 
 
 def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
+    refs = [_hash(RunDir(run.path / sub), "latents") for sub in REFERENCE_DIRS.values()] if cfg.reference else []
     key = config_hash({"specific_by": cfg.specific_by, "shift": cfg.attribution_shift, "seed": cfg.seed},
-                      _hash(run, "latents"), _hash(run, "bench.deltas"))
+                      _hash(run, "latents"), _hash(run, "bench.deltas"), refs)
     out = run.path / ATTRIBUTION_FILE
     if not run.is_done("attribution", key):
         with run.stage("attribution", key) as rec:
@@ -195,6 +213,9 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     tax = taxonomy_for(cfg)
     cats = [c for c in tax.names if c in {r["category"] for r in rows} or tax.categories[c].probes is not None]
     tuned, base = specific_sets(rows, cfg.specific_by)
+    if cfg.reference:  # the study's three-model design: T and B are each model's latents specific against R
+        tuned = specific_sets(read_latents(run_path / REFERENCE_DIRS["tuned"] / LATENTS_FILE), cfg.specific_by)[0]
+        base = specific_sets(read_latents(run_path / REFERENCE_DIRS["base"] / LATENTS_FILE), cfg.specific_by)[0]
     shifts = [A.category_shift_row(c, A.ShareCounts(sum(r["category"] == c for r in tuned), len(tuned),
                                                    sum(r["category"] == c for r in base), len(base)), seed=cfg.seed)
               for c in cats]

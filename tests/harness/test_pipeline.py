@@ -100,3 +100,21 @@ def test_config_file_and_flags(tmp_path) -> None:
 
     with pytest.raises(DiffevalError, match="unknown key.*n_stepz"):
         build_bench_config(str(path), RunConfig)
+
+
+def test_reference_design_takes_specific_latents_against_the_reference(tiny_pair, tmp_path) -> None:
+    from harness.latents import read_latents
+    from harness.pipeline import run_pipeline
+    from harness.stages import REFERENCE_DIRS, specific_sets
+
+    base, tuned = tiny_pair
+    cfg = tiny_cfg(tiny_pair, tasks=("diffeval_factual",), reference=str(base), specific_by="delta_norm")
+    run = run_pipeline(cfg, tmp_path / "ref")
+    attr = json.loads((run / "attribution.json").read_text())
+    assert attr["reference"] == str(base)
+    counts = {side: len(specific_sets(read_latents(run / sub / "latents.jsonl"), "delta_norm")[0])
+              for side, sub in REFERENCE_DIRS.items()}
+    assert (attr["N_tuned"], attr["N_base"]) == (counts["tuned"], counts["base"])
+    # R is the base itself: no latent can be specific to the base against R
+    assert counts["base"] == 0
+    assert attr["attribution"]["reason"] is not None  # one task: no correlation, and it says why
