@@ -58,8 +58,12 @@ def default_run_flags(name: str, flags: dict[str, Any]) -> dict[str, Any]:
                            "tasks_dir": (info["tasks_dir"], *(flags.get("tasks_dir") or ()))}
     if not flags.get("tasks"):
         out["tasks"] = ",".join(t for p in info["planted"] for t in p["tasks"])
-    probes = sorted(str(p) for p in Path(info["probes_dir"]).glob("*.jsonl"))
-    out.update(organism=name, probes_dir=info["probes_dir"])
-    if not flags.get("corpus"):  # the organism's own text: its world is not the shipped English corpus
-        out["corpus"] = tuple(probes)
+    out["organism"] = name
+    if get(name).tasks_dir is None:
+        # an organism with its own tasks lives in its own made-up world: its probe texts are both the
+        # probe corpora and the crosscoder's corpus (the shipped English texts mean nothing to it)
+        probes = sorted(str(p) for p in Path(info["probes_dir"]).glob("*.jsonl"))
+        out["probes_dir"] = info["probes_dir"]
+        if not flags.get("corpus"):
+            out["corpus"] = tuple(probes)
     return out
