@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 FIGURES_DIR = "figures"
 DELTA_NORM_HIST = "delta_norm_hist.png"
 CATEGORY_SHIFTS = "category_shifts.png"
+MASS_SHIFTS = "mass_shifts.png"
 PREDICTED_VS_OBSERVED = "predicted_vs_observed.png"
 CONTRIBUTIONS = "contributions.png"
 
@@ -83,6 +84,26 @@ def category_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None
     return _save(fig, path)
 
 
+def mass_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None:
+    """Relative mass shift (%) per category with its latent-bootstrap CI."""
+    rows = [c for c in categories if c.get("mass_shift_rel") is not None]
+    if not rows:
+        log.info("figure %s skipped: no mass shift", path.name)
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.2))
+    y = list(range(len(rows)))
+    vals = [100 * c["mass_shift_rel"] for c in rows]
+    lo = [v - 100 * c["mass_rel_ci_low"] if c.get("mass_rel_ci_low") is not None else 0 for v, c in zip(vals, rows, strict=True)]
+    hi = [100 * c["mass_rel_ci_high"] - v if c.get("mass_rel_ci_high") is not None else 0 for v, c in zip(vals, rows, strict=True)]
+    ax.barh(y, vals, xerr=[lo, hi], color=["#55a868" if v > 0 else "#c44e52" for v in vals], capsize=3)
+    ax.set_yticks(y, [f"{_label(c['category'])} ({c.get('n_latents', '?')} latents)" for c in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("decoded-mass shift vs all latents (%), 95% CI over the category's latents")
+    ax.invert_yaxis()
+    return _save(fig, path)
+
+
 def predicted_vs_observed(per_task: list[dict[str, Any]], path: Path) -> Path | None:
     """Each task's observed Δ against Δ predicted from category shifts and exposure."""
     rows = [r for r in per_task if r["predicted"] is not None]
@@ -135,6 +156,7 @@ def render_figures(report: dict[str, Any], latents: list[dict[str, Any]] | None,
     made = {
         "delta_norm_hist": delta_norm_histogram(latents, folder / DELTA_NORM_HIST),
         "category_shifts": category_shifts(report["categories"], folder / CATEGORY_SHIFTS),
+        "mass_shifts": mass_shifts(report["categories"], folder / MASS_SHIFTS),
         "predicted_vs_observed": predicted_vs_observed(report["attribution"]["per_task"],
                                                        folder / PREDICTED_VS_OBSERVED),
         "contributions": contributions(report["attribution"]["per_task"], folder / CONTRIBUTIONS),

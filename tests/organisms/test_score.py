@@ -1,0 +1,35 @@
+"""Scoring a pipeline run against an organism's declared planted changes."""
+
+from __future__ import annotations
+
+import json
+
+from harness.organisms.base import Planted
+from harness.organisms.score import found, score_run, summarise
+
+
+def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:
+    assert found("+", 0.3, 0.1, 0.5) and not found("+", 0.3, -0.1, 0.5) and not found("+", -0.3, -0.5, -0.1)
+    assert found("-", -0.3, -0.5, -0.1) and not found("-", -0.3, -0.5, None)
+    assert found("0", 0.1, -0.1, 0.3) and not found("0", 0.3, 0.1, 0.5) and found("0", None, None, None)
+    assert not found("+", None, None, None)
+
+
+def test_score_run_reads_attribution_json(tmp_path) -> None:
+    cats = [{"category": "safety", "shift": 0.8, "ci_low": 0.2, "ci_high": 1.5, "p_value": 0.01,
+             "mass_shift": 0.1, "mass_ci_low": -0.02, "mass_ci_high": 0.2},
+            {"category": "math", "shift": 0.5, "ci_low": 0.1, "ci_high": 0.9, "p_value": 0.02,
+             "mass_shift": 0.0, "mass_ci_low": -0.1, "mass_ci_high": 0.1}]
+    attr = {"categories": cats, "N_tuned": 20, "N_base": 15,
+            "attribution": {"spearman": 0.8, "p_value": 0.04},
+            "causal": [{"task": "t_safety", "delta_removed": 0.6}, {"task": "t_math", "delta_removed": 0.0}]}
+    (tmp_path / "attribution.json").write_text(json.dumps(attr))
+    planted = [Planted("safety", "+", ["t_safety"]), Planted("math", "0", ["t_math"])]
+    run = score_run(tmp_path, planted)
+    rows = {r["category"]: r for r in run["categories"]}
+    assert rows["safety"]["share_found"] and not rows["safety"]["mass_found"]
+    assert not rows["math"]["share_found"] and rows["math"]["mass_found"]   # a planted-unchanged category moved
+    assert run["causal"] == [{"task": "t_safety", "delta_removed": 0.6}]      # only planted (+/−) tasks
+    summary = summarise([run, run])
+    assert summary["found"]["safety"] == {"share": 2, "mass": 0}
+    assert summary["spearman_ge_0_7"] == 2 and summary["causal_ge_half"] == 2
