@@ -117,6 +117,17 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     deltas = json.loads((tmp_path / "r" / "bench" / "deltas.json").read_text())
     assert {r["task"] for r in deltas["tasks"]} == {t for p in toyworld.PLANTED for t in p.tasks}
     assert deltas["base"] == default_organism["base"]
+    # the whole pipeline ran: a valid report naming the organism, categories from the organism's probes
+    from reports.schema import load_report
+
+    report = load_report(tmp_path / "r" / "report.json")
+    assert report["models"]["base"]["organism"] == "toyworld"
+    assert len(report["attribution"]["per_task"]) == 7
+    assert {c["category"] for c in report["categories"]} >= {p.category for p in toyworld.PLANTED}
+    assert "report.md" in result.output
+    rerun = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "r")])  # everything cached
+    assert rerun.exit_code == 0, rerun.output
+    assert load_report(tmp_path / "r" / "report.json")["categories"] == report["categories"]
 
 
 @pytest.mark.slow
