@@ -3,7 +3,7 @@
 For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
 the bench and activation stages, which do not depend on the seed, are copied from the first seed's run.
 Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
-(planted +/−), or not significant (planted 0)? Both the share-ratio shift and the mass shift are scored.
+(planted +/−), or not significant (planted 0)? Both the share-ratio shift and the relative mass shift (vs all latents) are scored.
 Per seed: Spearman between predicted and observed task deltas, and with --causal the share of each
 planted task's delta that the ablation removes.
 """
@@ -40,8 +40,8 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
             "category": p.category, "planted": p.direction,
             "share_shift": c.get("shift"), "share_ci": [c.get("ci_low"), c.get("ci_high")], "p_value": c.get("p_value"),
             "share_found": found(p.direction, c.get("shift"), c.get("ci_low"), c.get("ci_high")),
-            "mass_shift": c.get("mass_shift"), "mass_ci": [c.get("mass_ci_low"), c.get("mass_ci_high")],
-            "mass_found": found(p.direction, c.get("mass_shift"), c.get("mass_ci_low"), c.get("mass_ci_high")),
+            "mass_shift_rel": c.get("mass_shift_rel"), "mass_rel_ci": [c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")],
+            "mass_found": found(p.direction, c.get("mass_shift_rel"), c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")),
         })
     planted_tasks = {t for p in planted if p.direction != "0" for t in p.tasks}
     causal = [c for c in attr.get("causal", []) if c["task"] in planted_tasks]
@@ -103,7 +103,8 @@ def score_table(doc: dict[str, Any]) -> str:
     rows = [[c["category"], c["planted"], f"{doc['summary']['found'][c['category']]['share']}/{n}",
              f"{doc['summary']['found'][c['category']]['mass']}/{n}"] for c in first]
     rhos = ", ".join("—" if x is None else f"{x:+.2f}" for x in doc["summary"]["spearman"])
-    text = tabulate(rows, headers=["category", "planted", "share shift found", "mass shift found"], tablefmt="github")
+    text = tabulate(rows, headers=["category", "planted", "share shift as declared", "mass shift as declared"],
+                    tablefmt="github")
     text += f"\n\nSpearman (predicted vs observed task deltas) per seed: {rhos}"
     if doc["summary"]["causal_removed"]:
         text += ("\ncausal: share of planted task deltas removed: "

@@ -17,9 +17,9 @@ def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:
 
 def test_score_run_reads_attribution_json(tmp_path) -> None:
     cats = [{"category": "safety", "shift": 0.8, "ci_low": 0.2, "ci_high": 1.5, "p_value": 0.01,
-             "mass_shift": 0.1, "mass_ci_low": -0.02, "mass_ci_high": 0.2},
+             "mass_shift_rel": 0.1, "mass_rel_ci_low": -0.02, "mass_rel_ci_high": 0.2},
             {"category": "math", "shift": 0.5, "ci_low": 0.1, "ci_high": 0.9, "p_value": 0.02,
-             "mass_shift": 0.0, "mass_ci_low": -0.1, "mass_ci_high": 0.1}]
+             "mass_shift_rel": 0.0, "mass_rel_ci_low": -0.1, "mass_rel_ci_high": 0.1}]
     attr = {"categories": cats, "N_tuned": 20, "N_base": 15,
             "attribution": {"spearman": 0.8, "p_value": 0.04},
             "causal": [{"task": "t_safety", "delta_removed": 0.6}, {"task": "t_math", "delta_removed": 0.0}]}
