@@ -60,7 +60,7 @@ def bench_options(fn: Any) -> Any:
         click.option("--seed", type=int, help=_help("seed")),
         click.option("--scores", type=click.Path(), help=_help("scores")),
         click.option("--config", "config_file", type=click.Path(), help="YAML/JSON file of options; flags override it"),
-        click.option("--out", type=click.Path(file_okay=False), help="run directory (default runs/<time>-<base>-vs-<tuned>)"),
+        click.option("--out", type=click.Path(file_okay=False), help="run directory (default runs/<base>-vs-<tuned>-<config hash>, so the same command resumes it)"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -142,7 +142,7 @@ def _run_and_show(stage: Any, config_file: str | None, out: str | None, flags: d
     from harness.rundir import default_run_dir
 
     cfg = build_bench_config(config_file, **flags)
-    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
+    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned, cfg=cfg)
     stage(cfg, run_dir)
     click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
     return run_dir
@@ -163,9 +163,9 @@ def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -
 
         click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
         flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
-        out = out or str(default_run_dir(f"{DEFAULT_ORGANISM}-base", f"{DEFAULT_ORGANISM}-tuned"))
     cfg = build_bench_config(config_file, RunConfig, **flags)
-    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned)
+    names = (f"{cfg.organism}-base", f"{cfg.organism}-tuned") if cfg.organism else (cfg.base, cfg.tuned)
+    run_dir = Path(out) if out else default_run_dir(*names, cfg=cfg)
     if dry_run:
         from harness.plan import plan
 

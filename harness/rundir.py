@@ -29,7 +29,13 @@ MANIFEST_VERSION = 1
 _PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "peft", "numpy", "scipy")
 
 
-def default_run_dir(base: str, tuned: str, root: str | Path = "runs") -> Path:
+def default_run_dir(base: str, tuned: str, root: str | Path = "runs", cfg: Any = None) -> Path:
+    """runs/<base>-vs-<tuned>-<config hash> for a config (the same command finds its run again, so it
+    resumes or reuses it); runs/<time>-<base>-vs-<tuned> for one-off commands."""
+    if cfg is not None:
+        from harness.config import config_hash
+
+        return Path(root) / f"{_slug(base)}-vs-{_slug(tuned)}-{config_hash(cfg)[:8]}"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{stamp}-{_slug(base)}-vs-{_slug(tuned)}"
 
