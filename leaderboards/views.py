@@ -46,8 +46,8 @@ def _row(entry_id: str, report: dict[str, Any], meta: dict[str, Any]) -> dict[st
     attribution = report["attribution"]
     return {
         "entry_id": entry_id,
-        "base": models["base"]["spec"],
-        "tuned": models["tuned"]["spec"],
+        "base": display_name(models["base"], "base"),
+        "tuned": display_name(models["tuned"], "tuned"),
         "reference": (models["reference"] or {}).get("spec"),
         "organism": models["base"].get("organism"),
         "tasks": [t["task"] for t in report["tasks"]],
@@ -164,3 +164,9 @@ def show_table(board: Path) -> str:
 def _plain(text: str) -> str:
     """Drop control characters (a model name with an escape sequence must not drive the terminal)."""
     return "".join(ch for ch in text if ch == "\n" or (ch.isprintable()))
+
+
+def display_name(model: dict[str, Any], role: str) -> str:
+    """The spec, or `organism:<name>/<role>` for an organism (whose spec is a local cache path)."""
+    organism = model.get("organism")
+    return f"organism:{organism}/{role}" if organism else model["spec"]
