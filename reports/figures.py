@@ -64,42 +64,36 @@ def delta_norm_histogram(latents: list[dict[str, Any]] | None, path: Path) -> Pa
 
 def category_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None:
     """Paper-compatible shift (%) per category with its bootstrap CI; undefined shifts are listed, not drawn."""
-    rows = [c for c in categories if c["shift"] is not None]
-    if not rows:
-        log.info("figure %s skipped: no defined category shift", path.name)
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.2))
-    y = list(range(len(rows)))
-    shifts = [100 * c["shift"] for c in rows]
-    lo = [s - 100 * c["ci_low"] if c["ci_low"] is not None else 0 for s, c in zip(shifts, rows, strict=True)]
-    hi = [100 * c["ci_high"] - s if c["ci_high"] is not None else 0 for s, c in zip(shifts, rows, strict=True)]
-    colors = ["#55a868" if s > 0 else "#c44e52" for s in shifts]
-    ax.barh(y, shifts, xerr=[lo, hi], color=colors, capsize=3)
-    ax.set_yticks(y, [f"{_label(c['category'])} ({c['n_tuned']}/{c['N_tuned']} vs {c['n_base']}/{c['N_base']})"
-                      for c in rows])
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("shift (%) = (n_T/N_T)/(n_B/N_B) − 1, with 95% bootstrap CI")
-    ax.invert_yaxis()
-    return _save(fig, path)
+    return _shift_bars(categories, ("shift", "ci_low", "ci_high"), path,
+                       lambda c: f"{c['n_tuned']}/{c['N_tuned']} vs {c['n_base']}/{c['N_base']}",
+                       "shift (%) = (n_T/N_T)/(n_B/N_B) − 1, with 95% bootstrap CI")
 
 
 def mass_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None:
     """Relative mass shift (%) per category with its latent-bootstrap CI."""
-    rows = [c for c in categories if c.get("mass_shift_rel") is not None]
+    return _shift_bars(categories, ("mass_shift_rel", "mass_rel_ci_low", "mass_rel_ci_high"), path,
+                       lambda c: f"{c.get('n_latents', '?')} latents",
+                       "decoded-mass shift vs all latents (%), 95% CI over the category's latents")
+
+
+def _shift_bars(categories: list[dict[str, Any]], keys: tuple[str, str, str], path: Path, note: Any,
+                xlabel: str) -> Path | None:
+    """Horizontal bars of one shift per category (in %) with CI whiskers; keys = (value, ci low, ci high)."""
+    key, low, high = keys
+    rows = [c for c in categories if c.get(key) is not None]
     if not rows:
-        log.info("figure %s skipped: no mass shift", path.name)
+        log.info("figure %s skipped: no defined %s", path.name, key)
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.2))
     y = list(range(len(rows)))
-    vals = [100 * c["mass_shift_rel"] for c in rows]
-    lo = [v - 100 * c["mass_rel_ci_low"] if c.get("mass_rel_ci_low") is not None else 0 for v, c in zip(vals, rows, strict=True)]
-    hi = [100 * c["mass_rel_ci_high"] - v if c.get("mass_rel_ci_high") is not None else 0 for v, c in zip(vals, rows, strict=True)]
+    vals = [100 * c[key] for c in rows]
+    lo = [v - 100 * c[low] if c.get(low) is not None else 0 for v, c in zip(vals, rows, strict=True)]
+    hi = [100 * c[high] - v if c.get(high) is not None else 0 for v, c in zip(vals, rows, strict=True)]
     ax.barh(y, vals, xerr=[lo, hi], color=["#55a868" if v > 0 else "#c44e52" for v in vals], capsize=3)
-    ax.set_yticks(y, [f"{_label(c['category'])} ({c.get('n_latents', '?')} latents)" for c in rows])
+    ax.set_yticks(y, [f"{_label(c['category'])} ({note(c)})" for c in rows])
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("decoded-mass shift vs all latents (%), 95% CI over the category's latents")
+    ax.set_xlabel(xlabel)
     ax.invert_yaxis()
     return _save(fig, path)
 
