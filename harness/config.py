@@ -42,7 +42,7 @@ class BenchConfig:
     max_gen_toks: int | None = opt(None, "most new tokens per generation; unset = each task's own setting")
     device: str = opt("cpu", "torch device: cpu, cuda, cuda:1, mps")
     dtype: str = opt("float32", "weights dtype: float32, float16, bfloat16 or auto")
-    seed: int = opt(1234, "seed for lm-eval sampling and the bootstrap")
+    seed: int = opt(1234, "seed for lm-eval sampling, the bootstrap and (in run) the crosscoder")
     bootstrap_iters: int = opt(2000, "resamples for the paired bootstrap CI")
     scores: str | None = opt(None, "CSV/JSON of externally measured scores to merge (task, base, tuned)")
 
