@@ -35,7 +35,9 @@ def plan(cfg: RunConfig, run_dir: Path) -> str:
         rows.append([name, "reuse if inputs unchanged" if state == "done" else f"run ({state})" if state else "run"])
     # rough CPU throughput from this project's benches: a forward of ~2·params FLOPs per token at ~20 GFLOP/s
     fwd_s = 2 * (cfg.tokens * 2) * 2 * n_params / 20e9
-    train_s = cfg.n_steps * 1024 * n_latents * 2 * d_model * 6 / 40e9 / 8
+    # crosscoder step on 2 CPU cores (benches/bench_crosscoder.py, a 96-wide organism): ~30 ms of fixed
+    # cost plus the dense encoder selection at ~150 GFLOP/s
+    train_s = cfg.n_steps * (0.03 + 1024 * 2 * d_model * n_latents * 2 / 150e9)
     estimate = [["disk: activation cache", _gb(act_bytes)], ["memory: both models (fp32)", _gb(model_bytes)],
                 ["memory: crosscoder training", _gb(cc_bytes)], ["time: collection (CPU, rough)", f"{fwd_s / 60:.1f} min"],
                 ["time: crosscoder training (CPU, rough)", f"{train_s / 60:.1f} min"]]
