@@ -161,3 +161,13 @@ def test_report_into_another_folder_and_malformed_result_is_rejected_on_read(run
     (out / "report.json").write_text((out / "report.json").read_text()[:-20])
     with pytest.raises(ReportError, match="not valid JSON"):
         load_report(out / "report.json")
+
+
+def test_a_pair_that_is_not_an_organism_is_titled_by_its_specs(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    config.pop("organism")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    report_main(run_dir)
+    first = (run_dir / "report.md").read_text().splitlines()[0]
+    assert first.startswith("# diffeval report: toy-base → ") and "\\[evil\\]" in first
+    assert "organism" not in load_report(run_dir / "report.json")["models"]["base"]
