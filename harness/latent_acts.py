@@ -46,9 +46,9 @@ def encoded_batches(model: Any, acts_dir: str | Path, desc: str = "encoding") ->
         yield seq_ids[start:idx[-1] + 1], model.encode(source[idx].to(device)).float().cpu()
 
 
-def sequence_max(model: Any, acts_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(sequence ids [S], max activation per sequence and latent [S, n_latents])."""
-    ids = np.array(sorted(sequences(acts_dir)))
+def sequence_max(model: Any, acts_dir: str | Path, seqs: dict[int, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence ids [S], max activation per sequence and latent [S, n_latents]); seqs = sequences(acts_dir)."""
+    ids = np.array(sorted(seqs))
     pos = {s: i for i, s in enumerate(ids)}
     out = torch.zeros(len(ids), model.cfg.n_latents)
     for seq, f in encoded_batches(model, acts_dir, desc="probe activations"):
@@ -66,9 +66,9 @@ class GroupSums:
     latent_mass: np.ndarray  # [n_latents, n_models] Σ over the whole cache of f_j‖d_j^m‖
 
 
-def group_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray]) -> GroupSums:
-    """Per-sequence activation and decoded mass of each latent group (e.g. each category's latents)."""
-    ids = np.array(sorted(sequences(acts_dir)))
+def group_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray], seqs: dict[int, Any]) -> GroupSums:
+    """Per-sequence activation and decoded mass of each latent group; seqs = sequences(acts_dir)."""
+    ids = np.array(sorted(seqs))
     pos = {s: i for i, s in enumerate(ids)}
     n_models = model.cfg.n_models
     member = torch.zeros(model.cfg.n_latents, len(groups))  # [n_latents, G] 0/1

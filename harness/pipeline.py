@@ -16,9 +16,6 @@ from harness.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-STAGES = ("bench", "activations", "crosscoder", "latents", "attribution", "causal", "report")
-
-
 def run_pipeline(cfg: RunConfig, out: str | Path) -> Path:
     """Run every stage into `out`; returns the run directory."""
     from harness import stages

@@ -106,23 +106,14 @@ def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
     key = config_hash(cc_cfg, _hash(run, "activations"))
     out = run.path / CROSSCODER_DIR
     if not run.is_done("crosscoder", key):
+        _fresh_dir_for(out, key)  # a checkpoint of these inputs resumes; any other configuration's is cleared
         with run.stage("crosscoder", key) as rec:
-            if (out / "cfg.json").exists() or (out / "checkpoint.pt").exists():
-                old = read_json(out / "cfg.json") if (out / "cfg.json").exists() else None
-                if old is not None and {k: v for k, v in old.items() if k in cc_cfg.to_dict()} != cc_cfg.to_dict():
-                    _clear(out)
             try:
                 train_crosscoder(cc_cfg, acts, out=out)
             except (ActivationDirError, FloatingPointError) as e:
                 raise DiffevalError(str(e)) from None
             rec["outputs"] = [out / "crosscoder.safetensors", out / "cfg.json", out / "metrics.jsonl"]
     return out
-
-
-def _clear(directory: Path) -> None:
-    for p in directory.iterdir():
-        if p.is_file():
-            p.unlink()
 
 
 def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
@@ -151,8 +142,8 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, alp
 
     model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
     rows = latent_rows(model, run_path / ACTS_DIR)
-    seq_ids, seq_acts = sequence_max(model, probe_acts)
     seqs = sequences(probe_acts)
+    seq_ids, seq_acts = sequence_max(model, probe_acts, seqs)
     by_file = {str(c.probes): c.name for c in tax.categories.values() if c.probes is not None}
     labels = [by_file[seqs[int(s)]["source"]] for s in seq_ids]
     inputs = AnnotationInputs(categories=sorted(set(labels)), descriptions={c: tax.categories[c].description for c in tax.names},
@@ -211,7 +202,8 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     if "category" not in rows[0]:
         raise RunDirError(f"{run_path / LATENTS_FILE} has no categories; re-run the latents stage")
     tax = taxonomy_for(cfg)
-    cats = [c for c in tax.names if c in {r["category"] for r in rows} or tax.categories[c].probes is not None]
+    used = {r["category"] for r in rows}
+    cats = [c for c in tax.names if c in used or tax.categories[c].probes is not None]
     tuned, base = specific_sets(rows, cfg.specific_by)
     if cfg.reference:  # the study's three-model design: T and B are each model's latents specific against R
         tuned = specific_sets(read_latents(run_path / REFERENCE_DIRS["tuned"] / LATENTS_FILE), cfg.specific_by)[0]
@@ -221,10 +213,10 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
               for c in cats]
     model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
     groups = [np.array([r["latent"] for r in rows if r["category"] == c], dtype=np.int64) for c in cats]
-    sums = group_sums(model, run_path / ACTS_DIR, groups)
+    seqs = sequences(run_path / ACTS_DIR)
+    sums = group_sums(model, run_path / ACTS_DIR, groups, seqs)
     for row, members in zip(shifts, groups, strict=True):
         row.update(A.mass_shift(sums.latent_mass, members, seed=cfg.seed), n_latents=int(len(members)))
-    seqs = sequences(run_path / ACTS_DIR)
     task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
     deltas = {r["task"]: r for r in load_deltas(run_path)["tasks"] if r.get("delta") is not None}
     tasks = [t for t in deltas if t in set(task_of_seq)]

@@ -78,7 +78,7 @@ def _reuse_seed_independent(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     manifest = read_json(src / "manifest.json")
     keep = {k: v for k, v in manifest["stages"].items() if k.split(".")[0] in REUSED}
-    for name in ("bench", "activations", "probes"):
+    for name in REUSED:
         if (src / name).exists() and not (dst / name).exists():
             shutil.copytree(src / name, dst / name)
     atomic_write_json(dst / "manifest.json", {**manifest, "stages": keep})
