@@ -10,6 +10,13 @@ with reconstruction targets y^{m,r} = x̂^m and error targets y^{m,ε} = x^m −
 ν_ε = β^{other,ε} / β^{own,ε} and ν_r likewise: near 0 when the other model has no use for the
 direction, so a latent is tuned-specific when Δnorm ≥ 0.9, ν_ε < 0.2 and ν_r < 0.5 (mirror for base).
 
+Changed directions: fine-tuning often keeps a latent (it fires on the same inputs in both models) but
+rotates its decoder, so Δnorm stays near ½ while the two models write different directions. Latent
+Scaling read along *each* model's decoder catches this: `changed` is "tuned" when the tuned direction
+passes the test above (ν_ε < 0.2 and ν_r < 0.5: the base model has no use for it where the latent fires)
+and the tuned decoder is not negligible (Δnorm ≥ 0.1), "base" for the mirror case (Δnorm ≤ 0.9), "both"
+for a rotation that passes on both sides, and None otherwise. A tuned-specific latent is changed "tuned".
+
 Decoder cosine and Latent Scaling compare one model's direction with the other model's activations,
 which needs a shared residual space. Models of different hidden size have none, so for them both
 columns are NaN and `specific` is None; Δnorm and the class are still defined (norms are per model).
@@ -126,26 +133,48 @@ def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts
     freq = (acc.count / max(acc.rows, 1)).float()
     side_tuned = dn >= 0.5
     if shared_space:
-        nu_eps = torch.where(side_tuned, acc.nu(TUNED, "eps", W_dec), acc.nu(BASE, "eps", W_dec))
-        nu_r = torch.where(side_tuned, acc.nu(TUNED, "r", W_dec), acc.nu(BASE, "r", W_dec))
+        per_side = {side: {t: acc.nu(side, t, W_dec) for t in ("eps", "r")} for side in (BASE, TUNED)}
+        nu_eps = torch.where(side_tuned, per_side[TUNED]["eps"], per_side[BASE]["eps"])
+        nu_r = torch.where(side_tuned, per_side[TUNED]["r"], per_side[BASE]["r"])
         cosine = decoder_cosine(W_dec)
     else:
-        nu_eps = nu_r = cosine = torch.full_like(dn, float("nan"))
+        nan = torch.full_like(dn, float("nan"))
+        nu_eps = nu_r = cosine = nan
+        per_side = {side: {"eps": nan, "r": nan} for side in (BASE, TUNED)}
     classes = classify(dn, freq, cfg)
     table = pd.DataFrame({
         "latent": range(model.cfg.n_latents), "delta_norm": dn.tolist(), "cosine": cosine.tolist(),
         "nu_eps": nu_eps.tolist(), "nu_r": nu_r.tolist(), "freq": freq.tolist(),
         "mean_act": (acc.sum_f / acc.count.clamp_min(1)).tolist(), "class": classes,
+        **{f"nu_{t}_{name}": per_side[side][t].tolist() for side, name in ((BASE, "base"), (TUNED, "tuned"))
+           for t in ("eps", "r")},
     })
     table["specific"] = [
         _specific(c, e, r, cfg) for c, e, r in zip(classes, table["nu_eps"], table["nu_r"], strict=True)
     ]
+    table["changed"] = changed_directions(dn, classes, per_side, cfg)
     table["top_rows"] = [[int(r) for r, v in zip(rs, vs, strict=True) if v > 0]
                          for rs, vs in zip(acc.top_rows.tolist(), acc.top_vals.tolist(), strict=True)]
     table["top_acts"] = [[round(v, 4) for v in vs if v > 0] for vs in acc.top_vals.tolist()]
     if contexts is not None:
         table["top_contexts"] = [[contexts(r) for r in rows] for rows in table["top_rows"]]
     return table
+
+
+def changed_directions(dn: torch.Tensor, classes: list[str], nu: dict[int, dict[str, torch.Tensor]],
+                       cfg: StatsConfig) -> list[str | None]:
+    """Per latent: "tuned", "base", "both" or None — whose decoder direction the other model does not use.
+
+    nu[side][target] is ν read along model `side`'s decoder (NaN where undefined, which never passes).
+    """
+    def passes(side: int) -> torch.Tensor:
+        return (nu[side]["eps"] < cfg.nu_eps_max) & (nu[side]["r"] < cfg.nu_r_max)
+
+    live = torch.tensor([c != "dead" for c in classes], dtype=torch.bool)
+    tuned = live & passes(TUNED) & (dn >= cfg.base_only)
+    base = live & passes(BASE) & (dn <= cfg.tuned_only)
+    names = {(True, True): "both", (True, False): "tuned", (False, True): "base", (False, False): None}
+    return [names[(t, b)] for t, b in zip(tuned.tolist(), base.tolist(), strict=True)]
 
 
 def _specific(cls: str, nu_eps: float, nu_r: float, cfg: StatsConfig) -> str | None:

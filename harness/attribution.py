@@ -7,6 +7,11 @@ attribution we then use a smoothed log share ratio, log((n_c^T+½)/(N^T+1)) − 
 which is finite, symmetric in T and B, and equals log(1 + shift_c) for large counts.
 Mass shift: Σ_{j∈c} f_j‖d_j^T‖ / Σ_{j∈c} f_j‖d_j^B‖ − 1 over all of c's latents on the evaluation
 corpus, and relative to all latents' mass ratio (mass_shift_rel); CIs by resampling c's latents.
+Changed latents: a category whose latents kept their inputs but changed their decoder direction in
+fine-tuning (crosscoders/stats.py, `changed`) has no model-specific latents, so neither the share ratio
+nor the mass shift sees it. changed_enrichment asks, per category, whether changed latents are
+over-represented among its live latents (one-sided Fisher, BH across categories): an unsigned "this
+category changed", not a direction.
 Exposure: w_{t,c} = max(0, a_{t,c}/a_c − 1), where a is category c's mean latent activation per token on
 task t's prompts and on the whole corpus (how much more than usual the task engages c's latents).
 Predicted Δ_t = Σ_c w_{t,c}·s_c; Spearman against the observed deltas with an exact or Monte-Carlo
@@ -114,6 +119,31 @@ def mass_shift(latent_mass: np.ndarray, members: np.ndarray, n_boot: int = 2000,
     return {"mass_shift": point - 1, "mass_ci_low": float(lo) - 1, "mass_ci_high": float(hi) - 1,
             "mass_shift_rel": point / whole - 1, "mass_rel_ci_low": float(lo / whole) - 1,
             "mass_rel_ci_high": float(hi / whole) - 1}
+
+
+def changed_enrichment(categories: list[str], changed: list[bool], names: list[str], alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Per category in `names`: n_changed, n_live, one-sided Fisher p and BH q (over `names`), changed_significant.
+
+    categories[j] and changed[j] describe live latent j.
+    """
+    from scipy.stats import fisher_exact
+
+    from harness.annotate import benjamini_hochberg
+
+    cats = np.asarray(categories, dtype=object)
+    moved = np.asarray(changed, dtype=bool)
+    rows, ps = [], []
+    for c in names:
+        mine = cats == c
+        table = [[int((mine & moved).sum()), int((mine & ~moved).sum())],
+                 [int((~mine & moved).sum()), int((~mine & ~moved).sum())]]
+        p = float(fisher_exact(table, alternative="greater").pvalue) if moved.any() and mine.any() else 1.0
+        rows.append({"n_changed": table[0][0], "n_live": int(mine.sum())})
+        ps.append(p)
+    qs = benjamini_hochberg(np.array(ps)) if ps else np.array([])
+    for row, p, q in zip(rows, ps, qs, strict=True):
+        row.update(changed_p=p, changed_q=float(q), changed_significant=bool(q < alpha))
+    return rows
 
 
 def _ratio(pair: np.ndarray) -> Any:

@@ -1,13 +1,18 @@
-"""The causal check (issue 6, item 5): ablate a category's tuned-specific latents and re-score a task.
+"""The causal check (issue 6, item 5): remove a category's latents' fine-tuning change and re-score a task.
 
 At the crosscoder's layer, a forward hook on the tuned model replaces its hidden state h_T by
 
-    h_T − Σ_{j∈S} f_j(x) · W_dec[j, tuned] / act_scale[tuned]
+    ablate:  h_T − Σ_{j∈S} f_j(x) · W_dec[j, tuned] / act_scale[tuned]
+    revert:  h_T − Σ_{j∈S} f_j(x) · (W_dec[j, tuned] / act_scale[tuned] − W_dec[j, base] / act_scale[base])
 
 at every position, where f = encode((h_B, h_T)) and h_B is the base model's hidden state at the same
-block for the same token ids. Only the ablated latents' decoded contribution is subtracted, so the
-crosscoder's reconstruction error stays in the residual stream (the error-preserving form): with S = ∅
-the model is unchanged bit for bit. The task is then re-scored by lm-eval on the ablated tuned model and
+block for the same token ids. `ablate` removes the latents' decoded contribution (right for a latent only
+the tuned model has); `revert` swaps it for what the base model writes for the same latent activation,
+undoing the change fine-tuning made to those latents — right for latents both models have but whose
+decoder direction fine-tuning rotated, and equal to `ablate` for a latent with no base decoder. Only the
+chosen latents' contribution changes, so the crosscoder's reconstruction error stays in the residual stream
+(the error-preserving form): with S = ∅ the model is unchanged bit for bit. The task is then re-scored by
+lm-eval on the modified tuned model and
 
     delta_removed = 1 − (tuned_ablated − base) / (tuned − base)
 
@@ -33,12 +38,13 @@ log = logging.getLogger(__name__)
 
 CAUSAL_DIR = "causal"
 CAUSAL_VERSION = 1
+MODES = ("ablate", "revert")
 ENCODE_CHUNK = 4096  # rows per crosscoder encode call: bounds the [rows, n_latents] buffer
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class LatentAblation:
-    """Hooks that ablate `latents` from the tuned model's residual stream at one block.
+    """Hooks that ablate (or revert) `latents` in the tuned model's residual stream at one block.
 
     Use as a context manager: inside it the tuned model (returned by `__enter__`) runs with the
     ablation; on exit the hooks are removed. Generation with a KV cache works: the tokens seen so far
@@ -46,7 +52,7 @@ class LatentAblation:
     """
 
     def __init__(self, base_model: Any, tuned_model: Any, crosscoder: Any, layer: int | Sequence[int],
-                 latents: Iterable[int], skip_token_ids: Iterable[int] = ()) -> None:
+                 latents: Iterable[int], skip_token_ids: Iterable[int] = (), mode: str = "ablate") -> None:
         import torch
 
         from harness.activations import decoder_blocks
@@ -63,6 +69,13 @@ class LatentAblation:
             if not 0 <= at < len(blocks):
                 raise DiffevalError(f"layer {at} is out of range for the {role} model ({len(blocks)} blocks)")
         self.latents = check_latents(latents, crosscoder.cfg.n_latents)
+        if mode not in MODES:
+            raise DiffevalError(f"ablation mode {mode!r} is not one of {', '.join(MODES)}")
+        dims = crosscoder.cfg.d_models
+        if mode == "revert" and dims is not None and len(set(dims)) > 1:
+            raise DiffevalError(f"mode 'revert' writes the base model's decoder into the tuned model, which needs one "
+                                f"hidden size; these models have {dims[0]} and {dims[1]} (use mode 'ablate')")
+        self.mode = mode
         self.skip_token_ids = torch.tensor(sorted(set(skip_token_ids)), dtype=torch.long)
         if getattr(crosscoder, "threshold", None) is not None and float(crosscoder.threshold) < 0:
             log.warning("the BatchTopK crosscoder has no inference threshold: latent activations will depend "
@@ -134,7 +147,8 @@ class LatentAblation:
 
     # -- the ablation itself -----------------------------------------------------------------------
     def contribution(self, h_base: Any, h_tuned: Any) -> Any:
-        """Σ_{j∈S} f_j · W_dec[j, tuned] / act_scale[tuned], in the tuned model's raw units.
+        """What the hook subtracts, in the tuned model's raw units: Σ_{j∈S} f_j · W_dec[j, tuned] / act_scale[tuned]
+        (ablate), minus the same with the base decoder and scale (revert).
 
         h_base [batch, seq, d_base], h_tuned [batch, seq, d_tuned] → [batch, seq, d_tuned] (float32).
         """
@@ -149,18 +163,20 @@ class LatentAblation:
             idx = torch.tensor(self.latents, dtype=torch.long, device=dev)
             f = torch.cat([cc.encode(chunk)[:, idx] for chunk in x.split(ENCODE_CHUNK)])  # [rows, |S|]
             W = cc.W_dec[idx, 1, :d_tuned] / cc.act_scale[1]  # [|S|, d_tuned], raw units
+            if self.mode == "revert":
+                W = W - cc.W_dec[idx, 0, :d_tuned] / cc.act_scale[0]
             return (f @ W).reshape(*h_tuned.shape[:-1], d_tuned).to(h_tuned.device)
 
 
 def ablated_model(base_model: Any, tuned_model: Any, crosscoder: Any, layer: int | Sequence[int],
-                  latents: Iterable[int], *, skip_token_ids: Iterable[int] = ()) -> LatentAblation:
-    """A context manager yielding `tuned_model` with `latents` ablated at block `layer`.
+                  latents: Iterable[int], *, skip_token_ids: Iterable[int] = (), mode: str = "ablate") -> LatentAblation:
+    """A context manager yielding `tuned_model` with `latents` ablated (or reverted, `mode`) at block `layer`.
 
     `layer` is one block index or (base_block, tuned_block). Positions holding a token in
     `skip_token_ids` (e.g. BOS, which activation collection drops) are left alone. The yielded
     model can be handed to lm-eval: `HFLM(pretrained=model, tokenizer=tok)`.
     """
-    return LatentAblation(base_model, tuned_model, crosscoder, layer, latents, skip_token_ids)
+    return LatentAblation(base_model, tuned_model, crosscoder, layer, latents, skip_token_ids, mode)
 
 
 def check_latents(latents: Iterable[int], n_latents: int) -> list[int]:
@@ -231,8 +247,8 @@ def ablation_summary(base: np.ndarray, tuned: np.ndarray, ablated: np.ndarray, n
 
 # -- the run-directory check ------------------------------------------------------------------------
 def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterable[int], *, n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
-    """Re-score `task` on the tuned model with `latents` (a category's tuned-specific latents) ablated.
+                 seed: int = 0, mode: str = "ablate") -> dict[str, Any]:
+    """Re-score `task` on the tuned model with `latents` (a category's latents) ablated or reverted (`mode`).
 
     Needs the run's bench stage (per-document scores of both models), its crosscoder stage and the
     activation manifest (which block the crosscoder reads). Returns and writes
@@ -254,7 +270,9 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
     from harness import models
 
     specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
-    key = config_hash(cfg, task, category, ids, layer, n_boot, seed, [models.describe(s) for s in specs],
+    if mode not in MODES:
+        raise DiffevalError(f"ablation mode {mode!r} is not one of {', '.join(MODES)}")
+    key = config_hash(cfg, task, category, ids, layer, n_boot, seed, mode, [models.describe(s) for s in specs],
                       _sha256(cc_dir / "crosscoder.safetensors"),
                       [_sha256(_samples(run, role, task)) for role in ("base", "tuned")])
     out = run / CAUSAL_DIR / f"{task}__{category}.json"
@@ -264,7 +282,7 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
             log.info("causal %s / %s: unchanged, reusing %s", task, category, out)
             return old
     ablated_dir = run / CAUSAL_DIR / f"{task}__{category}"
-    _evaluate_ablated(cfg, specs, task, cc_dir, layer, ids, ablated_dir)
+    _evaluate_ablated(cfg, specs, task, cc_dir, layer, ids, ablated_dir, mode)
     from harness.bench import per_doc_scores
 
     scores = [per_doc_scores(p, metric, flt) for p in
@@ -275,7 +293,7 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
     base, tuned, ablated = (np.array([s[d] for d in docs]) for s in scores)
     summary = ablation_summary(base, tuned, ablated, n_boot=n_boot, seed=seed)
     result = {
-        "format_version": CAUSAL_VERSION, "task": task, "category": category, "n_latents": len(ids),
+        "format_version": CAUSAL_VERSION, "task": task, "category": category, "mode": mode, "n_latents": len(ids),
         **{k: summary[k] for k in ("delta", "delta_ablated", "delta_removed", "ci_low", "ci_high")},
         "metric": metric, "filter": flt, "n": summary["n"], "base": float(base.mean()),
         "tuned": float(tuned.mean()), "tuned_ablated": float(ablated.mean()), "latents": ids, "layer": layer,
@@ -286,7 +304,7 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
 
 
 def _evaluate_ablated(cfg: Any, specs: list[Any], task: str, cc_dir: Path, layer: list[int], latents: list[int],
-                      out: Path) -> None:
+                      out: Path, mode: str) -> None:
     """lm-eval on the tuned model with the ablation, per-document logs under `out`."""
     from crosscoders.base import CrossCoderBase
     from harness import models, taskreg
@@ -301,8 +319,8 @@ def _evaluate_ablated(cfg: Any, specs: list[Any], task: str, cc_dir: Path, layer
         raise RunDirError(f"the crosscoder stage of {cc_dir.parent} is unreadable: {e}") from None
     skip = [tok.bos_token_id] if tok.bos_token_id is not None else []  # collection drops BOS rows
     defs = taskreg.resolve([task], cfg.tasks_dir)
-    log.info("causal check: %s with %d latents ablated at block %s", task, len(latents), layer)
-    with ablated_model(base_model, tuned_model, crosscoder, layer, latents, skip_token_ids=skip) as model:
+    log.info("causal check: %s with %d latents (%s) at block %s", task, len(latents), mode, layer)
+    with ablated_model(base_model, tuned_model, crosscoder, layer, latents, skip_token_ids=skip, mode=mode) as model:
         evaluate_lm(model, tok, defs, cfg, out)
 
 

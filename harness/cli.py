@@ -102,6 +102,7 @@ def run_options(fn: Any) -> Any:
         click.option("--attribution-shift", type=click.Choice(["auto", "share", "mass"]), help=_run_help("attribution_shift")),
         click.option("--reference", help=_run_help("reference")),
         click.option("--causal", is_flag=True, default=None, help=_run_help("causal")),
+        click.option("--causal-mode", type=click.Choice(["revert", "ablate"]), help=_run_help("causal_mode")),
         click.option("--dry-run", is_flag=True, help="print the stages to run or reuse and the estimated cost, then stop"),
     ]
     for option in reversed(options):
@@ -351,6 +352,7 @@ def organisms_score(name: str, seeds: int, causal: bool, out: str | None) -> Non
 @click.option("--specific-by", type=click.Choice(["latent_scaling", "delta_norm"]), help=_run_help("specific_by"))
 @click.option("--attribution-shift", type=click.Choice(["auto", "share", "mass"]), help=_run_help("attribution_shift"))
 @click.option("--causal", is_flag=True, default=None, help=_run_help("causal"))
+@click.option("--causal-mode", type=click.Choice(["revert", "ablate"]), help=_run_help("causal_mode"))
 @user_errors
 def attribute(run_dir: str, **flags: Any) -> None:
     """(Re)compute latent categories, category shifts and the attribution of RUN_DIR → attribution.json."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from harness.io import atomic_write_jsonl
 
-LATENTS_VERSION = 1
+LATENTS_VERSION = 2  # 2: per-side ν and `changed`
 
 
 def context_lookup(acts_dir: Path, window: int = 8) -> Any:

@@ -10,6 +10,7 @@ from harness.errors import DiffevalError
 
 SPECIFIC_BY = ("latent_scaling", "delta_norm")
 ATTRIBUTION_SHIFTS = ("auto", "share", "mass")
+CAUSAL_MODES = ("revert", "ablate")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ class RunConfig(BenchConfig):
     attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), mass (relative "
                                  "mass shift) or auto (share when both models have >= 10 specific latents, else mass)")
     reference: str | None = opt(None, "reference model R: tuned- and base-specific latents are taken against R")
-    causal: bool = opt(False, "re-score each task with its category's tuned-specific latents ablated")
+    causal: bool = opt(False, "re-score each task with its category's latents reverted or ablated (--causal-mode)")
+    causal_mode: str = opt("revert", "revert: undo fine-tuning's change to all of the task category's latents, "
+                           "beside a same-size random control set; ablate: zero its tuned-specific latents (the study's form)")
     organism: str | None = opt(None, "the model organism these models come from (set by `run` with no models)")
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class RunConfig(BenchConfig):
             raise DiffevalError(f"specific_by {self.specific_by!r} must be one of {', '.join(SPECIFIC_BY)}")
         if self.attribution_shift not in ATTRIBUTION_SHIFTS:
             raise DiffevalError(f"attribution_shift {self.attribution_shift!r} must be one of {', '.join(ATTRIBUTION_SHIFTS)}")
+        if self.causal_mode not in CAUSAL_MODES:
+            raise DiffevalError(f"causal_mode {self.causal_mode!r} must be one of {', '.join(CAUSAL_MODES)}")
         if self.architecture not in ("batchtopk", "l1"):
             raise DiffevalError(f"architecture {self.architecture!r} must be batchtopk or l1")
 

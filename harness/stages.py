@@ -15,6 +15,7 @@ from harness import models, taskreg
 from harness.config import config_hash
 from harness.errors import DiffevalError, RunDirError
 from harness.io import atomic_write_json, read_json
+from harness.latents import LATENTS_VERSION
 from harness.runconfig import RunConfig
 from harness.rundir import RunDir
 from harness.taxonomy import Taxonomy, load_taxonomy, organism_probes
@@ -126,7 +127,8 @@ def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
     probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": files},
                             [_file_stamp(f) for f in files], _hash(run, "activations"))
     probe_acts = _collect(run, cfg, "probes", PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(files))
-    key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source}, probe_key, _hash(run, "crosscoder"))
+    key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source, "version": LATENTS_VERSION}, probe_key,
+                      _hash(run, "crosscoder"))
     if not run.is_done("latents", key):
         with run.stage("latents", key) as rec:
             rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, cfg.alpha)]
@@ -199,8 +201,9 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     from harness.latents import read_latents
 
     rows = read_latents(run_path / LATENTS_FILE)
-    if "category" not in rows[0]:
-        raise RunDirError(f"{run_path / LATENTS_FILE} has no categories; re-run the latents stage")
+    if "category" not in rows[0] or "changed" not in rows[0]:
+        raise RunDirError(f"{run_path / LATENTS_FILE} was written by an older diffeval (no categories or no "
+                          "`changed` column); re-run the latents stage (`diffeval run` redoes it)")
     tax = taxonomy_for(cfg)
     used = {r["category"] for r in rows}
     cats = [c for c in tax.names if c in used or tax.categories[c].probes is not None]
@@ -217,6 +220,13 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     sums = group_sums(model, run_path / ACTS_DIR, groups, seqs)
     for row, members in zip(shifts, groups, strict=True):
         row.update(A.mass_shift(sums.latent_mass, members, seed=cfg.seed), n_latents=int(len(members)))
+    live = [r for r in rows if r["class"] != "dead" and r["category"] != "unassigned"]
+    named = [c for c in cats if c != "unassigned"]
+    changed = A.changed_enrichment([r["category"] for r in live], [r.get("changed") is not None for r in live],
+                                   named, alpha=cfg.alpha)
+    for row in shifts:
+        row.update(changed[named.index(row["category"])] if row["category"] in named else
+                   {"n_changed": None, "n_live": None, "changed_p": None, "changed_q": None, "changed_significant": None})
     task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
     deltas = {r["task"]: r for r in load_deltas(run_path)["tasks"] if r.get("delta") is not None}
     tasks = [t for t in deltas if t in set(task_of_seq)]
@@ -258,27 +268,47 @@ def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict
 
 
 def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
-    """Ablate each task's category's tuned-specific latents on the tuned model, re-score, add to attribution.json.
+    """Re-score each task with its category's latents reverted (or ablated); add the results to attribution.json.
 
-    Tasks whose category has no tuned-specific latent have nothing to ablate and are listed as skipped.
-    (`causal_check` caches each (task, category) result under causal/ by its own input hash.)
+    revert (default): all of the category's live latents get the base model's decoder back, and a control
+    set of as many live latents drawn at random from the other categories is reverted the same way, so
+    "the category carries the delta" can be told from "any latents this many carry it".
+    ablate: the category's tuned-specific latents are removed (the study's form); no control.
+    Tasks with nothing to change or a delta of 0 are listed as skipped. (`causal_check` caches each result
+    under causal/ by its own input hash.)
     """
+    import numpy as np
+
     from harness.causal import causal_check
     from harness.latents import read_latents
 
     path = run.path / ATTRIBUTION_FILE
     doc = read_json(path)
-    tuned, _ = specific_sets(read_latents(run.path / LATENTS_FILE), cfg.specific_by)
+    latents = read_latents(run.path / LATENTS_FILE)
+    if cfg.causal_mode == "revert":
+        pool = [r for r in latents if r["class"] != "dead"]
+    else:
+        pool = specific_sets(latents, cfg.specific_by)[0]
+    rng = np.random.default_rng(cfg.seed)
     rows, skipped = [], []
     for t in doc["attribution"]["per_task"]:
-        latents = [r["latent"] for r in tuned if r["category"] == t["category"]]
-        if not latents or t["delta"] == 0:
+        ids = [r["latent"] for r in pool if r["category"] == t["category"]]
+        if not ids or t["delta"] == 0:
+            what = "live" if cfg.causal_mode == "revert" else "tuned-specific"
             skipped.append({"task": t["task"], "category": t["category"],
-                            "reason": "no tuned-specific latent in its category" if not latents else "delta is 0"})
+                            "reason": f"no {what} latent in its category" if not ids else "delta is 0"})
             continue
-        res = causal_check(run.path, t["task"], t["category"], latents, n_boot=cfg.bootstrap_iters, seed=cfg.seed)
-        rows.append({k: res.get(k) for k in ("task", "category", "n_latents", "delta", "delta_ablated",
-                                             "delta_removed", "ci_low", "ci_high")})
+        keep = ("task", "category", "mode", "n_latents", "delta", "delta_ablated", "delta_removed", "ci_low", "ci_high")
+        res = causal_check(run.path, t["task"], t["category"], ids, n_boot=cfg.bootstrap_iters, seed=cfg.seed,
+                           mode=cfg.causal_mode)
+        row = {k: res.get(k) for k in keep}
+        others = [r["latent"] for r in pool if r["category"] != t["category"]]
+        if cfg.causal_mode == "revert" and len(others) >= len(ids):
+            control = sorted(int(j) for j in rng.choice(others, size=len(ids), replace=False))
+            ctl = causal_check(run.path, t["task"], f"{t['category']}.control", control, n_boot=cfg.bootstrap_iters,
+                               seed=cfg.seed, mode=cfg.causal_mode)
+            row.update(control_removed=ctl["delta_removed"], control_ci_low=ctl["ci_low"], control_ci_high=ctl["ci_high"])
+        rows.append(row)
     doc["causal"], doc["causal_skipped"] = rows, skipped
     return atomic_write_json(path, doc)
 

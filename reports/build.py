@@ -188,7 +188,7 @@ def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
     rows = (attribution or {}).get("categories") or []
     keep = ("category", "n_tuned", "n_base", "N_tuned", "N_base", "shift", "ci_low", "ci_high", "p_value",
             "mass_shift", "mass_ci_low", "mass_ci_high", "mass_shift_rel", "mass_rel_ci_low", "mass_rel_ci_high",
-            "n_latents", "small_counts", "note")
+            "n_latents", "small_counts", "note", "n_changed", "n_live", "changed_p", "changed_q", "changed_significant")
     return [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
 
 
@@ -263,6 +263,11 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
         lines.append(f"{c['category']}: its latents' decoded mass moved {format_shift(c['mass_shift_rel'])} relative "
                      f"to all latents (95% CI {format_shift(c['mass_rel_ci_low'])} to {format_shift(c['mass_rel_ci_high'])}, "
                      f"{c.get('n_latents')} latents).")
+    changed = sorted((c for c in report["categories"] if c.get("changed_significant")), key=lambda c: c["changed_q"])
+    for c in changed:
+        lines.append(f"{c['category']}: changed in fine-tuning without a direction — {c['n_changed']} of its "
+                     f"{c['n_live']} live latents write a direction the other model does not use (rotated decoders; "
+                     f"enrichment q = {c['changed_q']:.2g}).")
     if report["categories"] and not moved:
         lines.append(f"No category's share of model-specific latents moved significantly (all Fisher p ≥ {alpha:g}"
                      f"{' or undefined' if any(c['p_value'] is None for c in report['categories']) else ''}).")

@@ -4,8 +4,10 @@ For each seed (crosscoder initialisation and batch order) the pipeline runs into
 the bench and activation stages, which do not depend on the seed, are copied from the first seed's run.
 Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
 (planted +/−), or not significant (planted 0)? Both the share-ratio shift and the relative mass shift (vs all latents) are scored.
+A third, unsigned check: a planted +/− category's latents are enriched in changed (rotated) latents,
+and a planted-0 category's are not.
 Per seed: Spearman between predicted and observed task deltas, and with --causal the share of each
-planted task's delta that the ablation removes.
+planted task's delta that reverting its category's latents removes (and that a random control set removes).
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
             "share_found": found(p.direction, c.get("shift"), c.get("ci_low"), c.get("ci_high")),
             "mass_shift_rel": c.get("mass_shift_rel"), "mass_rel_ci": [c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")],
             "mass_found": found(p.direction, c.get("mass_shift_rel"), c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")),
+            "n_changed": c.get("n_changed"), "n_live": c.get("n_live"), "changed_q": c.get("changed_q"),
+            "changed_found": bool(c.get("changed_significant")) == (p.direction != "0"),
         })
     planted_tasks = {t for p in planted if p.direction != "0" for t in p.tasks}
     causal = [c for c in attr.get("causal", []) if c["task"] in planted_tasks]
     return {"run": str(run_dir), "categories": rows, "spearman": attr["attribution"]["spearman"],
             "spearman_p": attr["attribution"]["p_value"], "N_tuned": attr["N_tuned"], "N_base": attr["N_base"],
-            "causal": [{"task": c["task"], "delta_removed": c["delta_removed"]} for c in causal]}
+            "causal": [{"task": c["task"], "delta_removed": c["delta_removed"], "ci_low": c.get("ci_low"),
+                        "ci_high": c.get("ci_high"), "control_removed": c.get("control_removed")} for c in causal]}
 
 
 def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **overrides: Any) -> dict[str, Any]:
@@ -87,7 +92,7 @@ def _reuse_seed_independent(src: Path, dst: Path) -> None:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     cats = [r["category"] for r in runs[0]["categories"]]
     per_cat = {c: {kind: sum(next(x for x in r["categories"] if x["category"] == c)[f"{kind}_found"] for r in runs)
-                   for kind in ("share", "mass")} for c in cats}
+                   for kind in ("share", "mass", "changed")} for c in cats}
     rhos = [r["spearman"] for r in runs]
     removed = [c["delta_removed"] for r in runs for c in r["causal"] if c["delta_removed"] is not None]
     return {"found": per_cat, "spearman": rhos,
@@ -100,13 +105,19 @@ def score_table(doc: dict[str, Any]) -> str:
 
     n = doc["seeds"]
     first = doc["runs"][0]["categories"]
-    rows = [[c["category"], c["planted"], f"{doc['summary']['found'][c['category']]['share']}/{n}",
-             f"{doc['summary']['found'][c['category']]['mass']}/{n}"] for c in first]
+    found_in = doc["summary"]["found"]
+    rows = [[c["category"], c["planted"], *(f"{found_in[c['category']].get(kind, 0)}/{n}" for kind in ("share", "mass", "changed"))]
+            for c in first]
     rhos = ", ".join("—" if x is None else f"{x:+.2f}" for x in doc["summary"]["spearman"])
-    text = tabulate(rows, headers=["category", "planted", "share shift as declared", "mass shift as declared"],
-                    tablefmt="github")
+    text = tabulate(rows, headers=["category", "planted", "share shift as declared", "mass shift as declared",
+                                   "changed latents as declared"], tablefmt="github")
     text += f"\n\nSpearman (predicted vs observed task deltas) per seed: {rhos}"
-    if doc["summary"]["causal_removed"]:
-        text += ("\ncausal: share of planted task deltas removed: "
-                 + ", ".join(f"{x:.2f}" for x in doc["summary"]["causal_removed"]))
+    causal = [c for r in doc["runs"] for c in r["causal"]]
+    if causal:
+        text += "\ncausal (share of each planted task's delta removed; random control set in brackets): " + ", ".join(
+            f"{c['task']} {_fmt(c['delta_removed'])} [{_fmt(c.get('control_removed'))}]" for c in causal)
     return text
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"

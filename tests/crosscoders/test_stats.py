@@ -37,3 +37,48 @@ def test_classes_follow_the_thresholds():
     dn = torch.tensor([0.95, 0.05, 0.55, 0.75, 0.99])
     freq = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.0])
     assert classify(dn, freq, StatsConfig()) == ["tuned_only", "base_only", "shared", "other", "dead"]
+
+
+def _fit_stats(W, f, x):
+    """latent_stats' per-side ν and the `changed` verdict for hand-built decoders and activations."""
+    from crosscoders.stats import changed_directions
+
+    recon = torch.einsum("bl,lmd->bmd", f, W)
+    acc = _Accumulator(W.shape[0], top=1)
+    acc.add(f, x, recon, W, 0)
+    nu = {side: {t: acc.nu(side, t, W) for t in ("eps", "r")} for side in (BASE, TUNED)}
+    return changed_directions(delta_norm(W), ["shared"] * W.shape[0], nu, StatsConfig())
+
+
+def test_a_rotated_decoder_is_changed_and_a_kept_one_is_not():
+    # Latent 0 fires on the same rows in both models but writes e1 in base and e2 in tuned (a rotation,
+    # Δnorm ½); latent 1 writes e3 in both (kept); latent 2 writes e4 in tuned and, weaker, e4 in base
+    # (kept, only rescaled); latent 3 adds e5 in tuned while base writes e1 there, like latent 0 (tuned side new).
+    d = 6
+    e = torch.eye(d)
+    W = torch.zeros(4, 2, d)
+    W[0, BASE], W[0, TUNED] = e[0], e[1]
+    W[1, BASE], W[1, TUNED] = e[2], e[2]
+    W[2, BASE], W[2, TUNED] = 0.5 * e[3], e[3]
+    W[3, BASE], W[3, TUNED] = 0.2 * e[0], e[4]
+    gen = torch.Generator().manual_seed(0)
+    f = torch.rand(64, 4, generator=gen) * (torch.rand(64, 4, generator=gen) < 0.4)
+    x = torch.einsum("bl,lmd->bmd", f, W) + 0.01 * torch.randn(64, 2, d, generator=gen)
+    verdict = _fit_stats(W, f, x)
+    assert verdict[0] == "both"      # each direction is missing from the other model
+    assert verdict[1] is None        # the same direction in both
+    assert verdict[2] is None        # rescaled, not rotated
+    assert verdict[3] == "both"      # e5 is new; e1 (base side) is also absent from tuned where it fires
+
+
+def test_a_direction_the_other_model_writes_elsewhere_is_not_new():
+    # Latent 0 rotates e1 → e2, but the base model writes e2 itself on the same rows through latent 1
+    # (a shared latent with a tuned decoder of 0 weight there): the tuned direction is not new, the base one is lost.
+    d = 4
+    e = torch.eye(d)
+    W = torch.zeros(2, 2, d)
+    W[0, BASE], W[0, TUNED] = e[0], e[1]
+    W[1, BASE], W[1, TUNED] = e[1], 0.05 * e[3]
+    f = torch.ones(8, 2)
+    x = torch.einsum("bl,lmd->bmd", f, W)
+    assert _fit_stats(W, f, x)[0] == "base"

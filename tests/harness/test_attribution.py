@@ -195,3 +195,30 @@ def test_llm_annotator_against_a_local_endpoint() -> None:
         server.shutdown()
     with pytest.raises(DiffevalError, match="endpoint .* failed"):
         LLMAnnotator("http://127.0.0.1:9/v1", "any", timeout=2).annotate(AnnotationInputs(["math"], {}, latents=rows[:1]))
+
+
+def test_changed_enrichment_finds_the_category_whose_latents_rotated():
+    rng = np.random.default_rng(0)
+    cats = list(rng.choice(["a", "b", "c", "d", "e"], size=500))
+    changed = [(c == "a" and rng.random() < 0.3) or rng.random() < 0.02 for c in cats]
+    rows = A.changed_enrichment(cats, changed, ["a", "b", "c", "d", "e"])
+    assert rows[0]["changed_significant"] and rows[0]["changed_q"] < 1e-6
+    assert not any(r["changed_significant"] for r in rows[1:])
+    assert rows[0]["n_live"] == cats.count("a") and rows[0]["n_changed"] == sum(ch for c, ch in zip(cats, changed) if c == "a")
+
+
+def test_changed_enrichment_on_shuffled_labels_stays_at_the_fdr_rate():
+    rng = np.random.default_rng(1)
+    names = [f"c{i}" for i in range(10)]
+    hits = 0
+    for _ in range(40):  # 400 category tests with no real enrichment
+        cats = list(rng.choice(names, size=400))
+        changed = list(rng.random(400) < 0.1)
+        hits += sum(r["changed_significant"] for r in A.changed_enrichment(cats, changed, names))
+    assert hits <= 0.05 * 400
+
+
+def test_changed_enrichment_with_nothing_changed_is_never_significant():
+    rows = A.changed_enrichment(["a", "b", "a"], [False, False, False], ["a", "b", "z"])
+    assert [r["changed_p"] for r in rows] == [1.0, 1.0, 1.0]
+    assert [r["n_live"] for r in rows] == [2, 1, 0] and not any(r["changed_significant"] for r in rows)

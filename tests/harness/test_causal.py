@@ -148,6 +148,34 @@ def test_ablation_of_a_planted_latent_removes_its_effect(planted):
     assert abs(gap_unrelated - gap) <= 0.01 * gap
 
 
+def test_revert_undoes_only_what_fine_tuning_changed(planted):
+    """revert swaps the tuned decoder for the base one: with no base decoder it removes the plant (like ablate);
+    with a base decoder writing the same raw direction, the latent did not change and nothing moves."""
+    base, tuned, cc, _, u = planted
+    gap = (_last_logits(tuned) - _last_logits(base)).norm()
+    with ablated_model(base, tuned, cc, LAYER, [0], mode="revert") as model:
+        assert (_last_logits(model) - _last_logits(base)).norm() <= 0.1 * gap
+    kept = copy.deepcopy(cc)
+    with torch.no_grad():
+        kept.W_dec[0, 0] = SCALE[0] * u  # base writes u as well: the same raw contribution in both models
+    with ablated_model(base, tuned, kept, LAYER, [0], mode="revert") as model:
+        assert torch.allclose(_last_logits(model), _last_logits(tuned), atol=1e-5)
+    with ablated_model(base, tuned, kept, LAYER, [0], mode="ablate") as model:  # ablate ignores the base decoder
+        assert (_last_logits(model) - _last_logits(base)).norm() <= 0.1 * gap
+
+
+def test_revert_needs_one_hidden_size_and_a_known_mode(planted):
+    base, tuned, _, _, _ = planted
+    with pytest.raises(DiffevalError, match="mode 'revert' .* needs one hidden size"):
+        ablated_model(base, tuned, blank_crosscoder_dims((D, D // 2)), LAYER, [0], mode="revert")
+    with pytest.raises(DiffevalError, match="ablation mode 'zero' is not one of ablate, revert"):
+        ablated_model(base, tuned, blank_crosscoder(8), LAYER, [0], mode="zero")
+
+
+def blank_crosscoder_dims(d_models: tuple[int, int]) -> L1CrossCoder:
+    return L1CrossCoder(CrossCoderConfig(d_model=max(d_models), d_models=d_models, n_latents=4, k=1, architecture="l1"))
+
+
 def test_generation_with_a_kv_cache_sees_the_same_ablation(planted):
     base, tuned, cc, _, _ = planted
     with ablated_model(base, tuned, cc, LAYER, [0, 3, 5]) as model:

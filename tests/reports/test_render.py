@@ -142,12 +142,15 @@ def test_partial_run_renders_with_caveats_and_skips_figures(run_dir):
 
 def test_causal_results_are_rendered(run_dir):
     data = json.loads((run_dir / "attribution.json").read_text())
-    data["causal"] = [{"task": "ifeval_mini", "category": "instruction_following", "n_latents": 12, "delta": 0.4,
-                       "delta_ablated": 0.1, "delta_removed": 0.3, "ci_low": 0.18, "ci_high": 0.42}]
+    data["causal"] = [{"task": "ifeval_mini", "category": "instruction_following", "mode": "revert", "n_latents": 12,
+                       "delta": 0.4, "delta_ablated": 0.1, "delta_removed": 0.3, "ci_low": 0.18, "ci_high": 0.42,
+                       "control_removed": 0.05, "control_ci_low": -0.1, "control_ci_high": 0.2}]
     (run_dir / "attribution.json").write_text(json.dumps(data))
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
-    assert "| ifeval\\_mini | instruction\\_following | 12 | +0.400 | +0.100 | +0.300 | [+0.180, +0.420] |" in md
+    assert ("| ifeval\\_mini | instruction\\_following | revert | 12 | +0.400 | +0.100 | +0.300 | [+0.180, +0.420] "
+            "| +0.050 | [-0.100, +0.200] |") in md
+    assert "reverted (their fine-tuning change undone" in md
     assert "Causal check not run" not in md
 
 
