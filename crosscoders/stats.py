@@ -149,10 +149,11 @@ def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts
         **{f"nu_{t}_{name}": per_side[side][t].tolist() for side, name in ((BASE, "base"), (TUNED, "tuned"))
            for t in ("eps", "r")},
     })
-    table["specific"] = [
+    # object Series keep None as None (a plain list of None and strings would become NaN)
+    table["specific"] = pd.Series([
         _specific(c, e, r, cfg) for c, e, r in zip(classes, table["nu_eps"], table["nu_r"], strict=True)
-    ]
-    table["changed"] = changed_directions(dn, classes, per_side, cfg)
+    ], dtype=object)
+    table["changed"] = pd.Series(changed_directions(dn, classes, per_side, cfg), dtype=object)
     table["top_rows"] = [[int(r) for r, v in zip(rs, vs, strict=True) if v > 0]
                          for rs, vs in zip(acc.top_rows.tolist(), acc.top_vals.tolist(), strict=True)]
     table["top_acts"] = [[round(v, 4) for v in vs if v > 0] for vs in acc.top_vals.tolist()]

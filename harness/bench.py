@@ -30,12 +30,13 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
     """Run the bench stage into run directory `out`; returns the path of deltas.json."""
     if cfg.scores and not Path(cfg.scores).is_file():
         raise DiffevalError(f"--scores file {cfg.scores} does not exist")
-    run = RunDir(out)
-    run.write_config(cfg)
+    # models and tokenizers are checked before the run directory exists: bad input leaves nothing behind
     specs = {"base": models.resolve_spec(cfg.base), "tuned": models.resolve_spec(cfg.tuned)}
     models.check_device(cfg.device)
     toks = {role: models.load_tokenizer(spec) for role, spec in specs.items()}
     models.check_same_tokenizer(toks["base"], toks["tuned"], cfg.base, cfg.tuned)
+    run = RunDir(out)
+    run.write_config(cfg)
     if cfg.apply_chat_template:
         if not toks["tuned"].chat_template:
             raise DiffevalError(f"--apply-chat-template: the tuned model {cfg.tuned!r} has no chat template")

@@ -27,6 +27,7 @@ PROBE_ACTS_DIR = "probes/activations"
 CROSSCODER_DIR = "crosscoder"
 LATENTS_FILE = "latents.jsonl"
 ATTRIBUTION_FILE = "attribution.json"
+ATTRIBUTION_VERSION = 2  # 2: changed-latent enrichment per category
 EXPANSION = 8  # n_latents = 8 × hidden size when not given
 REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 
@@ -180,7 +181,8 @@ def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[di
 
 def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
     refs = [_hash(RunDir(run.path / sub), "latents") for sub in REFERENCE_DIRS.values()] if cfg.reference else []
-    key = config_hash({"specific_by": cfg.specific_by, "shift": cfg.attribution_shift, "seed": cfg.seed},
+    key = config_hash({"specific_by": cfg.specific_by, "shift": cfg.attribution_shift, "seed": cfg.seed,
+                       "version": ATTRIBUTION_VERSION},
                       _hash(run, "latents"), _hash(run, "bench.deltas"), refs)
     out = run.path / ATTRIBUTION_FILE
     if not run.is_done("attribution", key):
@@ -222,7 +224,7 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
         row.update(A.mass_shift(sums.latent_mass, members, seed=cfg.seed), n_latents=int(len(members)))
     live = [r for r in rows if r["class"] != "dead" and r["category"] != "unassigned"]
     named = [c for c in cats if c != "unassigned"]
-    changed = A.changed_enrichment([r["category"] for r in live], [r.get("changed") is not None for r in live],
+    changed = A.changed_enrichment([r["category"] for r in live], [isinstance(r.get("changed"), str) for r in live],
                                    named, alpha=cfg.alpha)
     for row in shifts:
         row.update(changed[named.index(row["category"])] if row["category"] in named else

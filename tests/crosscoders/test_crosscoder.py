@@ -34,6 +34,12 @@ def test_planted_atoms_are_recovered_with_the_right_class(planted, trained):
         assert _recovered(table, W, d, kind, view) >= 0.9, kind
     specific = table[table["class"] == "tuned_only"]["specific"]
     assert (specific == "tuned").mean() >= 0.9  # Latent Scaling agrees on the planted tuned-only atoms
+    records = table.to_dict(orient="records")
+    assert all(r["changed"] in (None, "tuned", "base", "both") for r in records)  # None stays None (not NaN)
+    tuned_side = [r["changed"] for r in records if r["specific"] == "tuned"]
+    assert all(c in ("tuned", "both") for c in tuned_side)  # a confirmed tuned-only latent is a changed direction
+    shared = [r["changed"] for r in records if r["class"] == "shared"]
+    assert sum(c is None for c in shared) >= 0.9 * len(shared)  # planted shared atoms kept their direction
 
 
 def test_metrics_and_artefacts(trained):
@@ -108,6 +114,7 @@ def test_models_of_different_hidden_size(tmp_path):
         assert _recovered(table, W, d, kind, view) >= 0.9, kind
     # no shared space: cosine and Latent Scaling are undefined, Δnorm still classifies
     assert table["cosine"].isna().all() and table["nu_eps"].isna().all() and table["specific"].isna().all()
+    assert table["changed"].isna().all()
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert min(last["fve"]) > 0.95
     loaded = CrossCoderBase.load(tmp_path)

@@ -13,12 +13,14 @@ def test_help_is_instant_and_imports_no_heavy_library():
     assert out.strip() == "[]"
 
 
-def test_user_error_is_one_line_with_exit_code_2(tmp_path):
+def test_user_error_is_one_line_with_exit_code_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run directory would be ./runs/…
     result = CliRunner().invoke(cli, ["bench", "--base", str(tmp_path / "missing"), "--tuned", str(tmp_path)])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: model path")
     assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # a wrong model path leaves no half-made run directory behind
 
 
 def test_missing_models_are_a_usage_error():
