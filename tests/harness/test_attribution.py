@@ -204,7 +204,7 @@ def test_changed_enrichment_finds_the_category_whose_latents_rotated():
     rows = A.changed_enrichment(cats, changed, ["a", "b", "c", "d", "e"])
     assert rows[0]["changed_significant"] and rows[0]["changed_q"] < 1e-6
     assert not any(r["changed_significant"] for r in rows[1:])
-    assert rows[0]["n_live"] == cats.count("a") and rows[0]["n_changed"] == sum(ch for c, ch in zip(cats, changed) if c == "a")
+    assert rows[0]["n_live"] == cats.count("a") and rows[0]["n_changed"] == sum(ch for c, ch in zip(cats, changed, strict=True) if c == "a")
 
 
 def test_changed_enrichment_on_shuffled_labels_stays_at_the_fdr_rate():
