@@ -159,7 +159,10 @@ def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -
     from harness.runconfig import RunConfig
     from harness.rundir import default_run_dir
 
-    if not flags.get("base") and not flags.get("tuned"):
+    from harness.config import load_config_file
+
+    in_file = load_config_file(config_file) if config_file else {}
+    if not any(flags.get(k) or in_file.get(k) for k in ("base", "tuned")):
         from harness.organisms import DEFAULT_ORGANISM, default_run_flags
 
         click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")

@@ -88,6 +88,19 @@ def test_dry_run_plans_without_running(tiny_pair, tmp_path) -> None:
     assert not (tmp_path / "r" / "manifest.json").exists()
 
 
+def test_models_named_in_a_config_file_are_used(tiny_pair, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    base, tuned = tiny_pair
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"base: {base}\ntuned: {tuned}\nn_steps: 77\n")
+    res = CliRunner().invoke(cli, ["run", "--config", str(conf), "--dry-run", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "default model organism" not in res.output  # the file's models, not toyworld
+
+
 def test_config_file_and_flags(tmp_path) -> None:
     from harness.cli import build_bench_config
 
