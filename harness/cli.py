@@ -155,11 +155,10 @@ def _run_and_show(stage: Any, config_file: str | None, out: str | None, flags: d
 @user_errors
 def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -> None:
     """Run the whole pipeline on two models (with none: on the default model organism)."""
+    from harness.config import load_config_file
     from harness.pipeline import run_pipeline
     from harness.runconfig import RunConfig
     from harness.rundir import default_run_dir
-
-    from harness.config import load_config_file
 
     in_file = load_config_file(config_file) if config_file else {}
     if not any(flags.get(k) or in_file.get(k) for k in ("base", "tuned")):

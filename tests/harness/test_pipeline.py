@@ -131,3 +131,34 @@ def test_reference_design_takes_specific_latents_against_the_reference(tiny_pair
     # R is the base itself: no latent can be specific to the base against R
     assert counts["base"] == 0
     assert attr["attribution"]["reason"] is not None  # one task: no correlation, and it says why
+
+
+def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tmp_path) -> None:
+    from harness import stages
+    from harness.pipeline import run_pipeline
+    from harness.rundir import RunDir
+    from reports.schema import load_report
+
+    cfg = tiny_cfg(tiny_pair, causal=True, n_latents=32)
+    run = run_pipeline(cfg, tmp_path / "run")
+    attr = json.loads((run / "attribution.json").read_text())
+    done, skipped = attr["causal"], attr["causal_skipped"]
+    assert sorted(r["task"] for r in done + skipped) == sorted(t["task"] for t in attr["attribution"]["per_task"])
+    for row in skipped:
+        assert row["reason"] in ("no live latent in its category", "delta is 0")
+    # random tiny models give the annotator nothing to find; hand half the live latents to a task's category
+    moved = next(t for t in attr["attribution"]["per_task"] if t["delta"] != 0)
+    rows = [json.loads(x) for x in (run / "latents.jsonl").read_text().splitlines()]
+    live = [r for r in rows if r["class"] != "dead"]
+    for r in live[: len(live) // 2]:
+        r["category"] = moved["category"]
+    (run / "latents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stages.stage_causal(RunDir(run), cfg)
+    attr = json.loads((run / "attribution.json").read_text())
+    row = next(r for r in attr["causal"] if r["task"] == moved["task"])
+    assert row["mode"] == "revert" and row["n_latents"] == len(live) // 2
+    assert row["delta"] == pytest.approx(moved["delta"], abs=0.2)  # per-document mean vs the headline aggregate
+    assert row["delta_removed"] is not None and row["control_removed"] is not None  # the random control ran too
+    stages.stage_report(RunDir(run))
+    assert load_report(run / "report.json")["causal"] == attr["causal"]
+    assert "| revert |" in (run / "report.md").read_text()
