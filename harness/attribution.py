@@ -124,7 +124,8 @@ def mass_shift(latent_mass: np.ndarray, members: np.ndarray, n_boot: int = 2000,
 def changed_enrichment(categories: list[str], changed: list[bool], names: list[str], alpha: float = 0.05) -> list[dict[str, Any]]:
     """Per category in `names`: n_changed, n_live, one-sided Fisher p and BH q (over `names`), changed_significant.
 
-    categories[j] and changed[j] describe live latent j.
+    categories[j] and changed[j] describe live latent j; the pipeline passes the latents of the named
+    categories (not `unassigned`), so each category is compared with the other named ones.
     """
     from scipy.stats import fisher_exact
 
