@@ -247,6 +247,22 @@ def result_caveats(report: dict[str, Any], alpha: float) -> list[str]:
     return out
 
 
+def causal_headline(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per task whose category's latents carry part of its delta (CI of the share removed above 0)."""
+    out = []
+    for c in rows:
+        if c.get("ci_low") is None or c["ci_low"] <= 0 or c.get("delta_removed") is None:
+            continue
+        verb = "reverting" if c.get("mode") == "revert" else "ablating"
+        line = (f"{c['task']}: {verb} {c.get('n_latents', '?')} {c['category']} latents removes "
+                f"{100 * c['delta_removed']:.0f} % of its delta (95% CI {100 * c['ci_low']:.0f} to "
+                f"{100 * c['ci_high']:.0f} %)")
+        if c.get("control_removed") is not None:
+            line += f"; as many random latents from other categories remove {100 * c['control_removed']:.0f} %"
+        out.append(line + ".")
+    return out
+
+
 def headline(report: dict[str, Any], alpha: float) -> list[str]:
     """Plain-words sentences: which categories moved, and how sure we are."""
     moved = sorted((c for c in report["categories"] if c["shift"] is not None and c["p_value"] is not None
@@ -275,6 +291,7 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
         lines.append("No category's relative mass shift has a CI excluding 0 either: treat the shifts below as hints.")
     if not report["categories"]:
         lines.append("No category shifts yet: the attribution stage has not run.")
+    lines += causal_headline(report["causal"])
     sig = [t for t in report["tasks"] if t["p_value"] is not None and t["p_value"] < alpha]
     lines.append(f"{len(sig)} of {len(report['tasks'])} benchmark deltas are significant at p < {alpha:g}.")
     attr = report["attribution"]

@@ -151,6 +151,8 @@ def test_causal_results_are_rendered(run_dir):
     assert ("| ifeval\\_mini | instruction\\_following | revert | 12 | +0.400 | +0.100 | +0.300 | [+0.180, +0.420] "
             "| +0.050 | [-0.100, +0.200] |") in md
     assert "reverted (their fine-tuning change undone" in md
+    assert ("ifeval\\_mini: reverting 12 instruction\\_following latents removes 30 % of its delta (95% CI 18 to 42 %); "
+            "as many random latents from other categories remove 5 %.") in md
     assert "Causal check not run" not in md
 
 
