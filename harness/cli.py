@@ -17,6 +17,7 @@ import click
 from harness import __version__
 from harness.config import BenchConfig, field_help
 from harness.errors import DiffevalError
+from harness.runconfig import ARCHITECTURES, ATTRIBUTION_SHIFTS, CAUSAL_MODES, SPECIFIC_BY
 
 
 class UserError(click.ClickException):
@@ -93,16 +94,16 @@ def run_options(fn: Any) -> Any:
         click.option("--corpus", multiple=True, type=click.Path(), help=_run_help("corpus") + "; repeatable"),
         click.option("--n-latents", type=int, help=_run_help("n_latents")),
         click.option("--k", type=int, help=_run_help("k")),
-        click.option("--architecture", type=click.Choice(["batchtopk", "l1"]), help=_run_help("architecture")),
+        click.option("--architecture", type=click.Choice(ARCHITECTURES), help=_run_help("architecture")),
         click.option("--n-steps", type=int, help=_run_help("n_steps")),
         click.option("--categories", type=click.Path(), help=_run_help("categories")),
         click.option("--probes-dir", type=click.Path(file_okay=False), help=_run_help("probes_dir")),
         click.option("--alpha", type=float, help=_run_help("alpha")),
-        click.option("--specific-by", type=click.Choice(["latent_scaling", "delta_norm"]), help=_run_help("specific_by")),
-        click.option("--attribution-shift", type=click.Choice(["auto", "share", "mass"]), help=_run_help("attribution_shift")),
+        click.option("--specific-by", type=click.Choice(SPECIFIC_BY), help=_run_help("specific_by")),
+        click.option("--attribution-shift", type=click.Choice(ATTRIBUTION_SHIFTS), help=_run_help("attribution_shift")),
         click.option("--reference", help=_run_help("reference")),
         click.option("--causal", is_flag=True, default=None, help=_run_help("causal")),
-        click.option("--causal-mode", type=click.Choice(["revert", "ablate"]), help=_run_help("causal_mode")),
+        click.option("--causal-mode", type=click.Choice(CAUSAL_MODES), help=_run_help("causal_mode")),
         click.option("--dry-run", is_flag=True, help="print the stages to run or reuse and the estimated cost, then stop"),
     ]
     for option in reversed(options):
@@ -351,10 +352,10 @@ def organisms_score(name: str, seeds: int, causal: bool, out: str | None) -> Non
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--categories", type=click.Path(), help=_run_help("categories"))
-@click.option("--specific-by", type=click.Choice(["latent_scaling", "delta_norm"]), help=_run_help("specific_by"))
-@click.option("--attribution-shift", type=click.Choice(["auto", "share", "mass"]), help=_run_help("attribution_shift"))
+@click.option("--specific-by", type=click.Choice(SPECIFIC_BY), help=_run_help("specific_by"))
+@click.option("--attribution-shift", type=click.Choice(ATTRIBUTION_SHIFTS), help=_run_help("attribution_shift"))
 @click.option("--causal", is_flag=True, default=None, help=_run_help("causal"))
-@click.option("--causal-mode", type=click.Choice(["revert", "ablate"]), help=_run_help("causal_mode"))
+@click.option("--causal-mode", type=click.Choice(CAUSAL_MODES), help=_run_help("causal_mode"))
 @user_errors
 def attribute(run_dir: str, **flags: Any) -> None:
     """(Re)compute latent categories, category shifts and the attribution of RUN_DIR → attribution.json."""
@@ -427,7 +428,7 @@ def crosscoder() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
 @click.option("--n-latents", type=int, default=4096, show_default=True, help="dictionary size")
 @click.option("--k", type=int, default=32, show_default=True, help="active latents per row (BatchTopK)")
-@click.option("--architecture", type=click.Choice(["batchtopk", "l1"]), default="batchtopk", show_default=True)
+@click.option("--architecture", type=click.Choice(ARCHITECTURES), default="batchtopk", show_default=True)
 @click.option("--steps", type=int, default=2000, show_default=True, help="training steps")
 @click.option("--batch-size", type=int, default=1024, show_default=True, help="rows per step")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from harness.causal import MODES as CAUSAL_MODES
 from harness.config import BenchConfig, opt
 from harness.errors import DiffevalError
 
 SPECIFIC_BY = ("latent_scaling", "delta_norm")
 ATTRIBUTION_SHIFTS = ("auto", "share", "mass")
-CAUSAL_MODES = ("revert", "ablate")
+ARCHITECTURES = ("batchtopk", "l1")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class RunConfig(BenchConfig):
             raise DiffevalError(f"attribution_shift {self.attribution_shift!r} must be one of {', '.join(ATTRIBUTION_SHIFTS)}")
         if self.causal_mode not in CAUSAL_MODES:
             raise DiffevalError(f"causal_mode {self.causal_mode!r} must be one of {', '.join(CAUSAL_MODES)}")
-        if self.architecture not in ("batchtopk", "l1"):
+        if self.architecture not in ARCHITECTURES:
             raise DiffevalError(f"architecture {self.architecture!r} must be batchtopk or l1")
 
     def bench(self) -> BenchConfig:
