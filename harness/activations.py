@@ -162,9 +162,9 @@ def read_corpus_file(path: Path, chat_tok: Any) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise DiffevalError(f"{path} line {i} is not JSON ({e.msg})") from None
         if isinstance(row, dict) and isinstance(row.get("text"), str):
-            seqs.append({"kind": "plain", "source": str(path), "text": row["text"]})
+            seqs.append({"kind": "plain", "source": str(path), "doc_id": i - 1, "text": row["text"]})
         elif isinstance(row, dict) and _is_chat(row.get("messages")):
-            seqs.append({"kind": "chat", "source": str(path), "text": render_chat(chat_tok, row["messages"])})
+            seqs.append({"kind": "chat", "source": str(path), "doc_id": i - 1, "text": render_chat(chat_tok, row["messages"])})
         else:
             raise DiffevalError(f"{path} line {i} has neither a 'text' string nor 'messages' (a list of "
                                 "{'role', 'content'} objects)")
@@ -206,6 +206,7 @@ def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
     specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
     toks = [models.load_tokenizer(s) for s in specs]
     models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
+    toks[1].padding_side = "right"  # row positions are then token indices (transcripts rely on it)
     seqs = corpus_sequences(cfg, toks[1])
     key = hashlib.sha256(json.dumps([cfg.__dict__, [models.describe(s) for s in specs], world], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]

@@ -192,3 +192,36 @@ def attribute(w: np.ndarray, shifts: np.ndarray, tasks: list[str], categories: l
             for i, t in enumerate(tasks)]
     rho, p, reason = spearman_with_p(pred, np.array([observed[t] for t in tasks]))
     return {"spearman": rho, "p_value": p, "reason": reason, "n_tasks": len(tasks), "per_task": rows}
+
+
+def usage_shift(base: np.ndarray, tuned: np.ndarray, n_boot: int = 4000, seed: int = 0) -> dict[str, Any]:
+    """How much more (or less) a category's latents carry the tuned model's own responses than the base model's.
+
+    base[i], tuned[i]: the category's decoded activation mass summed over each model's response to probe i
+    (both read by both models; see harness/transcripts.py). usage_shift = Σ tuned / Σ base − 1, a paired
+    bootstrap CI over probes, and a paired permutation p-value (under "the model does not matter" the two
+    responses of a probe are exchangeable, so their labels are swapped at random). Identical responses give
+    exactly 0 with CI [0, 0] and p = 1.
+    """
+    base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
+    # identical responses are read in different batches: their sums agree only to float rounding
+    tuned = np.where(np.isclose(tuned, base, rtol=1e-5, atol=1e-8), base, tuned)
+    out: dict[str, Any] = {"usage_shift": None, "usage_ci_low": None, "usage_ci_high": None, "usage_p": None,
+                           "usage_base": float(base.sum()), "usage_tuned": float(tuned.sum()), "n_probes": int(len(base))}
+    if len(base) == 0 or base.sum() <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), (n_boot, len(base)))
+    b, t = base[idx].sum(1), tuned[idx].sum(1)
+    ratios = np.where(b > 0, t / np.where(b > 0, b, 1), np.nan) - 1
+    observed = abs(math.log(tuned.sum() / base.sum())) if tuned.sum() > 0 else math.inf
+    swap = rng.random((n_boot, len(base))) < 0.5
+    pb, pt = np.where(swap, tuned, base).sum(1), np.where(swap, base, tuned).sum(1)
+    with np.errstate(divide="ignore"):
+        null = np.abs(np.log(pt) - np.log(pb))
+    out.update(usage_shift=float(tuned.sum() / base.sum() - 1),
+               usage_ci_low=float(np.nanquantile(ratios, 0.025)), usage_ci_high=float(np.nanquantile(ratios, 0.975)),
+               usage_p=float((1 + np.sum(null >= observed - 1e-12)) / (n_boot + 1)))
+    if np.array_equal(base, tuned):
+        out["usage_p"] = 1.0
+    return out

@@ -88,3 +88,30 @@ def group_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray], seqs:
         mass.index_add_(0, rows, (f @ weighted.reshape(len(norms), -1)).double())
     return GroupSums(ids, tokens.numpy(), act.numpy(), mass.reshape(len(ids), len(groups), n_models).numpy(),
                      (per_latent[:, None] * norms.double()).numpy())
+
+
+def response_sums(model: Any, acts_dir: str | Path, groups: list[np.ndarray], starts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Σ over each sequence's response rows (positions ≥ starts[seq]) of Σ_{j∈g} f_j‖d_j‖, with ‖d_j‖ the
+    latent's decoder norm over both models: (sequence ids [S], sums [S, G]). Sequences not in `starts` are skipped."""
+    from crosscoders.data import read_manifest
+
+    acts_dir = Path(acts_dir)
+    manifest = read_manifest(acts_dir)
+    positions = np.concatenate([np.load(acts_dir / s["tokens_file"], mmap_mode="r")[:, 1] for s in manifest["shards"]])
+    ids = np.array(sorted(starts))
+    pos = {s: i for i, s in enumerate(ids)}
+    norms = model.W_dec.detach().float().flatten(1).norm(dim=-1).cpu()  # [n_latents]
+    weighted = torch.zeros(model.cfg.n_latents, len(groups))
+    for g, idx in enumerate(groups):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        weighted[idx, g] = norms[idx]
+    out = torch.zeros(len(ids), len(groups), dtype=torch.float64)
+    offset = 0
+    for seq, f in encoded_batches(model, acts_dir, desc="response activations"):
+        here = positions[offset:offset + len(seq)]
+        offset += len(seq)
+        keep = [i for i, (s, p) in enumerate(zip(seq, here, strict=True)) if int(s) in pos and p >= starts[int(s)]]
+        if keep:
+            rows = torch.as_tensor([pos[int(seq[i])] for i in keep])
+            out.index_add_(0, rows, (f[keep] @ weighted).double())
+    return ids, out.numpy()

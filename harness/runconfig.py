@@ -10,7 +10,7 @@ from harness.config import BenchConfig, opt
 from harness.errors import DiffevalError
 
 SPECIFIC_BY = ("latent_scaling", "delta_norm")
-ATTRIBUTION_SHIFTS = ("auto", "share", "mass")
+ATTRIBUTION_SHIFTS = ("auto", "share", "usage", "mass")
 ARCHITECTURES = ("batchtopk", "l1")
 
 
@@ -28,10 +28,13 @@ class RunConfig(BenchConfig):
     n_steps: int = opt(2000, "crosscoder training steps")
     categories: str | None = opt(None, "taxonomy YAML (replaces the shipped one, or adds to it with 'extends: shipped')")
     probes_dir: str | None = opt(None, "directory of <category>.jsonl probe corpora overriding the taxonomy's")
+    probe_responses: int = opt(32, "new tokens each model writes after every probe text (one line, greedy); the annotator "
+                               "and the usage shift read prompt + response; 0 = probe texts only, no usage shift")
     alpha: float = opt(0.05, "false discovery rate of the latent → category enrichment tests")
     specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
-    attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), mass (relative "
-                                 "mass shift) or auto (share when both models have >= 10 specific latents, else mass)")
+    attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), usage (usage shift "
+                                 "on the models' own responses), mass (relative mass shift) or auto (share when both "
+                                 "models have >= 10 specific latents, else usage, else mass)")
     reference: str | None = opt(None, "reference model R: tuned- and base-specific latents are taken against R")
     causal: bool = opt(False, "re-score each task with its category's latents reverted or ablated (--causal-mode)")
     causal_mode: str = opt("revert", "revert: undo fine-tuning's change to all of the task category's latents, "
@@ -42,6 +45,8 @@ class RunConfig(BenchConfig):
         super().__post_init__()
         if self.tokens < 1000:
             raise DiffevalError(f"tokens must be >= 1000 to train a crosscoder, got {self.tokens}")
+        if self.probe_responses < 0:
+            raise DiffevalError(f"probe_responses must be >= 0 (0 = no responses), got {self.probe_responses}")
         if self.n_latents < 0 or self.k < 1 or self.n_steps < 1:
             raise DiffevalError("n_latents must be >= 0 (0 = automatic), k and n_steps >= 1")
         if not 0 < self.alpha < 1:

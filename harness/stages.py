@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 
 ACTS_DIR = "activations"
 PROBE_ACTS_DIR = "probes/activations"
+TRANSCRIPTS_DIR = "probes/transcripts"
 CROSSCODER_DIR = "crosscoder"
 LATENTS_FILE = "latents.jsonl"
 ATTRIBUTION_FILE = "attribution.json"
-ATTRIBUTION_VERSION = 2  # 2: changed-latent enrichment per category
+ATTRIBUTION_VERSION = 3  # 2: changed-latent enrichment per category; 3: usage shift
 EXPANSION = 8  # n_latents = 8 × hidden size when not given
 REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 
@@ -119,24 +120,44 @@ def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
 
 
 def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
-    """latents.jsonl: statistics and top contexts per latent, plus its categories from the probe corpora."""
+    """latents.jsonl: statistics and top contexts per latent, plus its categories from the probe corpora
+    (with --probe-responses, the probe texts as each model continues them)."""
     tax = taxonomy_for(cfg)
     probes = tax.probe_texts()  # reads (and checks) every probe corpus before any model work
     if not probes:
         raise DiffevalError(f"no category in {tax.source} has a probe corpus; the annotator needs at least two")
     files = [str(tax.categories[c].probes) for c in probes]
-    probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": files},
-                            [_file_stamp(f) for f in files], _hash(run, "activations"))
-    probe_acts = _collect(run, cfg, "probes", PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(files))
+    sources = dict(zip(stage_transcripts(run, cfg, probes, files) if cfg.probe_responses else files, probes, strict=True))
+    probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": list(sources)},
+                            [_file_stamp(f) for f in sources], _hash(run, "activations"))
+    probe_acts = _collect(run, cfg, "probes", PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(sources))
     key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source, "version": LATENTS_VERSION}, probe_key,
                       _hash(run, "crosscoder"))
     if not run.is_done("latents", key):
         with run.stage("latents", key) as rec:
-            rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, cfg.alpha)]
+            rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, sources, cfg.alpha)]
     return run.path / LATENTS_FILE
 
 
-def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, alpha: float) -> Path:
+def stage_transcripts(run: RunDir, cfg: RunConfig, probes: dict[str, list[str]], files: list[str]) -> list[str]:
+    """Both models' one-line responses to every probe text (probes/transcripts/<category>.jsonl)."""
+    from harness.transcripts import write_transcripts
+
+    specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
+    key = config_hash({"max_new_tokens": cfg.probe_responses, "files": files, "dtype": cfg.dtype},
+                      [_file_stamp(f) for f in files], specs)
+    out = run.path / TRANSCRIPTS_DIR
+    if not run.is_done("transcripts", key):
+        _fresh_dir_for(out, key)
+        with run.stage("transcripts", key) as rec:
+            rec["outputs"] = write_transcripts(cfg.base, cfg.tuned, probes, out, cfg.probe_responses,
+                                               dtype=cfg.dtype, device=cfg.device)
+    return [str(out / f"{c}.jsonl") for c in probes]
+
+
+def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sources: dict[str, str],
+                            alpha: float) -> Path:
+    """Annotate every latent from its maximum activation per probe text; `sources` maps each probe file to its category."""
     from crosscoders import CrossCoderBase
     from harness.annotate import AnnotationInputs, EnrichmentAnnotator
     from harness.io import atomic_write_jsonl
@@ -147,8 +168,7 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, alp
     rows = latent_rows(model, run_path / ACTS_DIR)
     seqs = sequences(probe_acts)
     seq_ids, seq_acts = sequence_max(model, probe_acts, seqs)
-    by_file = {str(c.probes): c.name for c in tax.categories.values() if c.probes is not None}
-    labels = [by_file[seqs[int(s)]["source"]] for s in seq_ids]
+    labels = [sources[seqs[int(s)]["source"]] for s in seq_ids]
     inputs = AnnotationInputs(categories=sorted(set(labels)), descriptions={c: tax.categories[c].description for c in tax.names},
                               seq_acts=seq_acts, seq_labels=labels, latents=rows)
     annotator = EnrichmentAnnotator(alpha=alpha)
@@ -222,6 +242,9 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     sums = group_sums(model, run_path / ACTS_DIR, groups, seqs)
     for row, members in zip(shifts, groups, strict=True):
         row.update(A.mass_shift(sums.latent_mass, members, seed=cfg.seed), n_latents=int(len(members)))
+    usage = usage_rows(run_path, model, cats, groups, seed=cfg.seed)
+    for row in shifts:
+        row.update(usage.get(row["category"]) or A.usage_shift(np.zeros(0), np.zeros(0)))
     live = [r for r in rows if r["class"] != "dead" and r["category"] != "unassigned"]
     named = [c for c in cats if c != "unassigned"]
     changed = A.changed_enrichment([r["category"] for r in live], [isinstance(r.get("changed"), str) for r in live],
@@ -237,9 +260,12 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     assignable = [i for i, c in enumerate(cats) if c != "unassigned"]
     shift_used = cfg.attribution_shift
     if shift_used == "auto":  # share ratios need enough model-specific latents to be estimated at all
-        shift_used = "share" if min(len(tuned), len(base)) >= A.MIN_SPECIFIC else "mass"
+        shift_used = ("share" if min(len(tuned), len(base)) >= A.MIN_SPECIFIC else "usage" if usage else "mass")
     if shift_used == "share":
         s = np.array([shifts[i]["log_share_ratio"] for i in assignable])
+    elif shift_used == "usage":
+        s = np.array([math.log1p(shifts[i]["usage_shift"]) if shifts[i]["usage_shift"] is not None else 0.0
+                      for i in assignable])
     else:
         s = np.array([math.log1p(shifts[i]["mass_shift_rel"]) if shifts[i]["mass_shift_rel"] is not None else 0.0
                       for i in assignable])
@@ -254,6 +280,41 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
         "exposure": {t: {c: float(w[i, g]) for g, c in enumerate(cats)} for i, t in enumerate(tasks)},
         "attribution": attr, "causal": [], "top_latents": top_latents(rows, cats),
     }
+
+
+def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], seed: int) -> dict[str, dict[str, Any]]:
+    """Usage shift per category, on its own probe texts' transcripts ({} when the run has no transcripts)."""
+    import numpy as np
+
+    from harness import attribution as A
+    from harness.latent_acts import response_sums, sequences
+    from harness.transcripts import read_transcripts
+
+    tdir, pacts = run_path / TRANSCRIPTS_DIR, run_path / PROBE_ACTS_DIR
+    if not tdir.is_dir() or not (pacts / "sequences.jsonl").is_file():
+        return {}
+    files = {str(p): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
+    meta, starts = {}, {}
+    for sid, seq in sequences(pacts).items():
+        if seq["source"] in files:
+            r = files[seq["source"]][seq["doc_id"]]
+            meta[sid] = (Path(seq["source"]).stem, r["side"], r["index"])
+            starts[sid] = r["prompt_tokens"]
+    if not starts:  # the probe activations were collected on the probe texts alone
+        return {}
+    ids, sums = response_sums(model, pacts, groups, starts)
+    out = {}
+    for g, cat in enumerate(cats):
+        n = len({m[2] for m in meta.values() if m[0] == cat})
+        if n == 0:
+            continue
+        per = {"base": np.zeros(n), "tuned": np.zeros(n)}
+        for sid, row in zip(ids, sums[:, g], strict=True):
+            c, side, i = meta[int(sid)]
+            if c == cat:
+                per[side][i] += row
+        out[cat] = A.usage_shift(per["base"], per["tuned"], seed=seed)
+    return out
 
 
 def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict[str, list[dict[str, Any]]]:

@@ -188,7 +188,8 @@ def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
     rows = (attribution or {}).get("categories") or []
     keep = ("category", "n_tuned", "n_base", "N_tuned", "N_base", "shift", "ci_low", "ci_high", "p_value",
             "mass_shift", "mass_ci_low", "mass_ci_high", "mass_shift_rel", "mass_rel_ci_low", "mass_rel_ci_high",
-            "n_latents", "small_counts", "note", "n_changed", "n_live", "changed_p", "changed_q", "changed_significant")
+            "n_latents", "small_counts", "note", "n_changed", "n_live", "changed_p", "changed_q", "changed_significant",
+            "usage_shift", "usage_ci_low", "usage_ci_high", "usage_p", "n_probes")
     return [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
 
 
@@ -279,6 +280,14 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
         lines.append(f"{c['category']}: its latents' decoded mass moved {format_shift(c['mass_shift_rel'])} relative "
                      f"to all latents (95% CI {format_shift(c['mass_rel_ci_low'])} to {format_shift(c['mass_rel_ci_high'])}, "
                      f"{c.get('n_latents')} latents).")
+    used = sorted((c for c in report["categories"] if c.get("usage_p") is not None and c["usage_p"] < alpha
+                   and c.get("usage_ci_low") is not None and (c["usage_ci_low"] > 0 or c["usage_ci_high"] < 0)),
+                  key=lambda c: c["usage_p"])
+    for c in used:
+        lines.append(f"{c['category']}: its latents carry {format_shift(c['usage_shift'])} "
+                     f"{'more' if c['usage_shift'] > 0 else 'less'} of the tuned model's own responses to its "
+                     f"{c['n_probes']} probe texts than of the base model's (95% CI {format_shift(c['usage_ci_low'])} to "
+                     f"{format_shift(c['usage_ci_high'])}, p = {c['usage_p']:.2g}).")
     changed = sorted((c for c in report["categories"] if c.get("changed_significant")), key=lambda c: c["changed_q"])
     for c in changed:
         lines.append(f"{c['category']}: changed in fine-tuning without a direction — {c['n_changed']} of its "

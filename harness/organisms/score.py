@@ -3,7 +3,8 @@
 For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
 the bench and activation stages, which do not depend on the seed, are copied from the first seed's run.
 Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
-(planted +/−), or not significant (planted 0)? Both the share-ratio shift and the relative mass shift (vs all latents) are scored.
+(planted +/−), or not significant (planted 0)? The share-ratio shift, the relative mass shift (vs all latents) and the usage shift (on both models'
+own responses to the probe texts) are each scored.
 A third, unsigned check: a planted +/− category's latents are enriched in changed (rotated) latents,
 and a planted-0 category's are not.
 Per seed: Spearman between predicted and observed task deltas, and with --causal the share of each
@@ -20,7 +21,9 @@ from typing import Any
 from harness.io import atomic_write_json, read_json
 from harness.organisms.base import Planted
 
-REUSED = ("bench", "activations", "probes")
+REUSED = ("bench", "activations", "transcripts", "probes")
+KINDS = ("share", "mass", "usage", "changed")
+KIND_NAMES = ("share shift", "mass shift", "usage shift", "changed latents")
 
 
 def found(direction: str, shift: float | None, lo: float | None, hi: float | None) -> bool:
@@ -44,6 +47,8 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
             "share_found": found(p.direction, c.get("shift"), c.get("ci_low"), c.get("ci_high")),
             "mass_shift_rel": c.get("mass_shift_rel"), "mass_rel_ci": [c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")],
             "mass_found": found(p.direction, c.get("mass_shift_rel"), c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")),
+            "usage_shift": c.get("usage_shift"), "usage_ci": [c.get("usage_ci_low"), c.get("usage_ci_high")],
+            "usage_found": found(p.direction, c.get("usage_shift"), c.get("usage_ci_low"), c.get("usage_ci_high")),
             "n_changed": c.get("n_changed"), "n_live": c.get("n_live"), "changed_q": c.get("changed_q"),
             "changed_found": bool(c.get("changed_significant")) == (p.direction != "0"),
         })
@@ -92,7 +97,7 @@ def _reuse_seed_independent(src: Path, dst: Path) -> None:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     cats = [r["category"] for r in runs[0]["categories"]]
     per_cat = {c: {kind: sum(next(x for x in r["categories"] if x["category"] == c)[f"{kind}_found"] for r in runs)
-                   for kind in ("share", "mass", "changed")} for c in cats}
+                   for kind in KINDS} for c in cats}
     rhos = [r["spearman"] for r in runs]
     removed = [c["delta_removed"] for r in runs for c in r["causal"] if c["delta_removed"] is not None]
     return {"found": per_cat, "spearman": rhos,
@@ -106,11 +111,10 @@ def score_table(doc: dict[str, Any]) -> str:
     n = doc["seeds"]
     first = doc["runs"][0]["categories"]
     found_in = doc["summary"]["found"]
-    rows = [[c["category"], c["planted"], *(f"{found_in[c['category']].get(kind, 0)}/{n}" for kind in ("share", "mass", "changed"))]
+    rows = [[c["category"], c["planted"], *(f"{found_in[c['category']].get(kind, 0)}/{n}" for kind in KINDS)]
             for c in first]
     rhos = ", ".join("—" if x is None else f"{x:+.2f}" for x in doc["summary"]["spearman"])
-    text = tabulate(rows, headers=["category", "planted", "share shift as declared", "mass shift as declared",
-                                   "changed latents as declared"], tablefmt="github")
+    text = tabulate(rows, headers=["category", "planted", *(f"{k} as declared" for k in KIND_NAMES)], tablefmt="github")
     text += f"\n\nSpearman (predicted vs observed task deltas) per seed: {rhos}"
     causal = [c for r in doc["runs"] for c in r["causal"]]
     if causal:

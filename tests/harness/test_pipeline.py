@@ -16,7 +16,7 @@ def tiny_cfg(pair, **over) -> RunConfig:
     base, tuned = pair
     opts = {"base": str(base), "tuned": str(tuned), "tasks": ("diffeval_factual", "diffeval_multilingual",
             "diffeval_hallucination"), "limit": 6, "tokens": 3000, "seq_len": 32, "n_latents": 64, "k": 4,
-            "n_steps": 40, "bootstrap_iters": 200}
+            "n_steps": 40, "bootstrap_iters": 200, "probe_responses": 8}
     return RunConfig(**{**opts, **over})
 
 
@@ -31,7 +31,8 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> Non
 
     run = run_pipeline(tiny_cfg(tiny_pair), tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
-    for stage in ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "probes", "latents", "attribution"):
+    for stage in ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "transcripts", "probes",
+                  "latents", "attribution"):
         assert manifest["stages"][stage]["status"] == "done", stage
     report = load_report(run / "report.json")
     assert [t["task"] for t in report["tasks"]] == ["diffeval_factual", "diffeval_multilingual", "diffeval_hallucination"]
@@ -41,6 +42,10 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> Non
     attr = json.loads((run / "attribution.json").read_text())
     assert {c["category"] for c in attr["categories"]} >= {"safety", "math", "unassigned"}
     assert attr["attribution"]["n_tasks"] == 3
+    safety = next(c for c in attr["categories"] if c["category"] == "safety")
+    assert safety["n_probes"] == len((run / "probes/transcripts/safety.jsonl").read_text().splitlines()) // 2
+    assert all({"usage_shift", "usage_ci_low", "usage_p", "usage_base", "usage_tuned"} <= set(c) for c in attr["categories"])
+    _check_response_sums(run)
     config = json.loads((run / "config.json").read_text())
     assert config["n_latents"] == 64  # the full configuration, not only the bench's part
     before = _outputs(run)
@@ -49,6 +54,27 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> Non
     again = json.loads((run / "manifest.json").read_text())
     assert {k: v.get("ended") for k, v in again["stages"].items() if k in ended} == ended  # nothing re-ran
     assert _outputs(run) == before
+
+
+def _check_response_sums(run: Path) -> None:
+    """Only positions from a transcript's prompt_tokens on count as its response."""
+    import numpy as np
+
+    from crosscoders import CrossCoderBase
+    from harness.latent_acts import encoded_batches, response_sums
+
+    model = CrossCoderBase.load(run / "crosscoder")
+    acts = run / "probes/activations"
+    groups = [np.arange(0, 32), np.arange(32, 64)]
+    sids = [json.loads(x)["id"] for x in (acts / "sequences.jsonl").read_text().splitlines()]
+    _, none = response_sums(model, acts, groups, {s: 10**6 for s in sids})
+    assert not none.any()
+    _, every = response_sums(model, acts, groups, {s: 0 for s in sids})
+    norms = model.W_dec.detach().flatten(1).norm(dim=-1)
+    total = sum(float((f @ norms).sum()) for _, f in encoded_batches(model, acts))
+    assert every.sum() == pytest.approx(total, rel=1e-4)
+    _, half = response_sums(model, acts, groups, {s: 3 for s in sids})
+    assert 0 < half.sum() < every.sum()
 
 
 def test_killed_run_resumes_to_identical_results(tiny_pair, tmp_path, monkeypatch) -> None:
