@@ -353,6 +353,7 @@ def organisms_score(name: str, seeds: int, causal: bool, out: str | None) -> Non
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--categories", type=click.Path(), help=_run_help("categories"))
+@click.option("--probe-responses", type=int, help=_run_help("probe_responses"))
 @click.option("--specific-by", type=click.Choice(SPECIFIC_BY), help=_run_help("specific_by"))
 @click.option("--attribution-shift", type=click.Choice(ATTRIBUTION_SHIFTS), help=_run_help("attribution_shift"))
 @click.option("--causal", is_flag=True, default=None, help=_run_help("causal"))

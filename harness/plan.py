@@ -7,8 +7,8 @@ from typing import Any
 
 from harness.runconfig import RunConfig
 
-STAGE_NAMES = ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "probes", "latents",
-               "attribution", "causal", "report")
+STAGE_NAMES = ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "transcripts", "probes",
+               "latents", "attribution", "causal", "report")
 
 
 def plan(cfg: RunConfig, run_dir: Path) -> str:
@@ -29,7 +29,7 @@ def plan(cfg: RunConfig, run_dir: Path) -> str:
     model_bytes = 2 * n_params * 4
     rows = []
     for name in STAGE_NAMES:
-        if name == "causal" and not cfg.causal:
+        if (name == "causal" and not cfg.causal) or (name == "transcripts" and not cfg.probe_responses):
             continue
         state = done.get(name)
         rows.append([name, "reuse if inputs unchanged" if state == "done" else f"run ({state})" if state else "run"])
