@@ -44,6 +44,7 @@ class ActivationsConfig:
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass"})
     corpus: tuple[str, ...] = field(default=(), metadata={"help": "corpus files (.txt: one text per line; .jsonl: a 'text' "
                                                                   "or a 'messages' field); none: the shipped corpus"})
+    extra: tuple[str, ...] = field(default=(), metadata={"help": "more corpus files read beside the corpus (or the shipped one)"})
     tasks: tuple[str, ...] = field(default=(), metadata={"help": "benchmark tasks whose prompts join the corpus; with no corpus and no tasks: the shipped suite"})
     tasks_dir: tuple[str, ...] = field(default=(), metadata={"help": "extra task directories"})
     shard_rows: int = field(default=65_536, metadata={"help": "rows per shard file"})
@@ -115,6 +116,8 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
         groups.append(read_corpus_file(Path(path), chat_tok))
     if not cfg.corpus:
         groups += shipped_corpus(chat_tok)
+    for path in cfg.extra:
+        groups.append(read_corpus_file(Path(path), chat_tok))
     names = cfg.tasks or (() if cfg.corpus else tuple(taskreg.shipped_suite()))
     defs = taskreg.resolve(names, cfg.tasks_dir) if names else []
     for name, task in taskreg.load_tasks(defs).items():

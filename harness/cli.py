@@ -99,6 +99,7 @@ def run_options(fn: Any) -> Any:
         click.option("--categories", type=click.Path(), help=_run_help("categories")),
         click.option("--probes-dir", type=click.Path(file_okay=False), help=_run_help("probes_dir")),
         click.option("--probe-responses", type=int, help=_run_help("probe_responses")),
+        click.option("--corpus-responses/--no-corpus-responses", default=None, help=_run_help("corpus_responses")),
         click.option("--alpha", type=float, help=_run_help("alpha")),
         click.option("--specific-by", type=click.Choice(SPECIFIC_BY), help=_run_help("specific_by")),
         click.option("--attribution-shift", type=click.Choice(ATTRIBUTION_SHIFTS), help=_run_help("attribution_shift")),

@@ -30,6 +30,8 @@ class RunConfig(BenchConfig):
     probes_dir: str | None = opt(None, "directory of <category>.jsonl probe corpora overriding the taxonomy's")
     probe_responses: int = opt(32, "new tokens each model writes after every probe text (one line, greedy); the annotator "
                                "and the usage shift read prompt + response; 0 = probe texts only, no usage shift")
+    corpus_responses: bool = opt(False, "add the probe transcripts (each probe text with each model's response) to "
+                                 "the crosscoder's corpus, so it is trained on the answer positions too")
     alpha: float = opt(0.05, "false discovery rate of the latent → category enrichment tests")
     specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
     attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), usage (usage shift "
@@ -47,6 +49,8 @@ class RunConfig(BenchConfig):
             raise DiffevalError(f"tokens must be >= 1000 to train a crosscoder, got {self.tokens}")
         if self.probe_responses < 0:
             raise DiffevalError(f"probe_responses must be >= 0 (0 = no responses), got {self.probe_responses}")
+        if self.corpus_responses and not self.probe_responses:
+            raise DiffevalError("corpus_responses needs probe transcripts: set probe_responses > 0")
         if self.n_latents < 0 or self.k < 1 or self.n_steps < 1:
             raise DiffevalError("n_latents must be >= 0 (0 = automatic), k and n_steps >= 1")
         if not 0 < self.alpha < 1:

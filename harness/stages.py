@@ -74,15 +74,26 @@ def _fresh_dir_for(directory: Path, key: str) -> None:
 
 
 def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
-    """Paired activations on the corpus and the benchmark tasks' prompts."""
+    """Paired activations on the corpus (with --corpus-responses, plus the probe transcripts) and the
+    benchmark tasks' prompts."""
     from harness.activations import CORPUS_DIR
 
     tasks = tuple(bench_tasks(cfg))
     specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
-    files = cfg.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))  # the shipped default corpus
+    extra = tuple(stage_transcripts(run, cfg, *_probe_inputs(cfg)[1:])) if cfg.corpus_responses else ()
+    files = (cfg.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
     key = config_hash({"layer": cfg.layer, "tokens": cfg.tokens, "seq_len": cfg.seq_len, "corpus": cfg.corpus,
-                       "tasks": tasks}, specs, [_file_stamp(p) for p in files])
-    return _collect(run, cfg, "activations", ACTS_DIR, key, tokens=cfg.tokens, corpus=cfg.corpus, tasks=tasks)
+                       "tasks": tasks, **({"extra": extra} if extra else {})}, specs, [_file_stamp(p) for p in files])
+    return _collect(run, cfg, "activations", ACTS_DIR, key, tokens=cfg.tokens, corpus=cfg.corpus, tasks=tasks, extra=extra)
+
+
+def _probe_inputs(cfg: RunConfig) -> tuple[Taxonomy, dict[str, list[str]], list[str]]:
+    """(taxonomy, probe texts per category, probe file per category); an error when no category has probes."""
+    tax = taxonomy_for(cfg)
+    probes = tax.probe_texts()  # reads (and checks) every probe corpus before any model work
+    if not probes:
+        raise DiffevalError(f"no category in {tax.source} has a probe corpus; the annotator needs at least two")
+    return tax, probes, [str(tax.categories[c].probes) for c in probes]
 
 
 def _file_stamp(path: str) -> list[Any]:
@@ -122,11 +133,7 @@ def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
 def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
     """latents.jsonl: statistics and top contexts per latent, plus its categories from the probe corpora
     (with --probe-responses, the probe texts as each model continues them)."""
-    tax = taxonomy_for(cfg)
-    probes = tax.probe_texts()  # reads (and checks) every probe corpus before any model work
-    if not probes:
-        raise DiffevalError(f"no category in {tax.source} has a probe corpus; the annotator needs at least two")
-    files = [str(tax.categories[c].probes) for c in probes]
+    tax, probes, files = _probe_inputs(cfg)
     sources = dict(zip(stage_transcripts(run, cfg, probes, files) if cfg.probe_responses else files, probes, strict=True))
     probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": list(sources)},
                             [_file_stamp(f) for f in sources], _hash(run, "activations"))

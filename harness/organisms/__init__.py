@@ -61,9 +61,13 @@ def default_run_flags(name: str, flags: dict[str, Any]) -> dict[str, Any]:
     out["organism"] = name
     if get(name).tasks_dir is None:
         # an organism with its own tasks lives in its own made-up world: its probe texts are both the
-        # probe corpora and the crosscoder's corpus (the shipped English texts mean nothing to it)
+        # probe corpora and the crosscoder's corpus (the shipped English texts mean nothing to it). They are
+        # prompts, and the planted behaviours are written at the answer positions, so the crosscoder also
+        # trains on both models' answers to them (the probe transcripts), unless told otherwise.
         probes = sorted(str(p) for p in Path(info["probes_dir"]).glob("*.jsonl"))
         out["probes_dir"] = info["probes_dir"]
         if not flags.get("corpus"):
             out["corpus"] = tuple(probes)
+            if flags.get("corpus_responses") is None and flags.get("probe_responses") != 0:
+                out["corpus_responses"] = True
     return out

@@ -188,3 +188,19 @@ def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tmp
     stages.stage_report(RunDir(run))
     assert load_report(run / "report.json")["causal"] == attr["causal"]
     assert "| revert |" in (run / "report.md").read_text()
+
+
+def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pair, tmp_path) -> None:
+    from harness.errors import DiffevalError
+    from harness.pipeline import run_pipeline
+
+    with pytest.raises(DiffevalError, match="probe_responses > 0"):
+        tiny_cfg(tiny_pair, corpus_responses=True, probe_responses=0)
+    run = run_pipeline(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), tmp_path / "run")
+    seqs = [json.loads(x) for x in (run / "activations/sequences.jsonl").read_text().splitlines()]
+    sources = {s["source"] for s in seqs}
+    assert any(src.endswith("probes/transcripts/safety.jsonl") for src in sources)
+    assert any(src.startswith("shipped:") for src in sources) and "diffeval_factual" in sources  # still there
+    manifest = json.loads((run / "manifest.json").read_text())
+    order = list(manifest["stages"])
+    assert order.index("transcripts") < order.index("activations")

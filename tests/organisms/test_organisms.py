@@ -125,6 +125,12 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     assert len(report["attribution"]["per_task"]) == 7
     assert {c["category"] for c in report["categories"]} >= {p.category for p in toyworld.PLANTED}
     assert "report.md" in result.output
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["corpus_responses"] and config["probe_responses"] == 32  # trained on the answers too
+    sources = {json.loads(x)["source"] for x in (tmp_path / "r" / "activations" / "sequences.jsonl").read_text().splitlines()}
+    assert any("probes/transcripts/" in s for s in sources)
+    usage = {c["category"]: c["usage_shift"] for c in report["categories"]}
+    assert usage["math"] == 0.0 and usage["factual_recall"] == 0.0  # both models answer these alike
     rerun = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "r")])  # everything cached
     assert rerun.exit_code == 0, rerun.output
     assert load_report(tmp_path / "r" / "report.json")["categories"] == report["categories"]
