@@ -50,6 +50,14 @@ def log_share_ratio(c: ShareCounts) -> float:
     return math.log((c.n_tuned + 0.5) / (c.N_tuned + 1)) - math.log((c.n_base + 0.5) / (c.N_base + 1))
 
 
+def log_ratio(shift: float | None, floor: float = 0.01) -> float:
+    """log(1 + shift) for the attribution, 0 when the shift is undefined; a category that lost (almost) all of
+    its mass (shift → −100 %) gets log(floor) rather than −∞, so one vanished category cannot swamp the rest."""
+    if shift is None:
+        return 0.0
+    return math.log(max(1 + shift, floor))
+
+
 def fisher_p(c: ShareCounts) -> float | None:
     from scipy.stats import fisher_exact
 
@@ -194,7 +202,8 @@ def attribute(w: np.ndarray, shifts: np.ndarray, tasks: list[str], categories: l
     return {"spearman": rho, "p_value": p, "reason": reason, "n_tasks": len(tasks), "per_task": rows}
 
 
-def usage_shift(base: np.ndarray, tuned: np.ndarray, n_boot: int = 4000, seed: int = 0) -> dict[str, Any]:
+def usage_shift(base: np.ndarray, tuned: np.ndarray, base_all: np.ndarray | None = None,
+                tuned_all: np.ndarray | None = None, n_boot: int = 4000, seed: int = 0) -> dict[str, Any]:
     """How much more (or less) a category's latents carry the tuned model's own responses than the base model's.
 
     base[i], tuned[i]: the category's decoded activation mass summed over each model's response to probe i
@@ -202,11 +211,15 @@ def usage_shift(base: np.ndarray, tuned: np.ndarray, n_boot: int = 4000, seed: i
     bootstrap CI over probes, and a paired permutation p-value (under "the model does not matter" the two
     responses of a probe are exchangeable, so their labels are swapped at random). Identical responses give
     exactly 0 with CI [0, 0] and p = 1.
+    With base_all / tuned_all (every latent's mass over the same responses), usage_shift_rel divides by the
+    same ratio over all latents: the category's share of what each model writes, which does not move when one
+    model merely writes longer or shorter answers (its CI from the same bootstrap replicates).
     """
     base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
     # identical responses are read in different batches: their sums agree only to float rounding
     tuned = np.where(np.isclose(tuned, base, rtol=1e-5, atol=1e-8), base, tuned)
     out: dict[str, Any] = {"usage_shift": None, "usage_ci_low": None, "usage_ci_high": None, "usage_p": None,
+                           "usage_shift_rel": None, "usage_rel_ci_low": None, "usage_rel_ci_high": None,
                            "usage_base": float(base.sum()), "usage_tuned": float(tuned.sum()), "n_probes": int(len(base))}
     if len(base) == 0 or base.sum() <= 0:
         return out
@@ -214,6 +227,15 @@ def usage_shift(base: np.ndarray, tuned: np.ndarray, n_boot: int = 4000, seed: i
     idx = rng.integers(0, len(base), (n_boot, len(base)))
     b, t = base[idx].sum(1), tuned[idx].sum(1)
     ratios = np.where(b > 0, t / np.where(b > 0, b, 1), np.nan) - 1
+    if base_all is not None and tuned_all is not None and np.sum(tuned_all) > 0:
+        base_all, tuned_all = np.asarray(base_all, dtype=np.float64), np.asarray(tuned_all, dtype=np.float64)
+        tuned_all = np.where(np.isclose(tuned_all, base_all, rtol=1e-5, atol=1e-8), base_all, tuned_all)
+        ba, ta = base_all[idx].sum(1), tuned_all[idx].sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (ratios + 1) * ba / ta - 1
+        rel = rel[np.isfinite(rel)]
+        out.update(usage_shift_rel=float(tuned.sum() / base.sum() * base_all.sum() / tuned_all.sum() - 1),
+                   usage_rel_ci_low=float(np.quantile(rel, 0.025)), usage_rel_ci_high=float(np.quantile(rel, 0.975)))
     observed = abs(math.log(tuned.sum() / base.sum())) if tuned.sum() > 0 else math.inf
     swap = rng.random((n_boot, len(base))) < 0.5
     pb, pt = np.where(swap, tuned, base).sum(1), np.where(swap, base, tuned).sum(1)

@@ -28,7 +28,7 @@ TRANSCRIPTS_DIR = "probes/transcripts"
 CROSSCODER_DIR = "crosscoder"
 LATENTS_FILE = "latents.jsonl"
 ATTRIBUTION_FILE = "attribution.json"
-ATTRIBUTION_VERSION = 3  # 2: changed-latent enrichment per category; 3: usage shift
+ATTRIBUTION_VERSION = 4  # 2: changed-latent enrichment per category; 3: usage shift; 4: relative usage shift
 EXPANSION = 8  # n_latents = 8 × hidden size when not given
 REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 
@@ -219,7 +219,6 @@ def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
 
 
 def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
-    import math
 
     import numpy as np
 
@@ -271,11 +270,10 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     if shift_used == "share":
         s = np.array([shifts[i]["log_share_ratio"] for i in assignable])
     elif shift_used == "usage":
-        s = np.array([math.log1p(shifts[i]["usage_shift"]) if shifts[i]["usage_shift"] is not None else 0.0
-                      for i in assignable])
+        s = np.array([A.log_ratio(shifts[i]["usage_shift_rel"] if shifts[i]["usage_shift_rel"] is not None
+                                  else shifts[i]["usage_shift"]) for i in assignable])
     else:
-        s = np.array([math.log1p(shifts[i]["mass_shift_rel"]) if shifts[i]["mass_shift_rel"] is not None else 0.0
-                      for i in assignable])
+        s = np.array([A.log_ratio(shifts[i]["mass_shift_rel"]) for i in assignable])
     attr = A.attribute(w[:, assignable], s, tasks, [cats[i] for i in assignable],
                        {t: deltas[t]["delta"] for t in tasks}, {t: deltas[t]["category"] for t in tasks})
     attr["shift_used"] = shift_used
@@ -309,18 +307,23 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
             starts[sid] = r["prompt_tokens"]
     if not starts:  # the probe activations were collected on the probe texts alone
         return {}
-    ids, sums = response_sums(model, pacts, groups, starts)
+    everything = np.arange(model.cfg.n_latents)  # the last column: all latents' mass, for the relative shift
+    ids, sums = response_sums(model, pacts, [*groups, everything], starts)
     out = {}
     for g, cat in enumerate(cats):
         n = len({m[2] for m in meta.values() if m[0] == cat})
         if n == 0:
             continue
-        per = {"base": np.zeros(n), "tuned": np.zeros(n)}
-        for sid, row in zip(ids, sums[:, g], strict=True):
+        per = {(side, col): np.zeros(n) for side in ("base", "tuned") for col in (g, -1)}
+        for sid, row in zip(ids, sums, strict=True):
             c, side, i = meta[int(sid)]
             if c == cat:
-                per[side][i] += row
-        out[cat] = A.usage_shift(per["base"], per["tuned"], seed=seed)
+                per[side, g][i] += row[g]
+                per[side, -1][i] += row[-1]
+        out[cat] = A.usage_shift(per["base", g], per["tuned", g], per["base", -1], per["tuned", -1], seed=seed)
+        rows = files[str(tdir / f"{cat}.jsonl")] if str(tdir / f"{cat}.jsonl") in files else []
+        for side in ("base", "tuned"):
+            out[cat][f"empty_{side}"] = sum(1 for r in rows if r["side"] == side and not r["response"].strip())
     return out
 
 

@@ -189,7 +189,8 @@ def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
     keep = ("category", "n_tuned", "n_base", "N_tuned", "N_base", "shift", "ci_low", "ci_high", "p_value",
             "mass_shift", "mass_ci_low", "mass_ci_high", "mass_shift_rel", "mass_rel_ci_low", "mass_rel_ci_high",
             "n_latents", "small_counts", "note", "n_changed", "n_live", "changed_p", "changed_q", "changed_significant",
-            "usage_shift", "usage_ci_low", "usage_ci_high", "usage_p", "n_probes")
+            "usage_shift", "usage_ci_low", "usage_ci_high", "usage_p", "n_probes", "usage_shift_rel", "usage_rel_ci_low",
+            "usage_rel_ci_high", "empty_base", "empty_tuned")
     return [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
 
 
@@ -280,7 +281,14 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
         lines.append(f"{c['category']}: its latents' decoded mass moved {format_shift(c['mass_shift_rel'])} relative "
                      f"to all latents (95% CI {format_shift(c['mass_rel_ci_low'])} to {format_shift(c['mass_rel_ci_high'])}, "
                      f"{c.get('n_latents')} latents).")
+    share_used = [c for c in report["categories"] if c.get("usage_rel_ci_low") is not None
+                  and (c["usage_rel_ci_low"] > 0 or c["usage_rel_ci_high"] < 0)]
+    for c in share_used:
+        lines.append(f"{c['category']}: its share of what the tuned model writes in answer to its {c['n_probes']} "
+                     f"probe texts moved {format_shift(c['usage_shift_rel'])} against its share of the base model's "
+                     f"answers (95% CI {format_shift(c['usage_rel_ci_low'])} to {format_shift(c['usage_rel_ci_high'])}).")
     used = sorted((c for c in report["categories"] if c.get("usage_p") is not None and c["usage_p"] < alpha
+                   and c.get("usage_shift_rel") is None
                    and c.get("usage_ci_low") is not None and (c["usage_ci_low"] > 0 or c["usage_ci_high"] < 0)),
                   key=lambda c: c["usage_p"])
     for c in used:
@@ -288,6 +296,13 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
                      f"{'more' if c['usage_shift'] > 0 else 'less'} of the tuned model's own responses to its "
                      f"{c['n_probes']} probe texts than of the base model's (95% CI {format_shift(c['usage_ci_low'])} to "
                      f"{format_shift(c['usage_ci_high'])}, p = {c['usage_p']:.2g}).")
+    probes = [c for c in report["categories"] if c.get("n_probes")]
+    for side in ("base", "tuned"):
+        empty, total = sum(c.get(f"empty_{side}") or 0 for c in probes), sum(c["n_probes"] for c in probes)
+        if total and empty > total / 2:
+            lines.append(f"The {side} model wrote nothing after {empty} of {total} probe texts: the usage shifts above "
+                         "mostly measure how much each model writes; the relative usage shift (the category's share "
+                         "of what each model writes) does not.")
     changed = sorted((c for c in report["categories"] if c.get("changed_significant")), key=lambda c: c["changed_q"])
     for c in changed:
         lines.append(f"{c['category']}: changed in fine-tuning without a direction — {c['n_changed']} of its "

@@ -3,8 +3,8 @@
 For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
 the bench and activation stages, which do not depend on the seed, are copied from the first seed's run.
 Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
-(planted +/−), or not significant (planted 0)? The share-ratio shift, the relative mass shift (vs all latents) and the usage shift (on both models'
-own responses to the probe texts) are each scored.
+(planted +/−), or not significant (planted 0)? The share-ratio shift, the relative mass shift (vs all latents) and the usage shift, absolute and
+relative (on both models' own responses to the probe texts), are each scored.
 A third, unsigned check: a planted +/− category's latents are enriched in changed (rotated) latents,
 and a planted-0 category's are not.
 Per seed: Spearman between predicted and observed task deltas, and with --causal the share of each
@@ -22,8 +22,8 @@ from harness.io import atomic_write_json, read_json
 from harness.organisms.base import Planted
 
 REUSED = ("bench", "activations", "transcripts", "probes")
-KINDS = ("share", "mass", "usage", "changed")
-KIND_NAMES = ("share shift", "mass shift", "usage shift", "changed latents")
+KINDS = ("share", "mass", "usage", "usage_rel", "changed")
+KIND_NAMES = ("share shift", "mass shift", "usage shift", "relative usage shift", "changed latents")
 
 
 def found(direction: str, shift: float | None, lo: float | None, hi: float | None) -> bool:
@@ -49,6 +49,8 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
             "mass_found": found(p.direction, c.get("mass_shift_rel"), c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")),
             "usage_shift": c.get("usage_shift"), "usage_ci": [c.get("usage_ci_low"), c.get("usage_ci_high")],
             "usage_found": found(p.direction, c.get("usage_shift"), c.get("usage_ci_low"), c.get("usage_ci_high")),
+            "usage_rel_shift": c.get("usage_shift_rel"), "usage_rel_ci": [c.get("usage_rel_ci_low"), c.get("usage_rel_ci_high")],
+            "usage_rel_found": found(p.direction, c.get("usage_shift_rel"), c.get("usage_rel_ci_low"), c.get("usage_rel_ci_high")),
             "n_changed": c.get("n_changed"), "n_live": c.get("n_live"), "changed_q": c.get("changed_q"),
             "changed_found": bool(c.get("changed_significant")) == (p.direction != "0"),
         })

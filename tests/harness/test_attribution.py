@@ -222,3 +222,12 @@ def test_changed_enrichment_with_nothing_changed_is_never_significant():
     rows = A.changed_enrichment(["a", "b", "a"], [False, False, False], ["a", "b", "z"])
     assert [r["changed_p"] for r in rows] == [1.0, 1.0, 1.0]
     assert [r["n_live"] for r in rows] == [2, 1, 0] and not any(r["changed_significant"] for r in rows)
+
+
+def test_log_ratio_is_finite_when_a_category_loses_all_its_mass() -> None:
+    import math
+
+    from harness.attribution import log_ratio
+
+    assert log_ratio(0.5) == pytest.approx(math.log(1.5)) and log_ratio(None) == 0.0
+    assert log_ratio(-1.0) == pytest.approx(math.log(0.01)) and math.isfinite(log_ratio(-1.0))

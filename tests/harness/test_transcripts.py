@@ -38,6 +38,16 @@ def test_usage_shift_finds_a_planted_increase_with_its_sign() -> None:
     assert down["usage_ci_high"] < 0 and down["usage_p"] < 0.01
 
 
+def test_relative_usage_shift_ignores_answer_length() -> None:
+    rng = np.random.default_rng(3)
+    base_c, base_all = rng.gamma(2.0, 1.0, 40), rng.gamma(2.0, 1.0, 40) + 10
+    longer = usage_shift(base_c, 2 * base_c, base_all, 2 * base_all, seed=0)  # the tuned model writes twice as much
+    assert longer["usage_shift"] == pytest.approx(1.0) and longer["usage_shift_rel"] == pytest.approx(0.0, abs=1e-9)
+    assert longer["usage_rel_ci_low"] <= 0 <= longer["usage_rel_ci_high"]
+    share = usage_shift(base_c, 2 * base_c, base_all, base_all, seed=0)  # same length, twice the category's share
+    assert share["usage_shift_rel"] == pytest.approx(1.0) and share["usage_rel_ci_low"] > 0.5
+
+
 def test_usage_shift_false_positive_rate_under_exchangeable_responses() -> None:
     """Base and tuned responses drawn from one distribution: p < 0.05 about 5 % of the time."""
     rng = np.random.default_rng(2)

@@ -63,7 +63,8 @@ def _attribution() -> dict:
         "reference": None, "N_tuned": 20, "N_base": 8,
         "categories": [
             {**_category("instruction_following", 12, 2, 1.4, 0.2, 5.1, 0.0123, 0.35, False),
-             "usage_shift": 0.25, "usage_ci_low": 0.1, "usage_ci_high": 0.4, "usage_p": 0.002, "n_probes": 24},
+             "usage_shift": 0.25, "usage_ci_low": 0.1, "usage_ci_high": 0.4, "usage_p": 0.002, "n_probes": 24,
+             "usage_shift_rel": 0.05, "usage_rel_ci_low": 0.02, "usage_rel_ci_high": 0.12, "empty_base": 0, "empty_tuned": 20},
             _category("self_reference", 1, 3, -0.8666666666666667, -0.98, -0.1, 0.041, -0.2, True),
             _category("safety", 3, 0, None, None, None, 0.53, 0.05, True, "no base-specific latent"),
         ],

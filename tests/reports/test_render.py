@@ -38,8 +38,10 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
         json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     assert report["provenance"]["timings"] == {"bench.base": 12.5, "bench.deltas": 0.4, "crosscoder": 41.0}
     assert report["headline"][0].startswith("instruction_following: +140.0 %")
-    assert ("instruction_following: its latents carry +25.0 % more of the tuned model's own responses to its 24 probe "
-            "texts than of the base model's (95% CI +10.0 % to +40.0 %, p = 0.002).") in report["headline"]
+    assert ("instruction_following: its share of what the tuned model writes in answer to its 24 probe texts moved "
+            "+5.0 % against its share of the base model's answers (95% CI +2.0 % to +12.0 %).") in report["headline"]
+    assert not any("more of the tuned model's own responses" in h for h in report["headline"])  # relative one only
+    assert any(h.startswith("The tuned model wrote nothing after 20 of 24 probe texts") for h in report["headline"])
 
 
 def test_render_writes_valid_json_markdown_with_the_numbers_and_pngs(run_dir):
@@ -52,7 +54,7 @@ def test_render_writes_valid_json_markdown_with_the_numbers_and_pngs(run_dir):
         "| 12 / 20 | 2 / 8 | +140.0 % | [+20.0 %, +510.0 %] | 0.012 | +35.0 % |",   # shift with counts, CI, p
         "| 1 / 20 | 3 / 8 | -86.7 % |",                                                 # (1/20)/(3/8) − 1
         "| 3 / 20 | 0 / 8 | undefined |",
-        "| +25.0 % [+10.0 %, +40.0 %], 0.002 |",                                       # usage shift
+        "| +25.0 % [+10.0 %, +40.0 %], 0.002 | +5.0 % [+2.0 %, +12.0 %] |",            # usage shift, absolute and relative
         "self\\_reference ⚠", "**Small counts (⚠):**",
         "| 1 | batchtopk | 256 | 8 | 20000 | 0.812 | 0.799 | 8.0 | 0.070 |",             # crosscoder quality
         "| 20 | 8 | 150 | 60 | 18 | 16 | 8 |",                                            # latent classes
