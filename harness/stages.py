@@ -28,7 +28,7 @@ TRANSCRIPTS_DIR = "probes/transcripts"
 CROSSCODER_DIR = "crosscoder"
 LATENTS_FILE = "latents.jsonl"
 ATTRIBUTION_FILE = "attribution.json"
-ATTRIBUTION_VERSION = 4  # 2: changed-latent enrichment per category; 3: usage shift; 4: relative usage shift
+ATTRIBUTION_VERSION = 5  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it
 EXPANSION = 8  # n_latents = 8 × hidden size when not given
 REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 
