@@ -16,8 +16,10 @@ FIGURES_DIR = "figures"
 DELTA_NORM_HIST = "delta_norm_hist.png"
 CATEGORY_SHIFTS = "category_shifts.png"
 MASS_SHIFTS = "mass_shifts.png"
+USAGE_SHIFTS = "usage_shifts.png"
 PREDICTED_VS_OBSERVED = "predicted_vs_observed.png"
 CONTRIBUTIONS = "contributions.png"
+ALL_FIGURES = (DELTA_NORM_HIST, CATEGORY_SHIFTS, MASS_SHIFTS, USAGE_SHIFTS, PREDICTED_VS_OBSERVED, CONTRIBUTIONS)
 
 
 def _pyplot() -> Any:
@@ -74,6 +76,13 @@ def mass_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None:
     return _shift_bars(categories, ("mass_shift_rel", "mass_rel_ci_low", "mass_rel_ci_high"), path,
                        lambda c: f"{c.get('n_latents', '?')} latents",
                        "decoded-mass shift vs all latents (%), 95% CI over the category's latents")
+
+
+def usage_shifts(categories: list[dict[str, Any]], path: Path) -> Path | None:
+    """Relative usage shift (%) per category with its paired bootstrap CI over probe texts."""
+    return _shift_bars(categories, ("usage_shift_rel", "usage_rel_ci_low", "usage_rel_ci_high"), path,
+                       lambda c: f"{c.get('n_probes', '?')} probes",
+                       "share of what the tuned vs the base model writes (%), 95% CI over probe texts")
 
 
 def _shift_bars(categories: list[dict[str, Any]], keys: tuple[str, str, str], path: Path, note: Any,
@@ -151,6 +160,7 @@ def render_figures(report: dict[str, Any], latents: list[dict[str, Any]] | None,
         "delta_norm_hist": delta_norm_histogram(latents, folder / DELTA_NORM_HIST),
         "category_shifts": category_shifts(report["categories"], folder / CATEGORY_SHIFTS),
         "mass_shifts": mass_shifts(report["categories"], folder / MASS_SHIFTS),
+        "usage_shifts": usage_shifts(report["categories"], folder / USAGE_SHIFTS),
         "predicted_vs_observed": predicted_vs_observed(report["attribution"]["per_task"],
                                                        folder / PREDICTED_VS_OBSERVED),
         "contributions": contributions(report["attribution"]["per_task"], folder / CONTRIBUTIONS),

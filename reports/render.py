@@ -98,6 +98,5 @@ def _remove_stale_figures(out: Path) -> None:
     """A figure whose data has since vanished must not outlive it and contradict the report."""
     from reports import figures
 
-    for name in (figures.DELTA_NORM_HIST, figures.CATEGORY_SHIFTS, figures.MASS_SHIFTS, figures.PREDICTED_VS_OBSERVED,
-                 figures.CONTRIBUTIONS):
+    for name in figures.ALL_FIGURES:
         (out / FIGURES_DIR / name).unlink(missing_ok=True)

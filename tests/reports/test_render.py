@@ -15,7 +15,7 @@ from reports.schema import ReportError, load_report
 from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("delta_norm_hist.png", "category_shifts.png", "predicted_vs_observed.png", "contributions.png")
+FIGURES = ("delta_norm_hist.png", "category_shifts.png", "usage_shifts.png", "predicted_vs_observed.png", "contributions.png")
 
 
 def test_build_report_recovers_the_planted_numbers(run_dir):
