@@ -81,9 +81,12 @@ def load_tokenizer(spec: ModelSpec) -> Any:
             return load_tokenizer(spec.adapter_base)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:
-        return AutoTokenizer.from_pretrained(spec.path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except Exception as e:  # transformers raises many types here; the user needs the spec and reason
         raise ModelSpecError(f"cannot load the tokenizer of {spec.spec!r}: {_first_line(e)}") from None
+    if tok.pad_token is None and tok.eos_token is not None:  # many base models ship none; batches need one
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def check_same_tokenizer(base_tok: Any, tuned_tok: Any, base_name: str, tuned_name: str) -> None:

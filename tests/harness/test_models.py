@@ -52,6 +52,22 @@ def test_corrupt_weights_give_an_error_naming_the_model(tmp_path, tiny_pair):
         load_model(resolve_spec(str(broken)))
 
 
+def test_a_tokenizer_without_a_pad_token_pads_with_end_of_sequence(tmp_path, tiny_pair):
+    import shutil
+
+    model = tmp_path / "nopad"
+    shutil.copytree(tiny_pair[0], model)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = model / name
+        if path.exists():
+            cfg = json.loads(path.read_text())
+            cfg.pop("pad_token", None)
+            path.write_text(json.dumps(cfg))
+    tok = load_tokenizer(resolve_spec(str(model)))
+    assert tok.pad_token == tok.eos_token == "</s>"
+    assert tok(["a", "a longer text"], padding=True)["input_ids"][0][-1] == tok.eos_token_id
+
+
 def test_same_tokenizer_passes_and_different_one_is_described(tiny_pair, other_tokenizer_model):
     a = load_tokenizer(resolve_spec(str(tiny_pair[0])))
     b = load_tokenizer(resolve_spec(str(tiny_pair[1])))
