@@ -19,6 +19,7 @@ from harness.latents import LATENTS_VERSION
 from harness.runconfig import RunConfig
 from harness.rundir import RunDir
 from harness.taxonomy import Taxonomy, load_taxonomy, organism_probes
+from harness.transcripts import TRANSCRIPTS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def stage_transcripts(run: RunDir, cfg: RunConfig, probes: dict[str, list[str]],
     from harness.transcripts import write_transcripts
 
     specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
-    key = config_hash({"max_new_tokens": cfg.probe_responses, "files": files, "dtype": cfg.dtype},
+    key = config_hash({"max_new_tokens": cfg.probe_responses, "files": files, "dtype": cfg.dtype,
+                       "version": TRANSCRIPTS_VERSION},
                       [_file_stamp(f) for f in files], specs)
     out = run.path / TRANSCRIPTS_DIR
     if not run.is_done("transcripts", key):

@@ -1,4 +1,4 @@
-"""Probe transcripts: each probe text followed by each model's own greedy response.
+"""Probe transcripts: each probe text, as a prompt, followed by each model's own greedy response.
 
 Fine-tuning changes what a model *writes*, and the positions where it writes it are the answer tokens,
 which a corpus of prompts never reaches. So before annotation both models continue every probe text
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,25 @@ from harness.io import atomic_write_jsonl
 log = logging.getLogger(__name__)
 
 SIDES = ("base", "tuned")
+TRANSCRIPTS_VERSION = 2  # 2: turn-formatted probe texts become prompts for the assistant's turn
 BATCH = 16
+
+
+TURN = re.compile(r"(?m)^(User|Assistant):")
+
+
+def as_prompt(text: str) -> str:
+    """A probe text as a prompt for the model's answer. A text written as turns ("User: …" / "Assistant: …", the
+    shipped probe corpora's form) ends at the start of the assistant's turn: a text that ends with the user's turn
+    gets "\nAssistant:" appended, and a text that ends with an assistant answer loses that answer. Other texts
+    (e.g. "Q: …\nA:") are prompts already and stay as they are."""
+    turns = list(TURN.finditer(text))
+    if not turns:
+        return text
+    last = turns[-1]
+    if last.group(1) == "Assistant":
+        return text[:last.end()]
+    return text.rstrip() + "\nAssistant:"
 
 
 def first_line(text: str) -> str:
@@ -65,6 +84,7 @@ def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: 
     models.check_same_tokenizer(toks[0], toks[1], base, tuned)
     tok = toks[1]
     responses: dict[str, dict[str, list[str]]] = {}
+    probes = {cat: [as_prompt(t) for t in texts] for cat, texts in probes.items()}
     for side, spec in zip(SIDES, specs, strict=True):
         model = models.load_model(spec, dtype, device)
         if not hasattr(model, "generate"):

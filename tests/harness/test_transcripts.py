@@ -9,7 +9,7 @@ import pytest
 
 from harness.attribution import usage_shift
 from harness.errors import DiffevalError
-from harness.transcripts import first_line, read_transcripts, write_transcripts
+from harness.transcripts import as_prompt, first_line, read_transcripts, write_transcripts
 
 
 def test_first_line_keeps_one_line_after_leading_blank_lines() -> None:
@@ -17,6 +17,14 @@ def test_first_line_keeps_one_line_after_leading_blank_lines() -> None:
     assert first_line("\n\nI cannot help.\nUser: thanks") == "\n\nI cannot help."
     assert first_line("no newline at all") == "no newline at all"
     assert first_line("") == ""
+
+
+def test_turn_formatted_probe_texts_become_prompts_for_the_assistant_turn() -> None:
+    assert as_prompt("User: How do I sort a list?") == "User: How do I sort a list?\nAssistant:"
+    assert as_prompt("User: Solve 2x = 6.\nAssistant: x = 3.") == "User: Solve 2x = 6.\nAssistant:"  # answer dropped
+    assert as_prompt("User: hi\nAssistant: hello\nUser: bye") == "User: hi\nAssistant: hello\nUser: bye\nAssistant:"
+    assert as_prompt("Q: what is 1 plus 2?\nA:") == "Q: what is 1 plus 2?\nA:"  # a prompt already
+    assert as_prompt("In blarn, cat is festem.") == "In blarn, cat is festem."
 
 
 def test_usage_shift_of_identical_responses_is_exactly_zero() -> None:
@@ -65,9 +73,10 @@ def test_write_transcripts_on_a_tiny_pair(tiny_pair, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, tuned = tiny_pair
-    probes = {"math": ["What is 2 plus 2?", "Add 3 and 4."], "code": ["def f(x):"]}
+    probes = {"math": ["What is 2 plus 2?", "Add 3 and 4."], "code": ["User: write f.\nAssistant: def f(): pass"]}
     paths = write_transcripts(str(base), str(tuned), probes, tmp_path / "t", max_new_tokens=6)
     assert sorted(p.name for p in paths) == ["code.jsonl", "math.jsonl"]
+    assert read_transcripts(tmp_path / "t" / "code.jsonl")[0]["prompt"] == "User: write f.\nAssistant:"
     rows = read_transcripts(tmp_path / "t" / "math.jsonl")
     assert [(r["side"], r["index"]) for r in rows] == [("base", 0), ("tuned", 0), ("base", 1), ("tuned", 1)]
     tok = AutoTokenizer.from_pretrained(tuned)
