@@ -215,9 +215,7 @@ def usage_shift(base: np.ndarray, tuned: np.ndarray, base_all: np.ndarray | None
     same ratio over all latents: the category's share of what each model writes, which does not move when one
     model merely writes longer or shorter answers (its CI from the same bootstrap replicates).
     """
-    base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
-    # identical responses are read in different batches: their sums agree only to float rounding
-    tuned = np.where(np.isclose(tuned, base, rtol=1e-5, atol=1e-8), base, tuned)
+    base, tuned = _snap_equal(base, tuned)
     out: dict[str, Any] = {"usage_shift": None, "usage_ci_low": None, "usage_ci_high": None, "usage_p": None,
                            "usage_shift_rel": None, "usage_rel_ci_low": None, "usage_rel_ci_high": None,
                            "usage_base": float(base.sum()), "usage_tuned": float(tuned.sum()), "n_probes": int(len(base))}
@@ -228,8 +226,7 @@ def usage_shift(base: np.ndarray, tuned: np.ndarray, base_all: np.ndarray | None
     b, t = base[idx].sum(1), tuned[idx].sum(1)
     ratios = np.where(b > 0, t / np.where(b > 0, b, 1), np.nan) - 1
     if base_all is not None and tuned_all is not None and np.sum(tuned_all) > 0:
-        base_all, tuned_all = np.asarray(base_all, dtype=np.float64), np.asarray(tuned_all, dtype=np.float64)
-        tuned_all = np.where(np.isclose(tuned_all, base_all, rtol=1e-5, atol=1e-8), base_all, tuned_all)
+        base_all, tuned_all = _snap_equal(base_all, tuned_all)
         ba, ta = base_all[idx].sum(1), tuned_all[idx].sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = (ratios + 1) * ba / ta - 1
@@ -243,7 +240,12 @@ def usage_shift(base: np.ndarray, tuned: np.ndarray, base_all: np.ndarray | None
         null = np.abs(np.log(pt) - np.log(pb))
     out.update(usage_shift=float(tuned.sum() / base.sum() - 1),
                usage_ci_low=float(np.nanquantile(ratios, 0.025)), usage_ci_high=float(np.nanquantile(ratios, 0.975)),
-               usage_p=float((1 + np.sum(null >= observed - 1e-12)) / (n_boot + 1)))
-    if np.array_equal(base, tuned):
-        out["usage_p"] = 1.0
+               usage_p=float((1 + np.sum(null >= observed - 1e-12)) / (n_boot + 1)))  # identical responses: p = 1
     return out
+
+
+def _snap_equal(base: Any, tuned: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float64, with tuned set to base where they agree to float rounding (identical responses are read
+    in different batches, so their sums differ in the last bits)."""
+    base, tuned = np.asarray(base, dtype=np.float64), np.asarray(tuned, dtype=np.float64)
+    return base, np.where(np.isclose(tuned, base, rtol=1e-5, atol=1e-8), base, tuned)

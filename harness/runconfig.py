@@ -62,7 +62,7 @@ class RunConfig(BenchConfig):
         if self.causal_mode not in CAUSAL_MODES:
             raise DiffevalError(f"causal_mode {self.causal_mode!r} must be one of {', '.join(CAUSAL_MODES)}")
         if self.architecture not in ARCHITECTURES:
-            raise DiffevalError(f"architecture {self.architecture!r} must be batchtopk or l1")
+            raise DiffevalError(f"architecture {self.architecture!r} must be one of {', '.join(ARCHITECTURES)}")
 
     def bench(self) -> BenchConfig:
         """The bench stage's part (so later-stage options never invalidate the benchmark cache)."""

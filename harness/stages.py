@@ -19,7 +19,7 @@ from harness.latents import LATENTS_VERSION
 from harness.runconfig import RunConfig
 from harness.rundir import RunDir
 from harness.taxonomy import Taxonomy, load_taxonomy, organism_probes
-from harness.transcripts import TRANSCRIPTS_VERSION
+from harness.transcripts import SIDES, TRANSCRIPTS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,6 @@ def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
 
 
 def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
-
     import numpy as np
 
     from crosscoders import CrossCoderBase
@@ -311,20 +310,18 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
         return {}
     everything = np.arange(model.cfg.n_latents)  # the last column: all latents' mass, for the relative shift
     ids, sums = response_sums(model, pacts, [*groups, everything], starts)
+    # per category present in the transcripts: [side (base, tuned), (category's mass, all mass), probe]
+    n_probes = {c: len(rows) // len(SIDES) for c, rows in ((Path(p).stem, rows) for p, rows in files.items())}
+    per = {c: np.zeros((len(SIDES), 2, n_probes[c])) for c in cats if n_probes.get(c)}
+    for sid, row in zip(ids, sums, strict=True):
+        c, side, i = meta[int(sid)]
+        if c in per:
+            per[c][SIDES.index(side), :, i] += (row[cats.index(c)], row[-1])
     out = {}
-    for g, cat in enumerate(cats):
-        n = len({m[2] for m in meta.values() if m[0] == cat})
-        if n == 0:
-            continue
-        per = {(side, col): np.zeros(n) for side in ("base", "tuned") for col in (g, -1)}
-        for sid, row in zip(ids, sums, strict=True):
-            c, side, i = meta[int(sid)]
-            if c == cat:
-                per[side, g][i] += row[g]
-                per[side, -1][i] += row[-1]
-        out[cat] = A.usage_shift(per["base", g], per["tuned", g], per["base", -1], per["tuned", -1], seed=seed)
-        rows = files[str(tdir / f"{cat}.jsonl")] if str(tdir / f"{cat}.jsonl") in files else []
-        for side in ("base", "tuned"):
+    for cat, m in per.items():
+        out[cat] = A.usage_shift(m[0, 0], m[1, 0], m[0, 1], m[1, 1], seed=seed)
+        rows = files[str(tdir / f"{cat}.jsonl")]
+        for side in SIDES:
             out[cat][f"empty_{side}"] = sum(1 for r in rows if r["side"] == side and not r["response"].strip())
     return out
 
