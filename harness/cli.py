@@ -337,8 +337,9 @@ def organisms_verify(name: str, out: str | None) -> None:
 @click.option("--seeds", type=int, default=3, show_default=True, help="crosscoder seeds to run the pipeline with")
 @click.option("--causal", is_flag=True, help="also run the causal ablation check")
 @click.option("--out", type=click.Path(file_okay=False), help="directory (default runs/<time>-score-<name>)")
+@click.option("--device", default="cpu", show_default=True, help=_help("device"))
 @user_errors
-def organisms_score(name: str, seeds: int, causal: bool, out: str | None) -> None:
+def organisms_score(name: str, seeds: int, causal: bool, out: str | None, device: str) -> None:
     """Run the whole pipeline on an organism and score it against its planted changes."""
     from harness.organisms.score import score_organism, score_table
     from harness.rundir import default_run_dir
@@ -346,7 +347,7 @@ def organisms_score(name: str, seeds: int, causal: bool, out: str | None) -> Non
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     out_dir = Path(out) if out else default_run_dir("score", name)
-    doc = score_organism(name, seeds, out_dir, causal=causal)
+    doc = score_organism(name, seeds, out_dir, causal=causal, device=device)
     click.echo(score_table(doc))
     click.echo(f"\nwrote {out_dir / 'score.json'}")
 

@@ -29,7 +29,8 @@ TRANSCRIPTS_DIR = "probes/transcripts"
 CROSSCODER_DIR = "crosscoder"
 LATENTS_FILE = "latents.jsonl"
 ATTRIBUTION_FILE = "attribution.json"
-ATTRIBUTION_VERSION = 5  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it
+ATTRIBUTION_VERSION = 6  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it;
+# 6: a category's latents are all latents enriched on its probes (not only those it is the primary category of)
 EXPANSION = 8  # n_latents = 8 × hidden size when not given
 REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 
@@ -201,6 +202,15 @@ def stage_reference(run: RunDir, cfg: RunConfig) -> None:
         stage_latents(sub_run, sub_cfg)
 
 
+def category_members(rows: list[dict[str, Any]], category: str) -> list[int]:
+    """Latents of a category: every latent significantly enriched on its probes, primary or not.
+
+    A latent can be enriched on two categories' probes (a token both kinds of prompt share); it serves both.
+    Only the share-ratio counts use the primary category alone, so that they partition the latents as the
+    study's counts do. Unassigned latents are those with no significant category."""
+    return [r["latent"] for r in rows if category in (r.get("categories") or ()) or r["category"] == category]
+
+
 def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[dict], list[dict]]:
     """(tuned-specific, base-specific) latents: Latent Scaling's verdict, or the Δnorm class alone."""
     if specific_by == "latent_scaling":
@@ -244,7 +254,7 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
                                                    sum(r["category"] == c for r in base), len(base)), seed=cfg.seed)
               for c in cats]
     model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
-    groups = [np.array([r["latent"] for r in rows if r["category"] == c], dtype=np.int64) for c in cats]
+    groups = [np.array(category_members(rows, c), dtype=np.int64) for c in cats]
     seqs = sequences(run_path / ACTS_DIR)
     sums = group_sums(model, run_path / ACTS_DIR, groups, seqs)
     for row, members in zip(shifts, groups, strict=True):
@@ -342,8 +352,8 @@ def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict
 def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
     """Re-score each task with its category's latents reverted (or ablated); add the results to attribution.json.
 
-    revert (default): all of the category's live latents get the base model's decoder back, and a control
-    set of as many live latents drawn at random from the other categories is reverted the same way, so
+    revert (default): all of the category's live latents (`category_members`) get the base model's decoder
+    back, and a control set of as many live latents drawn at random from outside it is reverted the same way, so
     "the category carries the delta" can be told from "any latents this many carry it".
     ablate: the category's tuned-specific latents are removed (the study's form); no control.
     Tasks with nothing to change or a delta of 0 are listed as skipped. (`causal_check` caches each result
@@ -364,7 +374,7 @@ def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     rows, skipped = [], []
     for t in doc["attribution"]["per_task"]:
-        ids = [r["latent"] for r in pool if r["category"] == t["category"]]
+        ids = category_members(pool, t["category"])
         if not ids or t["delta"] == 0:
             what = "live" if cfg.causal_mode == "revert" else "tuned-specific"
             skipped.append({"task": t["task"], "category": t["category"],
@@ -374,7 +384,7 @@ def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
         res = causal_check(run.path, t["task"], t["category"], ids, n_boot=cfg.bootstrap_iters, seed=cfg.seed,
                            mode=cfg.causal_mode)
         row = {k: res.get(k) for k in keep}
-        others = [r["latent"] for r in pool if r["category"] != t["category"]]
+        others = sorted(set(r["latent"] for r in pool) - set(ids))
         if cfg.causal_mode == "revert" and len(others) >= len(ids):
             control = sorted(int(j) for j in rng.choice(others, size=len(ids), replace=False))
             ctl = causal_check(run.path, t["task"], f"{t['category']}.control", control, n_boot=cfg.bootstrap_iters,

@@ -67,6 +67,25 @@ def test_enrichment_finds_planted_categories() -> None:
     assert others.count("unassigned") >= 0.95 * len(others)
 
 
+def test_a_latent_enriched_on_two_categories_is_a_member_of_both() -> None:
+    from harness.stages import category_members
+
+    rng = np.random.default_rng(2)
+    cats, labels, acts, planted = _planted_probe_acts(rng)
+    shared = 45  # unplanted so far; make it fire on the texts of two categories
+    a, b = cats[0], cats[1]
+    rows = np.array([i for i, lab in enumerate(labels) if lab in (a, b)])
+    acts[rows, shared] += rng.exponential(3.0, len(rows))
+    out = EnrichmentAnnotator().annotate(AnnotationInputs(cats, {}, acts, labels))
+    assert set(out[shared].categories) == {a, b}
+    rows = [{"latent": lab.latent, "category": lab.category, "categories": list(lab.categories)} for lab in out]
+    for c in (a, b):
+        assert shared in category_members(rows, c)
+        assert set(planted[c]) <= set(category_members(rows, c))
+    assert out[shared].category in (a, b)  # the share counts see it once, under its primary category
+    assert category_members(rows, "unassigned") == [r["latent"] for r in rows if not r["categories"]]
+
+
 def test_enrichment_on_shuffled_labels_assigns_at_most_the_fdr_rate() -> None:
     rng = np.random.default_rng(1)
     cats, labels, acts, _ = _planted_probe_acts(rng)

@@ -172,17 +172,21 @@ def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tmp
     assert sorted(r["task"] for r in done + skipped) == sorted(t["task"] for t in attr["attribution"]["per_task"])
     for row in skipped:
         assert row["reason"] in ("no live latent in its category", "delta is 0")
-    # random tiny models give the annotator nothing to find; hand half the live latents to a task's category
+    # random tiny models give the annotator nothing to find; hand a third of the live latents to a task's category
+    # as their primary one, and one more latent as its second category (a member all the same)
     moved = next(t for t in attr["attribution"]["per_task"] if t["delta"] != 0)
     rows = [json.loads(x) for x in (run / "latents.jsonl").read_text().splitlines()]
     live = [r for r in rows if r["class"] != "dead"]
-    for r in live[: len(live) // 2]:
-        r["category"] = moved["category"]
+    other = next(c for c in ("math", "code") if c != moved["category"])
+    for i, r in enumerate(live):
+        r["category"], r["categories"] = ((moved["category"], [moved["category"]]) if i < len(live) // 3 else
+                                          (other, [other, moved["category"]]) if i == len(live) // 3 else
+                                          ("unassigned", []))
     (run / "latents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stages.stage_causal(RunDir(run), cfg)
     attr = json.loads((run / "attribution.json").read_text())
     row = next(r for r in attr["causal"] if r["task"] == moved["task"])
-    assert row["mode"] == "revert" and row["n_latents"] == len(live) // 2
+    assert row["mode"] == "revert" and row["n_latents"] == len(live) // 3 + 1
     assert row["delta"] == pytest.approx(moved["delta"], abs=0.2)  # per-document mean vs the headline aggregate
     assert row["delta_removed"] is not None and row["control_removed"] is not None  # the random control ran too
     stages.stage_report(RunDir(run))
