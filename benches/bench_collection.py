@@ -4,7 +4,7 @@ The baseline is what people usually write: a full forward with output_hidden_sta
 taking the middle layer. Both run on the same batches of a randomly initialised Llama sized like
 a small real LM (d_model 576, 30 blocks, 49k vocabulary; no download), side by side in one process.
 
-    python benches/bench_collection.py [--batches 6] [--batch-size 8] [--seq-len 256]
+    python benches/bench_collection.py [--batches 6] [--batch-size 8] [--seq-len 256] [--device cuda]
 """
 
 from __future__ import annotations
@@ -18,20 +18,27 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from harness.activations import decoder_blocks, truncated_hidden
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048)
-    model = LlamaForCausalLM(cfg).eval()
+    model = LlamaForCausalLM(cfg).eval().to(device)
     blocks = decoder_blocks(model)
     layer = cfg.num_hidden_layers // 2
-    batches = [torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len)) for _ in range(args.batches)]
-    mask = torch.ones(args.batch_size, args.seq_len, dtype=torch.long)
+    batches = [torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len), device=device) for _ in range(args.batches)]
+    mask = torch.ones(args.batch_size, args.seq_len, dtype=torch.long, device=device)
 
     def full(ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer + 1]
@@ -44,11 +51,14 @@ def main() -> None:
         rates = {}
         for name, fn in (("full forward + output_hidden_states", full), ("stopped at layer", truncated)):
             fn(batches[0])  # warm-up
+            sync(device)
             t0 = time.perf_counter()
             for ids in batches:
                 fn(ids)
+            sync(device)
             rates[name] = args.batches * args.batch_size * args.seq_len / (time.perf_counter() - t0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; layer {layer} of {cfg.num_hidden_layers}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; layer {layer} of {cfg.num_hidden_layers}, "
           f"batch {args.batch_size} x {args.seq_len} tokens")
     for name, rate in rates.items():
         print(f"{name:<38} {rate:10.0f} tokens/s")

@@ -4,7 +4,7 @@ Both train from the same initialisation on the same batches (d_model 576, 2 mode
 k 32, batch 1024, fp32, no auxiliary loss so the two compute the same objective), side by side
 in one process. Prints rows/s for each, the ratio, and both final losses.
 
-    python benches/bench_crosscoder.py [--steps 60] [--rows 65536]
+    python benches/bench_crosscoder.py [--steps 60] [--rows 65536] [--device cuda]
 """
 
 from __future__ import annotations
@@ -33,10 +33,16 @@ def dense_loss(model, x: torch.Tensor, k: int) -> torch.Tensor:
     return (recon - xf).pow(2).sum(-1).mean()
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run(model, cfg, data: torch.Tensor, steps: int, dense: bool) -> tuple[float, float]:
     # the baseline uses torch's default Adam; diffeval's trainer uses the fused one
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=not dense)
     losses = []
+    sync(data.device)
     t0 = time.perf_counter()
     for step in range(steps):
         x = data[(step * cfg.batch_size) % (len(data) - cfg.batch_size):][: cfg.batch_size]
@@ -48,8 +54,10 @@ def run(model, cfg, data: torch.Tensor, steps: int, dense: bool) -> tuple[float,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())
+    sync(data.device)
     seconds = time.perf_counter() - t0
+    losses = [x.item() for x in losses]
     tail = losses[-max(1, steps // 10):]
     return steps * cfg.batch_size / seconds, sum(tail) / len(tail)
 
@@ -60,7 +68,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=65_536)
     ap.add_argument("--d-model", type=int, default=576)
     ap.add_argument("--n-latents", type=int, default=4096)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = CrossCoderConfig(d_model=args.d_model, n_models=2, n_latents=args.n_latents, k=32, batch_size=1024,
                            n_steps=args.steps, lr=1e-3, warmup_steps=5)
@@ -69,9 +79,11 @@ def main() -> None:
     z = torch.randn(args.rows, 64)
     data = torch.stack([z @ basis + 0.3 * torch.randn(args.rows, args.d_model),
                         z @ basis + 0.3 * torch.randn(args.rows, args.d_model)], 1)
-    init = build_crosscoder(cfg)
+    data = data.to(device)
+    init = build_crosscoder(cfg).to(device)
     init.init_from_data(data[:4096])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, d_model {args.d_model}, "
           f"{args.n_latents} latents, k 32, batch 1024, fp32 weights and data, {args.steps} steps")
     rate_d, loss_d = run(copy.deepcopy(init), cfg, data, args.steps, dense=True)
     print(f"dense BatchTopK (baseline)          {rate_d:8.0f} rows/s   final loss {loss_d:.4f}")

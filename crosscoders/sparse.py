@@ -24,12 +24,25 @@ class _SparseEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals):  # noqa: ANN001
         x, rows, cols = ctx.saved_tensors
-        # [n_latents, batch] sparse @ [batch, d_in] dense -> [n_latents, d_in], W_enc_T's own layout
-        g = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad_vals.to(x.dtype),
-                                    (ctx.n_latents, x.shape[0]), check_invariants=False)
-        grad_W = torch.sparse.mm(g, x)
+        grad_W = encoder_grad(grad_vals.to(x.dtype), x, rows, cols, ctx.n_latents, dense=x.is_cuda)
         grad_b = torch.zeros(ctx.n_latents, dtype=grad_vals.dtype, device=grad_vals.device).index_add_(0, cols, grad_vals)
         return None, None, grad_W, grad_b, None, None
+
+
+def encoder_grad(grad_vals: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n_latents: int,
+                 dense: bool) -> torch.Tensor:
+    """∂loss/∂W_enc_T [n_latents, d_in] from the active pairs' gradients: Σ_i grad_vals[i] · x[rows[i]] into row cols[i].
+
+    On the CPU a sparse × dense product does only the k·B pairs' work. On a GPU a dense [n_latents, batch]
+    matrix of the same gradients times x is faster: one matrix product instead of a sparse kernel
+    (benches/bench_crosscoder.py --device cuda measures both paths against the dense baseline)."""
+    if dense:
+        g = torch.zeros(n_latents, x.shape[0], dtype=x.dtype, device=x.device)
+        g.index_put_((cols, rows), grad_vals, accumulate=True)
+        return g @ x
+    # [n_latents, batch] sparse @ [batch, d_in] dense -> [n_latents, d_in], W_enc_T's own layout
+    g = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad_vals, (n_latents, x.shape[0]), check_invariants=False)
+    return torch.sparse.mm(g, x)
 
 
 def sparse_encode(pre: torch.Tensor, x: torch.Tensor, W_enc_T: torch.Tensor, b_enc: torch.Tensor,

@@ -73,14 +73,22 @@ def classify(dn: torch.Tensor, freq: torch.Tensor, cfg: StatsConfig) -> list[str
 class _Accumulator:
     """Running sums for frequency, mean activation, Latent Scaling and top contexts."""
 
-    def __init__(self, n_latents: int, top: int, scaling: bool = True) -> None:
-        z = lambda: torch.zeros(n_latents, dtype=torch.float64)  # noqa: E731
+    def __init__(self, n_latents: int, top: int, scaling: bool = True, device: torch.device | str = "cpu") -> None:
+        z = lambda: torch.zeros(n_latents, dtype=torch.float64, device=device)  # noqa: E731
         self.rows, self.count, self.sum_f, self.sum_f2 = 0, z(), z(), z()
         # num[side][model][target]: side = whose decoder direction; target r or eps
         self.num = {s: {m: {"r": z(), "eps": z()} for m in (BASE, TUNED)} for s in (BASE, TUNED)}
         self.top, self.scaling = top, scaling
-        self.top_vals = torch.full((n_latents, top), -1.0)
-        self.top_rows = torch.full((n_latents, top), -1, dtype=torch.long)
+        self.top_vals = torch.full((n_latents, top), -1.0, device=device)
+        self.top_rows = torch.full((n_latents, top), -1, dtype=torch.long, device=device)
+
+    def to(self, device: torch.device | str) -> _Accumulator:
+        """Move every running sum (to finish on the CPU what was summed on the accelerator)."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        self.num = {s: {m: {t: v.to(device) for t, v in per.items()} for m, per in by.items()} for s, by in self.num.items()}
+        return self
 
     def add(self, f: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, W_dec: torch.Tensor, row0: int) -> None:
         """f [B, L]; x, recon [B, n, d] in the crosscoder's scaled space."""
@@ -98,7 +106,7 @@ class _Accumulator:
                 self.num[side][m]["r"] += (f * proj_r).double().sum(0)
                 self.num[side][m]["eps"] += (f * proj_e).double().sum(0)
         vals, idx = torch.cat([self.top_vals, f.T], 1).topk(self.top, dim=1)
-        rows = torch.cat([self.top_rows, torch.arange(row0, row0 + f.shape[0]).expand(f.shape[1], -1)], 1)
+        rows = torch.cat([self.top_rows, torch.arange(row0, row0 + f.shape[0], device=f.device).expand(f.shape[1], -1)], 1)
         self.top_vals, self.top_rows = vals, rows.gather(1, idx)
 
     def nu(self, side: int, target: str, W_dec: torch.Tensor) -> torch.Tensor:
@@ -122,13 +130,14 @@ def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts
     source = as_source(acts, model.cfg)
     W_dec = model.W_dec.detach().float()
     shared_space = len(set(model.cfg.model_dims())) == 1
-    acc = _Accumulator(model.cfg.n_latents, cfg.top_contexts, scaling=shared_space)
     device = W_dec.device
+    acc = _Accumulator(model.cfg.n_latents, cfg.top_contexts, scaling=shared_space, device=device)
     for start in tqdm(range(0, len(source), cfg.batch_size), desc="latent stats", disable=None):
         x_raw = source[torch.arange(start, min(start + cfg.batch_size, len(source)))].to(device)
         f = model.encode(x_raw).float()
         x = x_raw * model.act_scale[None, :, None]
         acc.add(f, x, model.decode(f), W_dec, start)
+    acc, W_dec = acc.to("cpu"), W_dec.cpu()
     dn = delta_norm(W_dec)
     freq = (acc.count / max(acc.rows, 1)).float()
     side_tuned = dn >= 0.5

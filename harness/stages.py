@@ -144,7 +144,7 @@ def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
                       _hash(run, "crosscoder"))
     if not run.is_done("latents", key):
         with run.stage("latents", key) as rec:
-            rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, sources, cfg.alpha)]
+            rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, sources, cfg.alpha, cfg.device)]
     return run.path / LATENTS_FILE
 
 
@@ -166,7 +166,7 @@ def stage_transcripts(run: RunDir, cfg: RunConfig, probes: dict[str, list[str]],
 
 
 def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sources: dict[str, str],
-                            alpha: float) -> Path:
+                            alpha: float, device: str = "cpu") -> Path:
     """Annotate every latent from its maximum activation per probe text; `sources` maps each probe file to its category."""
     from crosscoders import CrossCoderBase
     from harness.annotate import AnnotationInputs, EnrichmentAnnotator
@@ -174,7 +174,7 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sou
     from harness.latent_acts import sequence_max, sequences
     from harness.latents import annotate_rows, latent_rows
 
-    model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
+    model = CrossCoderBase.load(run_path / CROSSCODER_DIR, device=device)
     rows = latent_rows(model, run_path / ACTS_DIR)
     seqs = sequences(probe_acts)
     seq_ids, seq_acts = sequence_max(model, probe_acts, seqs)
@@ -253,7 +253,7 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     shifts = [A.category_shift_row(c, A.ShareCounts(sum(r["category"] == c for r in tuned), len(tuned),
                                                    sum(r["category"] == c for r in base), len(base)), seed=cfg.seed)
               for c in cats]
-    model = CrossCoderBase.load(run_path / CROSSCODER_DIR)
+    model = CrossCoderBase.load(run_path / CROSSCODER_DIR, device=cfg.device)
     groups = [np.array(category_members(rows, c), dtype=np.int64) for c in cats]
     seqs = sequences(run_path / ACTS_DIR)
     sums = group_sums(model, run_path / ACTS_DIR, groups, seqs)

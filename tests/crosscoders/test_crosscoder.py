@@ -144,3 +144,14 @@ def test_l1_crosscoder_reloads_as_l1(tmp_path) -> None:
     L1CrossCoder(cfg).save(tmp_path)
     loaded = CrossCoderBase.load(tmp_path)
     assert isinstance(loaded, L1CrossCoder) and loaded.cfg.architecture == "l1"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_latent_stats_on_cuda_match_the_cpu(planted, trained):
+    _, acts = planted
+    model, out = trained
+    cpu = model.latent_stats(acts[:4000])
+    gpu = CrossCoderBase.load(out, device="cuda").latent_stats(acts[:4000])
+    assert list(gpu["class"]) == list(cpu["class"])
+    for col in ("delta_norm", "freq", "mean_act"):
+        assert gpu[col].to_numpy() == pytest.approx(cpu[col].to_numpy(), rel=1e-3, abs=1e-4), col

@@ -56,6 +56,18 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> Non
     assert _outputs(run) == before
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_every_stage_runs_on_cuda(tiny_pair, tmp_path) -> None:
+    from harness.pipeline import run_pipeline
+
+    run = run_pipeline(tiny_cfg(tiny_pair, device="cuda", causal=True, n_latents=32), tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(v["status"] == "done" for v in manifest["stages"].values())
+    attr = json.loads((run / "attribution.json").read_text())
+    assert attr["attribution"]["n_tasks"] == 3
+    assert len(attr["causal"]) + len(attr["causal_skipped"]) == 3
+
+
 def _check_response_sums(run: Path) -> None:
     """Only positions from a transcript's prompt_tokens on count as its response."""
     import numpy as np
