@@ -83,6 +83,7 @@ class LatentAblation:
         self.calls = 0  # block outputs ablated so far (tests check the hook really ran)
         self._handles: list[Any] = []
         self._ids = self._pos = self._new_ids = self._h_base = None
+        self._W: tuple[Any, Any] | None = None
 
     def __enter__(self) -> Any:
         self._handles = [
@@ -160,12 +161,22 @@ class LatentAblation:
         with torch.no_grad():
             x = torch.stack([_pad(h_base.float(), d), _pad(h_tuned.float(), d)], dim=-2)  # [batch, seq, 2, d]
             x = x.reshape(-1, 2, d).to(dev)
-            idx = torch.tensor(self.latents, dtype=torch.long, device=dev)
+            idx, W = self._decoder(d_tuned)
             f = torch.cat([cc.encode(chunk)[:, idx] for chunk in x.split(ENCODE_CHUNK)])  # [rows, |S|]
-            W = cc.W_dec[idx, 1, :d_tuned] / cc.act_scale[1]  # [|S|, d_tuned], raw units
+            return (f @ W).reshape(*h_tuned.shape[:-1], d_tuned).to(h_tuned.device)
+
+    def _decoder(self, d_tuned: int) -> tuple[Any, Any]:
+        """(latent ids, [|S|, d_tuned] what one unit of each latent adds in raw units), built once per width."""
+        import torch
+
+        if self._W is None or self._W[1].shape[1] != d_tuned:
+            cc = self.crosscoder
+            idx = torch.tensor(self.latents, dtype=torch.long, device=cc.W_dec.device)
+            W = cc.W_dec[idx, 1, :d_tuned] / cc.act_scale[1]
             if self.mode == "revert":
                 W = W - cc.W_dec[idx, 0, :d_tuned] / cc.act_scale[0]
-            return (f @ W).reshape(*h_tuned.shape[:-1], d_tuned).to(h_tuned.device)
+            self._W = (idx, W.detach())
+        return self._W
 
 
 def ablated_model(base_model: Any, tuned_model: Any, crosscoder: Any, layer: int | Sequence[int],

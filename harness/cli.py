@@ -360,6 +360,7 @@ def organisms_score(name: str, seeds: int, causal: bool, out: str | None, device
 @click.option("--attribution-shift", type=click.Choice(ATTRIBUTION_SHIFTS), help=_run_help("attribution_shift"))
 @click.option("--causal", is_flag=True, default=None, help=_run_help("causal"))
 @click.option("--causal-mode", type=click.Choice(CAUSAL_MODES), help=_run_help("causal_mode"))
+@click.option("--device", help=_help("device"))
 @user_errors
 def attribute(run_dir: str, **flags: Any) -> None:
     """(Re)compute latent categories, category shifts and the attribution of RUN_DIR → attribution.json."""

@@ -69,3 +69,13 @@ def test_unknown_task_gets_did_you_mean():
 def test_organisms_list_puts_the_default_first():
     result = CliRunner().invoke(cli, ["organisms", "list"])
     assert result.exit_code == 0 and result.output.splitlines()[0].startswith("toyworld\t")
+
+
+def test_attribute_rejects_a_bad_device_and_a_directory_that_is_no_run(tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["attribute", str(tmp_path)])
+    assert result.exit_code == 2 and "no config.json" in result.output
+    (tmp_path / "config.json").write_text(json.dumps({"base": "a", "tuned": "b"}))
+    result = runner.invoke(cli, ["attribute", str(tmp_path), "--device", "tpu"])
+    assert result.exit_code == 2 and "device 'tpu' is not valid" in result.output
+    assert json.loads((tmp_path / "config.json").read_text()) == {"base": "a", "tuned": "b"}  # nothing written
