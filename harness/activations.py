@@ -47,6 +47,8 @@ class ActivationsConfig:
     extra: tuple[str, ...] = field(default=(), metadata={"help": "more corpus files read beside the corpus (or the shipped one)"})
     tasks: tuple[str, ...] = field(default=(), metadata={"help": "benchmark tasks whose prompts join the corpus; with no corpus and no tasks: the shipped suite"})
     tasks_dir: tuple[str, ...] = field(default=(), metadata={"help": "extra task directories"})
+    source_root: str | None = field(default=None, metadata={"help": "corpus files under this directory are recorded by "
+                                                                    "their path relative to it (so a run directory can move)"})
     shard_rows: int = field(default=65_536, metadata={"help": "rows per shard file"})
     outlier_factor: float = field(default=20.0, metadata={"help": "drop rows whose norm exceeds this × the median norm"})
     store_dtype: str = field(default="float32", metadata={"help": "dtype of stored activations: float32 or float16"})
@@ -111,13 +113,13 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
     task prompts, plain and chat-formatted with `chat_tok`'s template (the tuned model's)."""
     from harness import taskreg
 
-    groups: list[list[dict[str, Any]]] = []
-    for path in cfg.corpus:
-        groups.append(read_corpus_file(Path(path), chat_tok))
+    def read(path: str) -> list[dict[str, Any]]:
+        return [{**s, "source": source_name(path, cfg.source_root)} for s in read_corpus_file(Path(path), chat_tok)]
+
+    groups = [read(p) for p in cfg.corpus]
     if not cfg.corpus:
         groups += shipped_corpus(chat_tok)
-    for path in cfg.extra:
-        groups.append(read_corpus_file(Path(path), chat_tok))
+    groups += [read(p) for p in cfg.extra]
     names = cfg.tasks or (() if cfg.corpus else tuple(taskreg.shipped_suite()))
     defs = taskreg.resolve(names, cfg.tasks_dir) if names else []
     for name, task in taskreg.load_tasks(defs).items():
@@ -148,6 +150,16 @@ def shipped_corpus(chat_tok: Any) -> list[list[dict[str, Any]]]:
         else:
             log.warning("shipped corpus file %s is missing; collecting without it", path)
     return groups
+
+
+def source_name(path: str | Path, root: str | Path | None) -> str:
+    """How a corpus file is named in sequences.jsonl: relative to `root` when it lies under it, else as given."""
+    if root is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
 
 
 def read_corpus_file(path: Path, chat_tok: Any) -> list[dict[str, Any]]:

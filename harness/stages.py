@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import models, taskreg
+from harness.activations import source_name
 from harness.config import config_hash
 from harness.errors import DiffevalError, RunDirError
 from harness.io import atomic_write_json, read_json
@@ -58,7 +59,7 @@ def _collect(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **acts_
         _fresh_dir_for(run.path / out, key)
         with run.stage(name, key) as rec:
             acfg = ActivationsConfig(base=cfg.base, tuned=cfg.tuned, layer=cfg.layer, seq_len=cfg.seq_len,
-                                     tasks_dir=cfg.tasks_dir, device=cfg.device, **acts_kw)
+                                     tasks_dir=cfg.tasks_dir, device=cfg.device, source_root=str(run.path), **acts_kw)
             rec["outputs"] = [collect_activations(acfg, run.path / out) / "manifest.json"]
     return run.path / out
 
@@ -84,8 +85,10 @@ def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
     specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
     extra = tuple(stage_transcripts(run, cfg, *_probe_inputs(cfg)[1:])) if cfg.corpus_responses else ()
     files = (cfg.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
+    named = [source_name(p, run.path) for p in extra]  # run-relative: the key survives moving the run
     key = config_hash({"layer": cfg.layer, "tokens": cfg.tokens, "seq_len": cfg.seq_len, "corpus": cfg.corpus,
-                       "tasks": tasks, **({"extra": extra} if extra else {})}, specs, [_file_stamp(p) for p in files])
+                       "tasks": tasks, **({"extra": named} if extra else {})}, specs,
+                      [_file_stamp(p, run.path) for p in files])
     return _collect(run, cfg, "activations", ACTS_DIR, key, tokens=cfg.tokens, corpus=cfg.corpus, tasks=tasks, extra=extra)
 
 
@@ -98,9 +101,10 @@ def _probe_inputs(cfg: RunConfig) -> tuple[Taxonomy, dict[str, list[str]], list[
     return tax, probes, [str(tax.categories[c].probes) for c in probes]
 
 
-def _file_stamp(path: str) -> list[Any]:
-    p = Path(path)
-    return [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else [str(p), None]
+def _file_stamp(path: str, root: Path | None = None) -> list[Any]:
+    """A file's identity in a stage key: its name (relative to `root`, the run, when inside it), size and mtime."""
+    p, name = Path(path), source_name(path, root)
+    return [name, p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else [name, None]
 
 
 def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
@@ -136,10 +140,12 @@ def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
     """latents.jsonl: statistics and top contexts per latent, plus its categories from the probe corpora
     (with --probe-responses, the probe texts as each model continues them)."""
     tax, probes, files = _probe_inputs(cfg)
-    sources = dict(zip(stage_transcripts(run, cfg, probes, files) if cfg.probe_responses else files, probes, strict=True))
+    paths = stage_transcripts(run, cfg, probes, files) if cfg.probe_responses else files
+    # probe file (as sequences.jsonl names it: run-relative for the transcripts) → category
+    sources = {source_name(p, run.path): c for p, c in zip(paths, probes, strict=True)}
     probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": list(sources)},
-                            [_file_stamp(f) for f in sources], _hash(run, "activations"))
-    probe_acts = _collect(run, cfg, "probes", PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(sources))
+                            [_file_stamp(f, run.path) for f in paths], _hash(run, "activations"))
+    probe_acts = _collect(run, cfg, "probes", PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(paths))
     key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source, "version": LATENTS_VERSION}, probe_key,
                       _hash(run, "crosscoder"))
     if not run.is_done("latents", key):
@@ -309,7 +315,7 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
     tdir, pacts = run_path / TRANSCRIPTS_DIR, run_path / PROBE_ACTS_DIR
     if not tdir.is_dir() or not (pacts / "sequences.jsonl").is_file():
         return {}
-    files = {str(p): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
+    files = {source_name(p, run_path): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
     meta, starts = {}, {}
     for sid, seq in sequences(pacts).items():
         if seq["source"] in files:
@@ -330,7 +336,7 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
     out = {}
     for cat, m in per.items():
         out[cat] = A.usage_shift(m[0, 0], m[1, 0], m[0, 1], m[1, 1], seed=seed)
-        rows = files[str(tdir / f"{cat}.jsonl")]
+        rows = files[source_name(tdir / f"{cat}.jsonl", run_path)]
         for side in SIDES:
             out[cat][f"empty_{side}"] = sum(1 for r in rows if r["side"] == side and not r["response"].strip())
     return out

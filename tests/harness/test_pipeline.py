@@ -215,8 +215,16 @@ def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pai
     run = run_pipeline(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), tmp_path / "run")
     seqs = [json.loads(x) for x in (run / "activations/sequences.jsonl").read_text().splitlines()]
     sources = {s["source"] for s in seqs}
-    assert any(src.endswith("probes/transcripts/safety.jsonl") for src in sources)
+    assert "probes/transcripts/safety.jsonl" in sources  # named relative to the run
     assert any(src.startswith("shipped:") for src in sources) and "diffeval_factual" in sources  # still there
     manifest = json.loads((run / "manifest.json").read_text())
     order = list(manifest["stages"])
     assert order.index("transcripts") < order.index("activations")
+    # a moved run directory keeps every stage and still finds its transcripts (the usage shift needs them)
+    before = json.loads((run / "attribution.json").read_text())
+    assert any(c.get("n_probes") for c in before["categories"])  # usage rows were computed from the transcripts
+    moved = run.rename(tmp_path / "moved")
+    run_pipeline(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), moved)
+    again = json.loads((moved / "manifest.json").read_text())
+    assert {k: v.get("ended") for k, v in again["stages"].items()} == {k: v.get("ended") for k, v in manifest["stages"].items()}
+    assert json.loads((moved / "attribution.json").read_text())["categories"] == before["categories"]
