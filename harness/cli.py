@@ -106,6 +106,7 @@ def run_options(fn: Any) -> Any:
         click.option("--reference", help=_run_help("reference")),
         click.option("--causal", is_flag=True, default=None, help=_run_help("causal")),
         click.option("--causal-mode", type=click.Choice(CAUSAL_MODES), help=_run_help("causal_mode")),
+        click.option("--bench-seed", type=int, help=_run_help("bench_seed")),
         click.option("--dry-run", is_flag=True, help="print the stages to run or reuse and the estimated cost, then stop"),
     ]
     for option in reversed(options):

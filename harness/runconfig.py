@@ -41,6 +41,8 @@ class RunConfig(BenchConfig):
     causal: bool = opt(False, "re-score each task with its category's latents reverted or ablated (--causal-mode)")
     causal_mode: str = opt("revert", "revert: undo fine-tuning's change to all of the task category's latents, "
                            "beside a same-size random control set; ablate: zero its tuned-specific latents (the study's form)")
+    bench_seed: int | None = opt(None, "seed of the bench stage (lm-eval's sampling, the paired bootstrap); none = --seed. "
+                                 "Set it to vary --seed (the crosscoder's) without re-running the benchmarks")
     organism: str | None = opt(None, "the model organism these models come from (set by `run` with no models)")
 
     def __post_init__(self) -> None:
@@ -67,4 +69,5 @@ class RunConfig(BenchConfig):
     def bench(self) -> BenchConfig:
         """The bench stage's part (so later-stage options never invalidate the benchmark cache)."""
         names = {f.name for f in dataclasses.fields(BenchConfig)}
-        return BenchConfig(**{n: getattr(self, n) for n in names})
+        bench = BenchConfig(**{n: getattr(self, n) for n in names})
+        return bench if self.bench_seed is None else dataclasses.replace(bench, seed=self.bench_seed)

@@ -1,7 +1,8 @@
 """Score the whole pipeline on an organism against its declared planted changes (issue 6, item 6).
 
 For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
-the bench and activation stages, which do not depend on the seed, are copied from the first seed's run.
+the bench, transcript and activation stages, which do not depend on it, are copied from the first seed's run
+(the bench runs with seed 0 for every seed).
 Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
 (planted +/−), or not significant (planted 0)? The share-ratio shift, the relative mass shift (vs all latents) and the usage shift, absolute and
 relative (on both models' own responses to the probe texts), are each scored.
@@ -77,7 +78,8 @@ def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **ove
         run_dir = out / f"seed_{seed}"
         if seed > 0:
             _reuse_seed_independent(out / "seed_0", run_dir)
-        run_pipeline(dataclasses.replace(base_cfg, seed=seed), run_dir)
+        # the seeds vary the crosscoder; the bench keeps the first seed's, so its results are reused
+        run_pipeline(dataclasses.replace(base_cfg, seed=seed, bench_seed=0 if base_cfg.bench_seed is None else base_cfg.bench_seed), run_dir)
         runs.append(score_run(run_dir, get(name).planted))
     summary = summarise(runs)
     doc = {"format_version": 1, "organism": name, "seeds": seeds, "runs": runs, "summary": summary}

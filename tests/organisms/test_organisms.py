@@ -137,6 +137,21 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
 
 
 @pytest.mark.slow
+def test_score_reuses_the_seed_independent_stages(default_organism, tmp_path):
+    from harness.organisms.score import score_organism
+
+    doc = score_organism("toyworld", 2, tmp_path / "s", n_steps=40, n_latents=96, bootstrap_iters=100)
+    assert len(doc["runs"]) == 2 and (tmp_path / "s" / "score.json").is_file()
+    ended = [{k: v["ended"] for k, v in json.loads((tmp_path / "s" / f"seed_{i}" / "manifest.json").read_text())["stages"].items()}
+             for i in (0, 1)]
+    for stage in ("bench.base", "bench.tuned", "bench.deltas", "transcripts", "activations", "probes"):
+        assert ended[1][stage] == ended[0][stage], stage  # copied, not redone
+    assert ended[1]["crosscoder"] != ended[0]["crosscoder"]
+    configs = [json.loads((tmp_path / "s" / f"seed_{i}" / "config.json").read_text()) for i in (0, 1)]
+    assert [c["seed"] for c in configs] == [0, 1] and [c["bench_seed"] for c in configs] == [0, 0]
+
+
+@pytest.mark.slow
 @pytest.mark.gemma
 def test_gemma_organism_builds_and_verifies(organism_cache, tmp_path):
     """The real-LM organism: Gemma-3-270M GGUF from PyPI + a LoRA adapter (about 10 minutes on 2 cores)."""
