@@ -111,7 +111,8 @@ def test_verify_fails_when_nothing_was_planted(default_organism, tmp_path):
 
 @pytest.mark.slow
 def test_run_without_models_uses_the_default_organism(default_organism, tmp_path):
-    result = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "r")])
+    # the README's command, with a short crosscoder training (the default 2000 steps take ~75 s here)
+    result = CliRunner().invoke(cli, ["run", "--n-steps", "200", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "default model organism 'toyworld'" in result.output
     deltas = json.loads((tmp_path / "r" / "bench" / "deltas.json").read_text())
@@ -131,7 +132,7 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     assert any("probes/transcripts/" in s for s in sources)
     usage = {c["category"]: c["usage_shift"] for c in report["categories"]}
     assert usage["math"] == 0.0 and usage["factual_recall"] == 0.0  # both models answer these alike
-    rerun = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "r")])  # everything cached
+    rerun = CliRunner().invoke(cli, ["run", "--n-steps", "200", "--out", str(tmp_path / "r")])  # everything cached
     assert rerun.exit_code == 0, rerun.output
     assert load_report(tmp_path / "r" / "report.json")["categories"] == report["categories"]
 
