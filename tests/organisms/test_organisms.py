@@ -141,7 +141,8 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
 def test_score_reuses_the_seed_independent_stages(default_organism, tmp_path):
     from harness.organisms.score import score_organism
 
-    doc = score_organism("toyworld", 2, tmp_path / "s", n_steps=40, n_latents=96, bootstrap_iters=100)
+    doc = score_organism("toyworld", 2, tmp_path / "s", n_steps=40, n_latents=96, tokens=3000, probe_responses=8,
+                         bootstrap_iters=100)
     assert len(doc["runs"]) == 2 and (tmp_path / "s" / "score.json").is_file()
     ended = [{k: v["ended"] for k, v in json.loads((tmp_path / "s" / f"seed_{i}" / "manifest.json").read_text())["stages"].items()}
              for i in (0, 1)]
