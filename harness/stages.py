@@ -327,8 +327,8 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
     everything = np.arange(model.cfg.n_latents)  # the last column: all latents' mass, for the relative shift
     ids, sums = response_sums(model, pacts, [*groups, everything], starts)
     # per category present in the transcripts: [side (base, tuned), (category's mass, all mass), probe]
-    n_probes = {c: len(rows) // len(SIDES) for c, rows in ((Path(p).stem, rows) for p, rows in files.items())}
-    per = {c: np.zeros((len(SIDES), 2, n_probes[c])) for c in cats if n_probes.get(c)}
+    by_cat = {Path(p).stem: rows for p, rows in files.items()}  # transcripts/<category>.jsonl
+    per = {c: np.zeros((len(SIDES), 2, len(by_cat[c]) // len(SIDES))) for c in cats if by_cat.get(c)}
     for sid, row in zip(ids, sums, strict=True):
         c, side, i = meta[int(sid)]
         if c in per:
@@ -336,9 +336,8 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
     out = {}
     for cat, m in per.items():
         out[cat] = A.usage_shift(m[0, 0], m[1, 0], m[0, 1], m[1, 1], seed=seed)
-        rows = files[source_name(tdir / f"{cat}.jsonl", run_path)]
         for side in SIDES:
-            out[cat][f"empty_{side}"] = sum(1 for r in rows if r["side"] == side and not r["response"].strip())
+            out[cat][f"empty_{side}"] = sum(1 for r in by_cat[cat] if r["side"] == side and not r["response"].strip())
     return out
 
 
