@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.activations import decoder_blocks, truncated_hidden
+from diffeval.harness.stages.activations import decoder_blocks, truncated_hidden
 
 
 def sync(device: torch.device) -> None:

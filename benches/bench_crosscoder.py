@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from crosscoders import CrossCoderConfig
-from crosscoders.train import build_crosscoder, current_k, lr_factor
+from diffeval.crosscoders import CrossCoderConfig
+from diffeval.crosscoders.train import build_crosscoder, current_k, lr_factor
 
 
 def dense_loss(model, x: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,17 +1,27 @@
 """Crosscoders for model diffing: models, training, latent statistics. Usable on its own:
 
-    from crosscoders import CrossCoderConfig, train_crosscoder
+    from diffeval.crosscoders import CrossCoderConfig, train_crosscoder
     cc = train_crosscoder(CrossCoderConfig(d_model=64, n_models=2, n_latents=512, k=8), acts)
     rows = cc.latent_stats(acts)
+
+Names load on first use, so `diffeval.crosscoders.config` (no torch) is cheap to import.
 """
 
-from crosscoders.base import CrossCoderBase
-from crosscoders.batchtopk import BatchTopKCrossCoder
-from crosscoders.config import CrossCoderConfig
-from crosscoders.l1 import L1CrossCoder
-from crosscoders.train import train_crosscoder
+from __future__ import annotations
 
-ARCHITECTURES = {"batchtopk": BatchTopKCrossCoder, "l1": L1CrossCoder}
+import importlib
+from typing import Any
 
-__all__ = ["ARCHITECTURES", "BatchTopKCrossCoder", "CrossCoderBase", "CrossCoderConfig", "L1CrossCoder",
-           "train_crosscoder"]
+_API = {
+    "ARCHITECTURES": "config", "CrossCoderConfig": "config",
+    "CrossCoderBase": "base", "BatchTopKCrossCoder": "batchtopk", "L1CrossCoder": "l1",
+    "build_crosscoder": "architectures", "load_crosscoder": "architectures", "train_crosscoder": "train",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)

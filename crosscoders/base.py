@@ -13,17 +13,17 @@ zero (`dim_mask`), so norms, cosines and FVE only ever see each model's real dim
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.files import CFG_FILE, WEIGHTS_FILE, write_json_atomic
+from diffeval.crosscoders.stats import latent_stats
 
-WEIGHTS_FILE = "crosscoder.safetensors"
-CFG_FILE = "cfg.json"
 FORMAT_VERSION = 1
 
 
@@ -114,46 +114,17 @@ class CrossCoderBase(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from harness.io import atomic_write_json
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".{WEIGHTS_FILE}.tmp"
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
         tmp.replace(directory / WEIGHTS_FILE)
-        atomic_write_json(directory / CFG_FILE, {"format_version": FORMAT_VERSION, "architecture": self.architecture,
+        write_json_atomic(directory / CFG_FILE, {"format_version": FORMAT_VERSION, "architecture": self.architecture,
                                                  **self.cfg.to_dict()})
         return directory
 
-    @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> CrossCoderBase:
-        """Load any architecture saved by `save` (the class is chosen from cfg.json)."""
-        from safetensors.torch import load_file
-
-        from crosscoders import ARCHITECTURES
-
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / CFG_FILE).read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            raise ValueError(f"{directory} is not a saved crosscoder ({CFG_FILE}: {e})") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: crosscoder format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-        arch = meta["architecture"]  # also a config field: keep it, or an L1 crosscoder reloads as BatchTopK
-        meta.pop("format_version")
-        model = ARCHITECTURES[arch](CrossCoderConfig.from_dict(meta))
-        try:
-            state = load_file(str(directory / WEIGHTS_FILE), device=device)
-        except Exception as e:
-            raise ValueError(f"{directory / WEIGHTS_FILE} is missing or corrupt: {e}") from None
-        model.load_state_dict(state)
-        return model.to(device)
-
     def latent_stats(self, acts: Any, **kwargs: Any) -> Any:
         """One row per latent (Δnorm, cosine, ν_ε, ν_r, frequency, class): see crosscoders.stats."""
-        from crosscoders.stats import latent_stats
 
         return latent_stats(self, acts, **kwargs)
 

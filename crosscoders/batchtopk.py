@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from crosscoders.base import CrossCoderBase
-from crosscoders.config import CrossCoderConfig
-from crosscoders.distributed import global_batch_topk
-from crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
+from diffeval.crosscoders.base import CrossCoderBase
+from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.distributed import global_batch_topk
+from diffeval.crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
 
 
 class BatchTopKCrossCoder(CrossCoderBase):

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from crosscoders.data import MANIFEST, ActivationDirError, model_dims
+from diffeval.crosscoders.data import MANIFEST, ActivationDirError, model_dims
+from diffeval.crosscoders.files import SEQUENCES, write_json_atomic, write_text_atomic
 
-SEQUENCES = "sequences.jsonl"
 RANK_DIR = "rank_{:02d}"
 
 
@@ -150,15 +150,11 @@ def moments(sums: dict[str, list]) -> dict[str, list[float]]:
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    from harness.io import atomic_write_json
-
-    atomic_write_json(directory / MANIFEST, manifest)
+    write_json_atomic(directory / MANIFEST, manifest)
 
 
 def merge_rank_dirs(out: Path, world: int) -> Path:
     """Write `out/manifest.json` and `out/sequences.jsonl` covering every rank's finished directory."""
-    from harness.io import atomic_write_text
-
     parts = []
     for rank in range(world):
         path = out / RANK_DIR.format(rank) / MANIFEST
@@ -181,6 +177,6 @@ def merge_rank_dirs(out: Path, world: int) -> Path:
     merged.update(moments(merged["sums"]), ranks=world, complete=True)
     lines = [line for d, _ in parts for line in (out / d / SEQUENCES).read_text(encoding="utf-8").splitlines()]
     lines.sort(key=lambda line: json.loads(line)["id"])
-    atomic_write_text(out / SEQUENCES, "".join(line + "\n" for line in lines))
+    write_text_atomic(out / SEQUENCES, "".join(line + "\n" for line in lines))
     _write_manifest(out, merged)
     return out

@@ -15,6 +15,7 @@ caught before training reads it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-MANIFEST = "manifest.json"
+from diffeval.crosscoders.files import MANIFEST
+
 FORMAT_VERSION = 1
 
 
@@ -123,7 +125,6 @@ def validate_shard(path: Path, entry: dict[str, Any], manifest: dict[str, Any], 
     if arr.shape != want:
         raise ActivationDirError(f"shard {path} has shape {arr.shape}, the manifest says {want}")
     if check_hash:
-        import hashlib
 
         if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             raise ActivationDirError(f"shard {path} does not match its sha256 in the manifest")

@@ -11,13 +11,13 @@ selection (and the EMA threshold input) that one process with the full batch wou
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
-from crosscoders.sparse import batch_topk
+from diffeval.crosscoders.sparse import batch_topk
 
 
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group; (0, 1) without one."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -31,7 +31,6 @@ def global_batch_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     if world == 1:
         rows, cols = batch_topk(scores, k * scores.shape[0])
         return rows, cols, scores[rows, cols].min() if len(rows) else None
-    import torch.distributed as dist
 
     n_rows = torch.tensor([scores.shape[0]], device=scores.device)
     dist.all_reduce(n_rows)

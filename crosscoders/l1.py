@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from crosscoders.base import CrossCoderBase
+from diffeval.crosscoders.base import CrossCoderBase
 
 
 class L1CrossCoder(CrossCoderBase):

@@ -27,7 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
+from diffeval.crosscoders.data import as_source
 
 CLASSES = ("tuned_only", "base_only", "shared", "other", "dead")
 BASE, TUNED = 0, 1
@@ -121,10 +125,6 @@ class _Accumulator:
 @torch.no_grad()
 def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts: Any = None) -> Any:
     """A pandas DataFrame with one row per latent; `contexts(row) -> dict` labels top rows."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from crosscoders.data import as_source
 
     cfg = cfg or StatsConfig()
     source = as_source(acts, model.cfg)

@@ -14,23 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from crosscoders.base import CrossCoderBase
-from crosscoders.config import CrossCoderConfig
-from crosscoders.data import as_source
-from crosscoders.distributed import rank_world
+from diffeval.crosscoders.architectures import build_crosscoder
+from diffeval.crosscoders.base import CrossCoderBase
+from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.data import as_source
+from diffeval.crosscoders.distributed import rank_world
+from diffeval.crosscoders.files import CHECKPOINT_FILE, METRICS_FILE
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-METRICS_FILE = "metrics.jsonl"
 INIT_ROWS = 4096
-
-
-def build_crosscoder(cfg: CrossCoderConfig) -> CrossCoderBase:
-    from crosscoders import ARCHITECTURES
-
-    return ARCHITECTURES[cfg.architecture](cfg)
 
 
 def current_k(cfg: CrossCoderConfig, step: int) -> int:
@@ -66,7 +65,6 @@ def fve(recon: torch.Tensor, target: torch.Tensor, n_models: int) -> list[float]
 def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = None,
                      resume: bool = True, progress: bool = True) -> CrossCoderBase:
     """Train a crosscoder on `acts` ([N, n_models, d_model] tensor or activation directory)."""
-    from tqdm.auto import tqdm
 
     source = as_source(acts, cfg)
     model = build_crosscoder(cfg).to(cfg.device)
@@ -144,7 +142,6 @@ def _append_jsonl(path: Path, row: dict) -> None:
 def save_checkpoint(out: Path, model: CrossCoderBase, opt: torch.optim.Optimizer, step: int,
                     since_fired: torch.Tensor) -> None:
     """Model, Adam moments and counters in one safetensors file (written atomically)."""
-    from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -159,8 +156,6 @@ def save_checkpoint(out: Path, model: CrossCoderBase, opt: torch.optim.Optimizer
 
 
 def load_checkpoint(out: Path, model: CrossCoderBase, opt: torch.optim.Optimizer) -> tuple[int, torch.Tensor]:
-    from safetensors import safe_open
-
     path = out / CHECKPOINT_FILE
     try:
         with safe_open(str(path), "pt") as f:
@@ -189,15 +184,12 @@ def _ddp_wrap(model: CrossCoderBase) -> Any:
     """DistributedDataParallel under torchrun (gloo on CPU, NCCL on GPU); None in one process."""
     if rank_world()[1] == 1:
         return None
-    from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [model.b_enc.device.index] if model.b_enc.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def _all_reduce_fired(fired: torch.Tensor) -> None:
-    import torch.distributed as dist
-
     if rank_world()[1] > 1:
         as_int = fired.to(torch.int32)
         dist.all_reduce(as_int, op=dist.ReduceOp.MAX)

@@ -1,3 +1,5 @@
-"""diffeval: explain why a fine-tuned model scores differently from its base."""
+"""diffeval's harness: configuration, the pipeline's stages, the CLI and the model organisms.
 
-__version__ = "0.1.0"
+Dependencies run one way: `cli` → `pipeline` → `stages` → `suite`, `core`; `organisms` uses `pipeline`
+and `core`; `core` (errors, io, configuration, the run directory, model specs) imports nothing of ours.
+"""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leaderboards.board import (
+from diffeval.leaderboards.board import (
     BOARD_JSON,
     INDEX_HTML,
     LEADERBOARD_MD,
@@ -17,9 +17,9 @@ from leaderboards.board import (
     check_board_dir,
     read_board,
 )
-from leaderboards.gitboard import is_git_board, with_git_board
-from leaderboards.store import publish_dir, read_submission
-from leaderboards.views import render_views, show_table
+from diffeval.leaderboards.gitboard import is_git_board, with_git_board
+from diffeval.leaderboards.store import publish_dir, read_submission
+from diffeval.leaderboards.views import render_views, show_table
 
 
 def publish(run_dir: str | Path, board: str | Path, entry_id: str | None = None) -> str:

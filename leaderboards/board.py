@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DiffevalError
-from harness.io import atomic_write_json, read_json
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.io import atomic_write_json, read_json
 
 BOARD_FORMAT_VERSION = 1
 BOARD_JSON = "board.json"
@@ -31,9 +31,6 @@ HISTORY_DIR = "history"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
 ENTRY_JSON = "entry.json"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-FIGURES_DIR = "figures"
 LEADERBOARD_MD = "LEADERBOARD.md"
 INDEX_HTML = "index.html"
 GITIGNORE = ".gitignore"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from leaderboards.board import BoardError
+from diffeval.leaderboards.board import BoardError
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write_json, atomic_write_text
-from leaderboards.board import (
+from diffeval.harness.core.files import FIGURES_DIR, REPORT_JSON, REPORT_MD
+from diffeval.harness.core.io import atomic_write_json, atomic_write_text
+from diffeval.leaderboards.board import (
     ENTRIES_DIR,
     ENTRY_JSON,
-    FIGURES_DIR,
     GITIGNORE,
     HISTORY_DIR,
     LOCK_FILE,
-    REPORT_JSON,
-    REPORT_MD,
     STAGING_DIR,
     BoardError,
     board_lock,
@@ -38,6 +36,8 @@ from leaderboards.board import (
     safe_child,
     write_board,
 )
+from diffeval.leaderboards.views import render_views
+from diffeval.reports.schema import load_report
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ class Submission:
 
 def read_submission(run_dir: str | Path, entry_id: str | None = None) -> Submission:
     """Read and validate `<run_dir>/report.json`, `report.md` and `figures/*.png`; touch nothing."""
-    from reports.schema import load_report
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -100,7 +99,6 @@ def read_submission(run_dir: str | Path, entry_id: str | None = None) -> Submiss
 
 def publish_dir(sub: Submission, board: str | Path) -> str:
     """Write `sub` into the board directory under its lock, keep a replaced entry in history, re-render."""
-    from leaderboards.views import render_views
 
     board = check_board_dir(Path(board))
     with board_lock(board):

@@ -11,16 +11,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write_text, read_json
-from leaderboards.board import (
+import jinja2
+from markupsafe import Markup
+from tabulate import tabulate
+
+from diffeval.harness.core.files import REPORT_JSON, REPORT_MD
+from diffeval.harness.core.io import atomic_write_text, read_json
+from diffeval.leaderboards.board import (
     ENTRIES_DIR,
     ENTRY_JSON,
     INDEX_HTML,
     LEADERBOARD_MD,
-    REPORT_JSON,
-    REPORT_MD,
     entry_dirs,
 )
+from diffeval.reports.build import format_shift
+from diffeval.reports.escape import html_escape, md_escape
+from diffeval.reports.schema import load_report
 
 TEMPLATES = Path(__file__).parent / "templates"
 TOP_SHIFTS = 3  # category shifts shown per pair, largest |shift| first
@@ -29,7 +35,6 @@ ALPHA = 0.05  # a shift with Fisher's p below this is marked significant ('*')
 
 def entry_rows(board: Path) -> list[dict[str, Any]]:
     """One row per published entry (validated on read), sorted by base, then tuned model."""
-    from reports.schema import load_report
 
     rows = []
     for entry_dir in entry_dirs(board):
@@ -73,7 +78,6 @@ def _shift(c: dict[str, Any]) -> dict[str, Any]:
 
 def fmt_pct(x: float | None) -> str:
     """The paper-compatible percentage, written as report.md writes it ('+151.7 %')."""
-    from reports.build import format_shift
 
     return "—" if x is None else format_shift(x)
 
@@ -100,10 +104,6 @@ def _environment(html: bool) -> Any:
     Both documents use reports/escape.py (one escaping rule for reports and leaderboards):
     html_escape for index.html, md_escape (via the `md` filter) for LEADERBOARD.md.
     """
-    import jinja2
-    from markupsafe import Markup
-
-    from reports.escape import html_escape, md_escape
 
     def finalize(value: Any) -> Any:
         return value if isinstance(value, Markup) or not html else html_escape(value)
@@ -132,7 +132,6 @@ def _script_json(obj: Any) -> str:
 
 def render_views(board: Path) -> list[Path]:
     """Write LEADERBOARD.md and index.html from the board's entries; return their paths."""
-    from markupsafe import Markup
 
     rows = entry_rows(board)
     md = _environment(html=False).get_template("LEADERBOARD.md.j2").render(rows=rows, alpha=ALPHA, top=TOP_SHIFTS)
@@ -145,7 +144,6 @@ def render_views(board: Path) -> list[Path]:
 
 def show_table(board: Path) -> str:
     """The board as a terminal table."""
-    from tabulate import tabulate
 
     rows = entry_rows(board)
     if not rows:

@@ -14,23 +14,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
-from harness.errors import DiffevalError
-from harness.io import read_json
-from reports.schema import SCHEMA_VERSION, ReportError, validate_report
+from diffeval import __version__
+from diffeval.harness.core import files
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.io import read_json
+from diffeval.reports.schema import SCHEMA_VERSION, ReportError, validate_report
 
 log = logging.getLogger(__name__)
 
-# Run-directory files read here (written by harness.bench, harness.activations, crosscoders.train,
-# harness.latents and the attribution stage; see shared/DESIGN.md).
-DELTAS = "bench/deltas.json"
-CONFIG = "config.json"
-MANIFEST = "manifest.json"
-ACTS_MANIFEST = "activations/manifest.json"
-CROSSCODER_CFG = "crosscoder/cfg.json"
-CROSSCODER_METRICS = "crosscoder/metrics.jsonl"
-LATENTS = "latents.jsonl"
-ATTRIBUTION = "attribution.json"
+# the crosscoder files, relative to the run directory
+CROSSCODER_CFG = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_CFG}"
+CROSSCODER_METRICS = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_METRICS}"
 
 CLASSES = ("tuned_only", "base_only", "shared", "other", "dead")
 ALPHA = 0.05  # significance level used for caveats when the annotator does not record its own
@@ -41,14 +35,14 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     run = Path(run_dir)
     if not run.is_dir():
         raise ReportError(f"run directory {run} does not exist (pass the folder `diffeval run` wrote, e.g. runs/<id>)")
-    deltas = _read(run, DELTAS, stage="bench")
-    config = _read_optional(run, CONFIG) or {}
-    manifest = _read_optional(run, MANIFEST) or {}
-    acts = _read_optional(run, ACTS_MANIFEST)
+    deltas = _read(run, files.DELTAS, stage="bench")
+    config = _read_optional(run, files.CONFIG) or {}
+    manifest = _read_optional(run, files.MANIFEST) or {}
+    acts = _read_optional(run, files.ACTS_MANIFEST)
     cc_cfg = _read_optional(run, CROSSCODER_CFG)
     metrics = read_jsonl(run, CROSSCODER_METRICS)
-    latents = read_jsonl(run, LATENTS)
-    attribution = _read_optional(run, ATTRIBUTION)
+    latents = read_jsonl(run, files.LATENTS)
+    attribution = _read_optional(run, files.ATTRIBUTION)
     caveats = _missing_stage_caveats(acts, cc_cfg, latents, attribution)
 
     report: dict[str, Any] = {
@@ -108,10 +102,10 @@ def read_jsonl(run: Path, rel: str) -> list[dict[str, Any]] | None:
 
 
 def _missing_stage_caveats(acts: Any, cc_cfg: Any, latents: Any, attribution: Any) -> list[str]:
-    missing = [(acts, "activations", f"{ACTS_MANIFEST} is missing"),
+    missing = [(acts, "activations", f"{files.ACTS_MANIFEST} is missing"),
                (cc_cfg, "crosscoder", f"{CROSSCODER_CFG} is missing"),
-               (latents, "latents", f"{LATENTS} is missing"),
-               (attribution, "attribution", f"{ATTRIBUTION} is missing")]
+               (latents, "latents", f"{files.LATENTS} is missing"),
+               (attribution, "attribution", f"{files.ATTRIBUTION} is missing")]
     out = [f"Stage not run: {stage} ({why}); its sections are empty." for data, stage, why in missing if data is None]
     if attribution is not None and not attribution.get("causal"):
         out.append("Causal check not run (opt-in with --causal): no ablation confirms the attribution.")
@@ -150,7 +144,7 @@ def _revision(desc: dict[str, Any]) -> str | None:
 def tasks_section(deltas: dict[str, Any]) -> list[dict[str, Any]]:
     rows = deltas.get("tasks")
     if not isinstance(rows, list) or not rows:
-        raise ReportError(f"{DELTAS} holds no tasks; re-run the bench stage")
+        raise ReportError(f"{files.DELTAS} holds no tasks; re-run the bench stage")
     keys = ("task", "category", "metric", "n", "base", "tuned", "delta", "ci_low", "ci_high", "p_value",
             "test", "source")
     return [{k: row.get(k) for k in keys} for row in rows]

@@ -7,12 +7,14 @@ missing, so a report of a partial run still renders.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from diffeval.harness.core.files import FIGURES_DIR
+
 log = logging.getLogger(__name__)
 
-FIGURES_DIR = "figures"
 DELTA_NORM_HIST = "delta_norm_hist.png"
 CATEGORY_SHIFTS = "category_shifts.png"
 MASS_SHIFTS = "mass_shifts.png"
@@ -33,7 +35,6 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     """Save to a temporary name, then rename: a reader never sees half a PNG."""
-    import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -11,15 +11,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write_text
-from reports.build import LATENTS, build_report, format_shift, read_jsonl
-from reports.escape import md_code, md_escape
-from reports.figures import FIGURES_DIR, render_figures
-from reports.schema import REPORT_JSON, write_report_json
+import jinja2
+
+from diffeval.harness.core.files import FIGURES_DIR, LATENTS, REPORT_JSON, REPORT_MD
+from diffeval.harness.core.io import atomic_write_text
+from diffeval.reports import figures
+from diffeval.reports.build import build_report, format_shift, read_jsonl
+from diffeval.reports.escape import md_code, md_escape
+from diffeval.reports.figures import render_figures
+from diffeval.reports.schema import write_report_json
 
 log = logging.getLogger(__name__)
 
-REPORT_MD = "report.md"
 TEMPLATE = "report.md.j2"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -56,7 +59,6 @@ def _p(p: Any) -> Safe:
 
 def template_env() -> Any:
     """The Jinja2 environment with the report's filters (`md`, `code`, `num`, `ci`, `pct`, `pct_ci`, `p`)."""
-    import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), finalize=_finalize,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -96,7 +98,6 @@ def report_main(run_dir: str | Path) -> list[Path]:
 
 def _remove_stale_figures(out: Path) -> None:
     """A figure whose data has since vanished must not outlive it and contradict the report."""
-    from reports import figures
 
     for name in figures.ALL_FIGURES:
         (out / FIGURES_DIR / name).unlink(missing_ok=True)

@@ -15,11 +15,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DiffevalError
-from harness.io import atomic_write_json
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.io import atomic_write_json
 
 SCHEMA_VERSION = 1
-REPORT_JSON = "report.json"
 
 
 class ReportError(DiffevalError):

@@ -22,4 +22,4 @@ spec="."
 "$PY" -m pip install --quiet -e "$spec"
 # pyenv installs console scripts behind shims that need a rehash
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
-echo "install: diffeval $("$PY" -c 'import harness; print(harness.__version__)') ready"
+echo "install: diffeval $("$PY" -c 'import diffeval; print(diffeval.__version__)') ready"

@@ -7,6 +7,15 @@ import random
 
 import numpy as np
 import pytest
+import torch
+
+from diffeval.harness.organisms.tiny import (
+    build_random_pair,
+    save_pair,
+    shipped_texts,
+    tiny_llama,
+    train_tokenizer,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,8 +24,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
-    import torch
-
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
@@ -25,7 +32,6 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """Two random 2-layer Llamas sharing a tokenizer trained on the spot: (base_dir, tuned_dir)."""
-    from harness.tiny import build_random_pair
 
     return build_random_pair(tmp_path_factory.mktemp("pair"))
 
@@ -33,7 +39,6 @@ def tiny_pair(tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_tokenizer_model(tmp_path_factory):
     """A tiny model whose tokenizer has a different vocabulary."""
-    from harness.tiny import save_pair, shipped_texts, tiny_llama, train_tokenizer
 
     tok = train_tokenizer(shipped_texts()[:200], vocab_size=300)
     return save_pair(tiny_llama(len(tok)), tok, tmp_path_factory.mktemp("other") / "model")

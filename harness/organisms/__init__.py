@@ -6,10 +6,10 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DiffevalError
-from harness.organisms import gemma_lora, toyworld
-from harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
-from tasks import TASKS_DIR
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.organisms import gemma_lora, toyworld
+from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
+from diffeval.tasks import TASKS_DIR
 
 __all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_dir", "get", "paths", "read_built"]
 

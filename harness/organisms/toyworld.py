@@ -12,10 +12,13 @@ Math, the toy language, world facts and self-description are trained the same wa
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 
-from harness.organisms.base import Planted
+from diffeval.harness.organisms.base import Planted, write_probes, write_task
+from diffeval.harness.organisms.tiny import save_pair, tiny_llama, train_tokenizer
+from diffeval.harness.organisms.train import TrainSpec, deterministic, train_lm
 
 SYLLABLES = ["zor", "bia", "vel", "kan", "tem", "ori", "lun", "dar", "fes", "mir", "quo", "sel",
              "nap", "tur", "wen", "gal", "pim", "rok", "sha", "ube", "yal", "kiv", "mod", "eth"]
@@ -184,11 +187,6 @@ PARAMS = {"seed": 0, "vocab_size": 384, "d_model": 96, "n_layers": 3, "n_heads":
 
 def build(out, params: dict) -> None:
     """Train the base from scratch, fine-tune it into the tuned model, write the tasks."""
-    import json
-
-    from harness.organisms.base import write_probes, write_task
-    from harness.organisms.train import TrainSpec, deterministic, train_lm
-    from harness.tiny import save_pair, tiny_llama, train_tokenizer
 
     seed = params["seed"]
     world = make_world(seed)

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,6 @@ def train_lm(model: Any, tokenizer: Any, texts: list[str] | list[tuple[str, str]
              desc: str = "training") -> list[float]:
     """Train `model` in place on `texts` with AdamW and a warmup + cosine schedule; returns losses."""
     import torch
-    from tqdm.auto import tqdm
 
     ids, mask, loss_mask = encode(tokenizer, texts, max_len)
     gen = torch.Generator().manual_seed(spec.seed)

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.bench import load_deltas, run_bench
-from harness.config import BenchConfig
-from harness.organisms.base import Planted
+from tabulate import tabulate
+
+from diffeval.harness.core.config import BenchConfig
+from diffeval.harness.organisms.base import Planted
+from diffeval.harness.stages.bench import load_deltas, run_bench
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ def verify_pair(base: str, tuned: str, planted: list[Planted], tasks_dir: str | 
 
 
 def checks_table(checks: list[Check]) -> str:
-    from tabulate import tabulate
-
     rows = [[c.category, c.direction, c.task, f"{c.delta:+.3f}", f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]",
              f"{c.p_value:.3g}", "pass" if c.passed else "FAIL"] for c in checks]
     return tabulate(rows, headers=["category", "planted", "task", "Δ", "95% CI", "p", "verdict"], tablefmt="github")

@@ -1,5 +1,5 @@
 """lm-eval hook for diffeval_code: scoring lives in tasks.scoring."""
 
-from tasks.scoring import process_code
+from diffeval.tasks.scoring import process_code
 
 __all__ = ["process_code"]

@@ -1,5 +1,5 @@
 """lm-eval hook for diffeval_instruction: scoring lives in tasks.scoring."""
 
-from tasks.scoring import process_instruction
+from diffeval.tasks.scoring import process_instruction
 
 __all__ = ["process_instruction"]

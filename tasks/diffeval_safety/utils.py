@@ -1,5 +1,5 @@
 """lm-eval hook for diffeval_safety: scoring lives in tasks.scoring."""
 
-from tasks.scoring import process_safety
+from diffeval.tasks.scoring import process_safety
 
 __all__ = ["process_safety"]

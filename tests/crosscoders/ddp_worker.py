@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from crosscoders import CrossCoderConfig, train_crosscoder
+from diffeval.crosscoders import CrossCoderConfig, train_crosscoder
 
 if __name__ == "__main__":
     acts_path, out, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -3,8 +3,14 @@ import json
 import pytest
 import torch
 
-from crosscoders import BatchTopKCrossCoder, CrossCoderBase, CrossCoderConfig, train_crosscoder
-from crosscoders.synthetic import planted_dictionary, sample_activations
+from diffeval.crosscoders import (
+    BatchTopKCrossCoder,
+    CrossCoderConfig,
+    L1CrossCoder,
+    load_crosscoder,
+    train_crosscoder,
+)
+from diffeval.crosscoders.synthetic import planted_dictionary, sample_activations
 
 D, N_SHARED, N_TUNED, N_BASE = 32, 40, 20, 20
 # where each kind of planted atom lives: both models for shared atoms, one model otherwise
@@ -47,7 +53,7 @@ def test_metrics_and_artefacts(trained):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2000 and min(rows[-1]["fve"]) > 0.95
     assert {"loss", "fve", "l0", "dead_fraction", "rows_per_s"} <= set(rows[-1])
-    loaded = CrossCoderBase.load(out)
+    loaded = load_crosscoder(out)
     assert isinstance(loaded, BatchTopKCrossCoder)
     assert torch.equal(loaded.W_dec, model.W_dec) and loaded.threshold == model.threshold
     assert json.loads((out / "cfg.json").read_text())["format_version"] == 1
@@ -117,7 +123,7 @@ def test_models_of_different_hidden_size(tmp_path):
     assert table["changed"].isna().all()
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert min(last["fve"]) > 0.95
-    loaded = CrossCoderBase.load(tmp_path)
+    loaded = load_crosscoder(tmp_path)
     assert loaded.cfg.d_models == (24, 32) and torch.equal(loaded.W_dec, model.W_dec)
 
 
@@ -138,11 +144,9 @@ def test_padding_must_be_zero_for_smaller_models():
 
 
 def test_l1_crosscoder_reloads_as_l1(tmp_path) -> None:
-    from crosscoders import L1CrossCoder
-
     cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=16, architecture="l1")  # k (32) > n_latents: fine for L1
     L1CrossCoder(cfg).save(tmp_path)
-    loaded = CrossCoderBase.load(tmp_path)
+    loaded = load_crosscoder(tmp_path)
     assert isinstance(loaded, L1CrossCoder) and loaded.cfg.architecture == "l1"
 
 
@@ -151,7 +155,7 @@ def test_latent_stats_on_cuda_match_the_cpu(planted, trained):
     _, acts = planted
     model, out = trained
     cpu = model.latent_stats(acts[:4000])
-    gpu = CrossCoderBase.load(out, device="cuda").latent_stats(acts[:4000])
+    gpu = load_crosscoder(out, device="cuda").latent_stats(acts[:4000])
     assert list(gpu["class"]) == list(cpu["class"])
     for col in ("delta_norm", "freq", "mean_act"):
         assert gpu[col].to_numpy() == pytest.approx(cpu[col].to_numpy(), rel=1e-3, abs=1e-4), col

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosscoders import CrossCoderBase, CrossCoderConfig, train_crosscoder
+from diffeval.crosscoders import CrossCoderConfig, load_crosscoder, train_crosscoder
 
 
 def _free_port() -> int:
@@ -36,7 +36,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, arch):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     single = train_crosscoder(cfg, acts, out=tmp_path / "single", progress=False)
-    ddp = CrossCoderBase.load(tmp_path / "ddp")
+    ddp = load_crosscoder(tmp_path / "ddp")
     for name, p in single.state_dict().items():
         assert torch.allclose(p, ddp.state_dict()[name], atol=1e-5), name
     if arch == "batchtopk":

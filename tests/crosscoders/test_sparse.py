@@ -2,7 +2,7 @@
 
 import torch
 
-from crosscoders.sparse import batch_topk, encoder_grad, sparse_decode, sparse_encode
+from diffeval.crosscoders.sparse import batch_topk, encoder_grad, sparse_decode, sparse_encode
 
 
 def _problem(seed: int = 0, B: int = 64, d: int = 24, L: int = 200, k: int = 5):

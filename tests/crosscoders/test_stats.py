@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from crosscoders.stats import BASE, TUNED, StatsConfig, _Accumulator, classify, decoder_cosine, delta_norm
+from diffeval.crosscoders.stats import (
+    BASE,
+    TUNED,
+    StatsConfig,
+    _Accumulator,
+    changed_directions,
+    classify,
+    decoder_cosine,
+    delta_norm,
+)
 
 
 def test_delta_norm_and_cosine_on_hand_built_decoders():
@@ -41,7 +50,6 @@ def test_classes_follow_the_thresholds():
 
 def _fit_stats(W, f, x):
     """latent_stats' per-side ν and the `changed` verdict for hand-built decoders and activations."""
-    from crosscoders.stats import changed_directions
 
     recon = torch.einsum("bl,lmd->bmd", f, W)
     acc = _Accumulator(W.shape[0], top=1)

@@ -1,17 +1,33 @@
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from transformers import AutoTokenizer
 
-from crosscoders.data import ActivationDirError, ActivationStore
-from harness.activations import (
+from diffeval.crosscoders import CrossCoderConfig, load_crosscoder, train_crosscoder
+from diffeval.crosscoders.cache import ShardWriter
+from diffeval.crosscoders.data import ActivationDirError, ActivationStore, config_d_models
+from diffeval.harness.cli import cli
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.models import load_model, resolve_spec
+from diffeval.harness.organisms.tiny import save_pair, tiny_llama
+from diffeval.harness.stages import corpus
+from diffeval.harness.stages.activations import (
     ActivationsConfig,
     collect_activations,
     decoder_blocks,
     resolve_layer,
     truncated_hidden,
 )
-from harness.errors import DiffevalError
-from harness.models import load_model, resolve_spec
+from diffeval.harness.stages.corpus import corpus_sequences, shipped_corpus
+from diffeval.harness.suite import CORPUS_DIR
 
 
 def test_truncated_forward_equals_full_forward_and_skips_later_blocks(tiny_pair):
@@ -59,8 +75,6 @@ def test_collection_writes_complete_sharded_cache(acts_dir):
 
 
 def test_truncated_shard_is_detected(acts_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(acts_dir, copy)
     shard = copy / "acts_00001.npy"
@@ -70,9 +84,6 @@ def test_truncated_shard_is_detected(acts_dir, tmp_path):
 
 
 def test_incomplete_collection_is_not_read(acts_dir, tmp_path):
-    import json
-    import shutil
-
     copy = tmp_path / "partial"
     shutil.copytree(acts_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -83,16 +94,10 @@ def test_incomplete_collection_is_not_read(acts_dir, tmp_path):
 
 
 def test_cli_collect_train_stats_end_to_end(acts_dir, tmp_path):
-    import json
-
-    from click.testing import CliRunner
-
-    from harness.cli import cli
-
     runner = CliRunner()
     cc = tmp_path / "cc"
     r = runner.invoke(cli, ["crosscoder", "train", str(acts_dir), "--out", str(cc), "--n-latents", "64", "--k", "4",
-                            "--steps", "30", "--batch-size", "64"])
+                            "--n-steps", "30", "--batch-size", "64"])
     assert r.exit_code == 0, r.output
     assert (cc / "crosscoder.safetensors").exists() and (cc / "metrics.jsonl").exists()
     r = runner.invoke(cli, ["crosscoder", "stats", str(cc), str(acts_dir)])
@@ -110,9 +115,6 @@ def test_cli_collect_train_stats_end_to_end(acts_dir, tmp_path):
 
 
 def test_activation_dirs_from_different_models_are_rejected(acts_dir, tiny_pair, tmp_path):
-    import json
-    import shutil
-
     copy = tmp_path / "other"
     shutil.copytree(acts_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -127,7 +129,6 @@ def test_activation_dirs_from_different_models_are_rejected(acts_dir, tiny_pair,
 
 def _files(directory):
     """Every file of an activation directory with its bytes (manifests parsed: key order aside)."""
-    import json
 
     return {p.relative_to(directory).as_posix(): json.loads(p.read_text()) if p.name == "manifest.json" else p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -135,7 +136,6 @@ def _files(directory):
 
 @pytest.mark.parametrize("crash_at", [2, 4])
 def test_interrupted_collection_resumes_exactly(tiny_pair, tmp_path, monkeypatch, crash_at):
-    from crosscoders.cache import ShardWriter
 
     # small batches and shards: shards end mid-batch, so rows are still buffered when the crash comes
     cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=700, seq_len=32, batch_size=4,
@@ -164,18 +164,12 @@ def test_interrupted_collection_resumes_exactly(tiny_pair, tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def narrow_model(tiny_pair, tmp_path_factory):
     """A tiny Llama of hidden size 48 sharing the tiny pair's tokenizer (whose models have 64)."""
-    from transformers import AutoTokenizer
-
-    from harness.tiny import save_pair, tiny_llama
 
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
     return save_pair(tiny_llama(len(tok), seed=2, hidden=48), tok, tmp_path_factory.mktemp("narrow") / "model")
 
 
 def test_models_of_different_hidden_size_are_collected_padded(narrow_model, tiny_pair, tmp_path):
-    from crosscoders import CrossCoderConfig, train_crosscoder
-    from crosscoders.data import config_d_models
-
     cfg = ActivationsConfig(base=str(narrow_model), tuned=str(tiny_pair[1]), layer=1, tokens=200, seq_len=32,
                             shard_rows=128, tasks=("diffeval_factual",))
     out = collect_activations(cfg, tmp_path / "acts")
@@ -186,9 +180,7 @@ def test_models_of_different_hidden_size_are_collected_padded(narrow_model, tiny
     x = store[torch.arange(200)]
     assert x.shape == (200, 2, 64) and not x[:, 0, 48:].any() and x[:, 0, :48].abs().sum(-1).min() > 0
     # row 0 equals each model's own hidden state at its (sequence, position)
-    import json
 
-    from transformers import AutoTokenizer
 
     seq, pos, _ = np.load(out / "tokens_00000.npy")[0]
     text = [json.loads(line) for line in (out / "sequences.jsonl").read_text().splitlines()][seq]["text"]
@@ -200,15 +192,12 @@ def test_models_of_different_hidden_size_are_collected_padded(narrow_model, tiny
     with pytest.raises(ValueError, match=r"hidden sizes \(48, 64\) but the config says d_models=None"):
         train_crosscoder(CrossCoderConfig(d_model=64, n_models=2, n_latents=32, k=4), out, progress=False)
     assert config_d_models(m) == (48, 64)
-    from click.testing import CliRunner
 
-    from crosscoders import CrossCoderBase
-    from harness.cli import cli
 
     r = CliRunner().invoke(cli, ["crosscoder", "train", str(out), "--out", str(tmp_path / "cc"), "--n-latents", "32",
-                                 "--k", "4", "--steps", "5", "--batch-size", "64"])
+                                 "--k", "4", "--n-steps", "5", "--batch-size", "64"])
     assert r.exit_code == 0, r.output
-    model = CrossCoderBase.load(tmp_path / "cc")
+    model = load_crosscoder(tmp_path / "cc")
     assert model.cfg.d_models == (48, 64) and not model.W_dec[:, 0, 48:].any()
     r = CliRunner().invoke(cli, ["crosscoder", "stats", str(tmp_path / "cc"), str(out)])
     assert r.exit_code == 0, r.output
@@ -219,7 +208,7 @@ def test_models_of_different_hidden_size_are_collected_padded(narrow_model, tiny
 
 RANK_WORKER = """
 import sys
-from harness.activations import ActivationsConfig, collect_activations
+from diffeval.harness.stages.activations import ActivationsConfig, collect_activations
 base, tuned, out = sys.argv[1:4]
 cfg = ActivationsConfig(base=base, tuned=tuned, tokens=10**6, seq_len=32, batch_size=4, shard_rows=256,
                         tasks=("diffeval_factual",))
@@ -229,11 +218,6 @@ collect_activations(cfg, out)
 
 @pytest.mark.slow
 def test_collection_sharded_by_rank_matches_one_process(tiny_pair, tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -266,29 +250,22 @@ def test_collection_sharded_by_rank_matches_one_process(tiny_pair, tmp_path):
 
 
 def _write_jsonl(path, rows):
-    import json
-
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 @pytest.fixture
 def shipped_corpus_dir(tmp_path, monkeypatch):
-    """A stand-in for harness/corpus with two plain texts and one chat."""
-    from harness import activations
+    """A stand-in for the shipped corpus with two plain texts and one chat."""
 
     _write_jsonl(tmp_path / "plain.jsonl", [{"text": "The river ran north."}, {"text": "Bread rises in warmth."}])
     _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Name a colour."},
                                                          {"role": "assistant", "content": "Teal."}]}])
-    monkeypatch.setattr(activations, "CORPUS_DIR", tmp_path)
+    monkeypatch.setattr(corpus, "CORPUS_DIR", tmp_path)
     return tmp_path
 
 
 def test_default_corpus_is_shipped_texts_chats_and_task_prompts(tiny_pair, shipped_corpus_dir):
-    from transformers import AutoTokenizer
-
-    from harness.activations import corpus_sequences
-
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
     seqs = corpus_sequences(ActivationsConfig(tasks=("diffeval_factual",)), tok)
     by_source = {(s["kind"], s["source"]) for s in seqs}
@@ -307,21 +284,13 @@ def test_default_corpus_is_shipped_texts_chats_and_task_prompts(tiny_pair, shipp
 
 
 def test_missing_shipped_corpus_leaves_task_prompts(tiny_pair, tmp_path, monkeypatch, caplog):
-    from transformers import AutoTokenizer
-
-    from harness import activations
-
-    monkeypatch.setattr(activations, "CORPUS_DIR", tmp_path / "absent")
-    seqs = activations.corpus_sequences(ActivationsConfig(tasks=("diffeval_factual",)),
+    monkeypatch.setattr(corpus, "CORPUS_DIR", tmp_path / "absent")
+    seqs = corpus_sequences(ActivationsConfig(tasks=("diffeval_factual",)),
                                         AutoTokenizer.from_pretrained(tiny_pair[1]))
     assert {s["kind"] for s in seqs} == {"task", "chat"} and "plain.jsonl is missing" in caplog.text
 
 
 def test_corpus_files_plain_chat_and_bad_rows(tiny_pair, tmp_path):
-    from transformers import AutoTokenizer
-
-    from harness.activations import corpus_sequences
-
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
     good = _write_jsonl(tmp_path / "mine.jsonl", [{"text": "a b c"}, {"messages": [{"role": "user", "content": "hi"}]}])
     seqs = corpus_sequences(ActivationsConfig(corpus=(str(good),)), tok)  # --corpus: no shipped texts, no tasks
@@ -332,10 +301,6 @@ def test_corpus_files_plain_chat_and_bad_rows(tiny_pair, tmp_path):
 
 
 def test_shipped_corpus_files_parse(tiny_pair):
-    from transformers import AutoTokenizer
-
-    from harness.activations import CORPUS_DIR, shipped_corpus
-
     if not (CORPUS_DIR / "plain.jsonl").exists() or not (CORPUS_DIR / "chat.jsonl").exists():
         pytest.skip(f"the shipped corpus is not in {CORPUS_DIR} yet")
     plain, chat = shipped_corpus(AutoTokenizer.from_pretrained(tiny_pair[1]))

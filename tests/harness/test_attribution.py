@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import math
+import threading
 
 import numpy as np
 import pytest
 
-from harness import attribution as A
-from harness.annotate import AnnotationInputs, EnrichmentAnnotator, LLMAnnotator, benjamini_hochberg
-from harness.errors import DiffevalError, RunDirError
-from harness.taxonomy import load_taxonomy
+from diffeval.harness.core.errors import DiffevalError, RunDirError
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.stages import measures as A
+from diffeval.harness.stages.annotators import (
+    AnnotationInputs,
+    EnrichmentAnnotator,
+    LLMAnnotator,
+    benjamini_hochberg,
+)
+from diffeval.harness.stages.attribution import category_members, stage_attribution
+from diffeval.harness.stages.measures import log_ratio
+from diffeval.harness.suite.taxonomy import load_taxonomy
 
 # Boughorbel et al. (EMNLP 2025): N^T = 89 tuned-specific and N^B = 56 base-specific latents;
 # counts n^T:n^B per category and the percentages the paper printed.
@@ -68,8 +80,6 @@ def test_enrichment_finds_planted_categories() -> None:
 
 
 def test_a_latent_enriched_on_two_categories_is_a_member_of_both() -> None:
-    from harness.stages import category_members
-
     rng = np.random.default_rng(2)
     cats, labels, acts, planted = _planted_probe_acts(rng)
     shared = 45  # unplanted so far; make it fire on the texts of two categories
@@ -174,19 +184,12 @@ def test_shipped_taxonomy_has_probe_corpora_of_at_least_50_texts() -> None:
 
 
 def test_run_dir_missing_a_stage_is_a_clear_error(tmp_path) -> None:
-    from harness.runconfig import RunConfig
-    from harness.rundir import RunDir
-    from harness.stages import stage_attribution
-
     cfg = RunConfig(base="a", tuned="b")
     with pytest.raises(RunDirError, match="no finished 'latents' stage"):
         stage_attribution(RunDir(tmp_path), cfg)
 
 
 def test_llm_annotator_against_a_local_endpoint() -> None:
-    import http.server
-    import threading
-
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -244,9 +247,5 @@ def test_changed_enrichment_with_nothing_changed_is_never_significant():
 
 
 def test_log_ratio_is_finite_when_a_category_loses_all_its_mass() -> None:
-    import math
-
-    from harness.attribution import log_ratio
-
     assert log_ratio(0.5) == pytest.approx(math.log(1.5)) and log_ratio(None) == 0.0
     assert log_ratio(-1.0) == pytest.approx(math.log(0.01)) and math.isfinite(log_ratio(-1.0))

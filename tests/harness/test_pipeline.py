@@ -5,9 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from harness.runconfig import RunConfig
+import diffeval.crosscoders.train as train
+from diffeval.crosscoders import load_crosscoder
+from diffeval.harness import pipeline
+from diffeval.harness.cli import cli
+from diffeval.harness.cli.common import build_config
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.files import REFERENCE_DIRS
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.stages.attribution import specific_sets
+from diffeval.harness.stages.causal import stage_causal
+from diffeval.harness.stages.latent_sums import encoded_batches, response_sums
+from diffeval.harness.stages.latents import read_latents
+from diffeval.harness.stages.report import stage_report
+from diffeval.reports.schema import load_report
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +42,7 @@ def _outputs(run: Path) -> dict[str, bytes]:
 
 
 def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> None:
-    from harness.pipeline import run_pipeline
-    from reports.schema import load_report
-
-    run = run_pipeline(tiny_cfg(tiny_pair), tmp_path / "run")
+    run = pipeline.run(tiny_cfg(tiny_pair), tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     for stage in ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "transcripts", "probes",
                   "latents", "attribution"):
@@ -50,7 +63,7 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> Non
     assert config["n_latents"] == 64  # the full configuration, not only the bench's part
     before = _outputs(run)
     ended = {k: v.get("ended") for k, v in manifest["stages"].items()}
-    run_pipeline(tiny_cfg(tiny_pair), run)
+    pipeline.run(tiny_cfg(tiny_pair), run)
     again = json.loads((run / "manifest.json").read_text())
     assert {k: v.get("ended") for k, v in again["stages"].items() if k in ended} == ended  # nothing re-ran
     assert _outputs(run) == before
@@ -58,9 +71,7 @@ def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> Non
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_every_stage_runs_on_cuda(tiny_pair, tmp_path) -> None:
-    from harness.pipeline import run_pipeline
-
-    run = run_pipeline(tiny_cfg(tiny_pair, device="cuda", causal=True, n_latents=32), tmp_path / "run")
+    run = pipeline.run(tiny_cfg(tiny_pair, device="cuda", causal=True, n_latents=32), tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(v["status"] == "done" for v in manifest["stages"].values())
     attr = json.loads((run / "attribution.json").read_text())
@@ -70,12 +81,8 @@ def test_every_stage_runs_on_cuda(tiny_pair, tmp_path) -> None:
 
 def _check_response_sums(run: Path) -> None:
     """Only positions from a transcript's prompt_tokens on count as its response."""
-    import numpy as np
 
-    from crosscoders import CrossCoderBase
-    from harness.latent_acts import encoded_batches, response_sums
-
-    model = CrossCoderBase.load(run / "crosscoder")
+    model = load_crosscoder(run / "crosscoder")
     acts = run / "probes/activations"
     groups = [np.arange(0, 32), np.arange(32, 64)]
     sids = [json.loads(x)["id"] for x in (acts / "sequences.jsonl").read_text().splitlines()]
@@ -90,11 +97,8 @@ def _check_response_sums(run: Path) -> None:
 
 
 def test_killed_run_resumes_to_identical_results(tiny_pair, tmp_path, monkeypatch) -> None:
-    import crosscoders.train as train
-    from harness.pipeline import run_pipeline
-
     cfg = tiny_cfg(tiny_pair, tasks=("diffeval_factual", "diffeval_multilingual"))
-    reference = run_pipeline(cfg, tmp_path / "uninterrupted")
+    reference = pipeline.run(cfg, tmp_path / "uninterrupted")
 
     real_step = train.train_step
 
@@ -105,20 +109,16 @@ def test_killed_run_resumes_to_identical_results(tiny_pair, tmp_path, monkeypatc
 
     monkeypatch.setattr(train, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(cfg, tmp_path / "killed")
+        pipeline.run(cfg, tmp_path / "killed")
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert manifest["stages"]["crosscoder"]["status"] == "failed"
     assert not (tmp_path / "killed" / "latents.jsonl").exists()
     monkeypatch.setattr(train, "train_step", real_step)
-    resumed = run_pipeline(cfg, tmp_path / "killed")
+    resumed = pipeline.run(cfg, tmp_path / "killed")
     assert _outputs(resumed) == _outputs(reference)
 
 
 def test_dry_run_plans_without_running(tiny_pair, tmp_path) -> None:
-    from click.testing import CliRunner
-
-    from harness.cli import cli
-
     base, tuned = tiny_pair
     res = CliRunner().invoke(cli, ["run", "--base", str(base), "--tuned", str(tuned), "--dry-run", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
@@ -127,10 +127,6 @@ def test_dry_run_plans_without_running(tiny_pair, tmp_path) -> None:
 
 
 def test_models_named_in_a_config_file_are_used(tiny_pair, tmp_path) -> None:
-    from click.testing import CliRunner
-
-    from harness.cli import cli
-
     base, tuned = tiny_pair
     conf = tmp_path / "c.yaml"
     conf.write_text(f"base: {base}\ntuned: {tuned}\nn_steps: 77\n")
@@ -140,27 +136,20 @@ def test_models_named_in_a_config_file_are_used(tiny_pair, tmp_path) -> None:
 
 
 def test_config_file_and_flags(tmp_path) -> None:
-    from harness.cli import build_bench_config
-
     path = tmp_path / "c.yaml"
     path.write_text("base: a\ntuned: b\nn_steps: 77\nk: 8\n")
-    cfg = build_bench_config(str(path), RunConfig, k=4)
+    cfg = build_config(RunConfig, str(path), k=4)
     assert cfg.n_steps == 77 and cfg.k == 4
     path.write_text("base: a\ntuned: b\nn_stepz: 1\n")
-    from harness.errors import DiffevalError
 
     with pytest.raises(DiffevalError, match="unknown key.*n_stepz"):
-        build_bench_config(str(path), RunConfig)
+        build_config(RunConfig, str(path))
 
 
 def test_reference_design_takes_specific_latents_against_the_reference(tiny_pair, tmp_path) -> None:
-    from harness.latents import read_latents
-    from harness.pipeline import run_pipeline
-    from harness.stages import REFERENCE_DIRS, specific_sets
-
     base, tuned = tiny_pair
     cfg = tiny_cfg(tiny_pair, tasks=("diffeval_factual",), reference=str(base), specific_by="delta_norm")
-    run = run_pipeline(cfg, tmp_path / "ref")
+    run = pipeline.run(cfg, tmp_path / "ref")
     attr = json.loads((run / "attribution.json").read_text())
     assert attr["reference"] == str(base)
     counts = {side: len(specific_sets(read_latents(run / sub / "latents.jsonl"), "delta_norm")[0])
@@ -172,13 +161,8 @@ def test_reference_design_takes_specific_latents_against_the_reference(tiny_pair
 
 
 def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tmp_path) -> None:
-    from harness import stages
-    from harness.pipeline import run_pipeline
-    from harness.rundir import RunDir
-    from reports.schema import load_report
-
     cfg = tiny_cfg(tiny_pair, causal=True, n_latents=32)
-    run = run_pipeline(cfg, tmp_path / "run")
+    run = pipeline.run(cfg, tmp_path / "run")
     attr = json.loads((run / "attribution.json").read_text())
     done, skipped = attr["causal"], attr["causal_skipped"]
     assert sorted(r["task"] for r in done + skipped) == sorted(t["task"] for t in attr["attribution"]["per_task"])
@@ -195,24 +179,21 @@ def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tmp
                                           (other, [other, moved["category"]]) if i == len(live) // 3 else
                                           ("unassigned", []))
     (run / "latents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    stages.stage_causal(RunDir(run), cfg)
+    stage_causal(RunDir(run), cfg)
     attr = json.loads((run / "attribution.json").read_text())
     row = next(r for r in attr["causal"] if r["task"] == moved["task"])
     assert row["mode"] == "revert" and row["n_latents"] == len(live) // 3 + 1
     assert row["delta"] == pytest.approx(moved["delta"], abs=0.2)  # per-document mean vs the headline aggregate
     assert row["delta_removed"] is not None and row["control_removed"] is not None  # the random control ran too
-    stages.stage_report(RunDir(run))
+    stage_report(RunDir(run))
     assert load_report(run / "report.json")["causal"] == attr["causal"]
     assert "| revert |" in (run / "report.md").read_text()
 
 
 def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pair, tmp_path) -> None:
-    from harness.errors import DiffevalError
-    from harness.pipeline import run_pipeline
-
     with pytest.raises(DiffevalError, match="probe_responses > 0"):
         tiny_cfg(tiny_pair, corpus_responses=True, probe_responses=0)
-    run = run_pipeline(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), tmp_path / "run")
+    run = pipeline.run(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), tmp_path / "run")
     seqs = [json.loads(x) for x in (run / "activations/sequences.jsonl").read_text().splitlines()]
     sources = {s["source"] for s in seqs}
     assert "probes/transcripts/safety.jsonl" in sources  # named relative to the run
@@ -224,7 +205,7 @@ def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pai
     before = json.loads((run / "attribution.json").read_text())
     assert any(c.get("n_probes") for c in before["categories"])  # usage rows were computed from the transcripts
     moved = run.rename(tmp_path / "moved")
-    run_pipeline(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), moved)
+    pipeline.run(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), moved)
     again = json.loads((moved / "manifest.json").read_text())
     assert {k: v.get("ended") for k, v in again["stages"].items()} == {k: v.get("ended") for k, v in manifest["stages"].items()}
     assert json.loads((moved / "attribution.json").read_text())["categories"] == before["categories"]

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from harness.stats import mcnemar_p, paired_bootstrap_ci, paired_compare, paired_permutation_p
+from diffeval.harness.stages.paired_tests import (
+    mcnemar_p,
+    paired_bootstrap_ci,
+    paired_compare,
+    paired_permutation_p,
+)
 
 
 def test_planted_binary_difference_is_significant():

@@ -3,11 +3,11 @@ import textwrap
 
 import pytest
 
-from harness import taskreg
-from harness.errors import TaskError
-from harness.taskdev import new_task, validate_task
-from tasks import TASKS_DIR
-from tasks.scoring import (
+from diffeval.harness.core.errors import TaskError
+from diffeval.harness.suite import registry as taskreg
+from diffeval.harness.suite.authoring import new_task, validate_task
+from diffeval.tasks import TASKS_DIR
+from diffeval.tasks.scoring import (
     check_rule,
     first_json_object,
     is_refusal,

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness.attribution import usage_shift
-from harness.errors import DiffevalError
-from harness.transcripts import as_prompt, first_line, read_transcripts, write_transcripts
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.stages.measures import usage_shift
+from diffeval.harness.stages.transcripts import as_prompt, first_line, read_transcripts, write_transcripts
 
 
 def test_first_line_keeps_one_line_after_leading_blank_lines() -> None:
@@ -70,8 +71,6 @@ def test_usage_shift_without_base_mass_is_undefined() -> None:
 
 
 def test_write_transcripts_on_a_tiny_pair(tiny_pair, tmp_path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     base, tuned = tiny_pair
     probes = {"math": ["What is 2 plus 2?", "Add 3 and 4."], "code": ["User: write f.\nAssistant: def f(): pass"]}
     paths = write_transcripts(str(base), str(tuned), probes, tmp_path / "t", max_new_tokens=6)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from leaderboards import publish
+from diffeval.leaderboards import publish
 from tests.leaderboards.conftest import write_run
 
 EXAMPLES = [

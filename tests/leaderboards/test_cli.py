@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from leaderboards.cli import leaderboard
+from diffeval.harness.cli.leaderboard import leaderboard
 from tests.leaderboards.conftest import snapshot
 
 
@@ -48,8 +49,11 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, make_run):
     assert snapshot(board) == before
 
 
-def test_help_does_not_import_torch():
-    code = "import sys; from leaderboards.cli import leaderboard; import leaderboards.api; print('torch' in sys.modules)"
+@pytest.mark.parametrize("args", [["--help"], ["leaderboard", "--help"], ["report", "--help"], ["tasks", "--help"]])
+def test_help_does_not_import_torch(args):
+    """`diffeval --help` and the commands that never need a model load no torch, transformers or lm-eval."""
+    code = (f"import sys; from diffeval.harness.cli import cli; cli({args!r}, standalone_mode=False); "
+            "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2])
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from leaderboards import BoardError, publish, render, show
-from leaderboards.gitboard import is_git_board, with_git_board
-from leaderboards.store import publish_dir, read_submission
-from reports.schema import ReportError
+from diffeval.leaderboards import BoardError, publish, render, show
+from diffeval.leaderboards.gitboard import is_git_board, with_git_board
+from diffeval.leaderboards.store import publish_dir, read_submission
+from diffeval.reports.schema import ReportError
 
 
 def git(*args: str, cwd: Path) -> str:

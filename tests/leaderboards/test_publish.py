@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from leaderboards import BoardError, publish
-from leaderboards.board import entry_id_for
-from reports.schema import SCHEMA_VERSION, ReportError
+from diffeval.leaderboards import BoardError, publish
+from diffeval.leaderboards.board import entry_id_for
+from diffeval.reports.render import render_report
+from diffeval.reports.schema import SCHEMA_VERSION, ReportError
 from tests.leaderboards.conftest import PNG, build_report, snapshot
+from tests.reports.conftest import write_run_dir
 
 
 def test_publish_writes_entry_index_and_views(tmp_path, make_run):
@@ -184,10 +187,6 @@ def test_eight_concurrent_publishes_keep_every_entry(tmp_path, make_run):
 
 def test_publishes_a_report_rendered_by_the_reports_package(tmp_path):
     """The real producer of report.json (reports.render on a planted run directory) feeds a board."""
-    import re
-
-    from reports.render import render_report
-    from tests.reports.conftest import write_run_dir
 
     run = write_run_dir(tmp_path / "run")
     render_report(run)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from leaderboards import publish, render, show
-from leaderboards.views import entry_rows, fmt_p
+from diffeval.leaderboards import publish, render, show
+from diffeval.leaderboards.views import entry_rows, fmt_p
 
 EVIL = 'evil|</script><img src=x onerror="alert(1)">*_[x](y)'
 

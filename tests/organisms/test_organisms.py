@@ -4,12 +4,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import organisms
-from harness.cli import cli
-from harness.organisms import toyworld
-from harness.organisms.base import Planted, Recipe, build, built_dir, cache_root, read_built
-from harness.organisms.verify import passes, verify_pair
-from harness.taskreg import categories
+from diffeval.harness import organisms
+from diffeval.harness.cli import cli
+from diffeval.harness.organisms import toyworld
+from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, cache_root, read_built
+from diffeval.harness.organisms.score import score_organism
+from diffeval.harness.organisms.verify import passes, verify_pair
+from diffeval.harness.suite.registry import categories
+from diffeval.reports.schema import load_report
 
 
 def test_declarations_are_well_formed():
@@ -119,7 +121,6 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     assert {r["task"] for r in deltas["tasks"]} == {t for p in toyworld.PLANTED for t in p.tasks}
     assert deltas["base"] == default_organism["base"]
     # the whole pipeline ran: a valid report naming the organism, categories from the organism's probes
-    from reports.schema import load_report
 
     report = load_report(tmp_path / "r" / "report.json")
     assert report["models"]["base"]["organism"] == "toyworld"
@@ -139,8 +140,6 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
 
 @pytest.mark.slow
 def test_score_reuses_the_seed_independent_stages(default_organism, tmp_path):
-    from harness.organisms.score import score_organism
-
     doc = score_organism("toyworld", 2, tmp_path / "s", n_steps=40, n_latents=96, tokens=3000, probe_responses=8,
                          bootstrap_iters=100)
     assert len(doc["runs"]) == 2 and (tmp_path / "s" / "score.json").is_file()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness.organisms.base import Planted
-from harness.organisms.score import found, score_run, summarise
+from diffeval.harness.organisms.base import Planted
+from diffeval.harness.organisms.score import found, score_run, summarise
 
 
 def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:

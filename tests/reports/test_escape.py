@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import markdown_it
 import pytest
 
-from reports.escape import html_escape, md_code, md_escape
+from diffeval.reports.escape import html_escape, md_code, md_escape
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -25,7 +26,6 @@ def test_md_escape(text, expected):
 
 
 def test_md_escape_renders_as_the_literal_text():
-    markdown_it = pytest.importorskip("markdown_it")
     evil = "[click](http://x.example) <script>alert(1)</script> **b** | c # h"
     html = markdown_it.MarkdownIt("commonmark").render(md_escape(evil))
     assert "<a " not in html and "<script>" not in html and "<strong>" not in html
@@ -44,7 +44,6 @@ def test_md_code_fences_longer_than_inner_backticks(text, expected):
 
 @pytest.mark.parametrize("text", ["has `tick`", "``double`` and `single`", "<b>x</b> **y**"])
 def test_md_code_renders_the_exact_text(text):
-    markdown_it = pytest.importorskip("markdown_it")
     html = markdown_it.MarkdownIt("commonmark").render(md_code(text))
     assert html == f"<p><code>{html_escape(text)}</code></p>\n".replace("&#x27;", "'").replace("&quot;", '"')
 

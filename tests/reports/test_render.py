@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from reports.build import build_report
-from reports.render import report_main
-from reports.schema import ReportError, load_report
+from diffeval.reports.build import build_report
+from diffeval.reports.render import render_report, report_main
+from diffeval.reports.schema import ReportError, load_report
 from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -163,7 +163,6 @@ def test_causal_results_are_rendered(run_dir):
 
 def test_report_into_another_folder_and_malformed_result_is_rejected_on_read(run_dir, tmp_path):
     out = tmp_path / "elsewhere"
-    from reports.render import render_report
 
     render_report(run_dir, out)
     assert (out / "report.md").exists() and (out / "figures" / "contributions.png").exists()

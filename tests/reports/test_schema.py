@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from reports.schema import SCHEMA_VERSION, ReportError, load_report, validate_report, write_report_json
+from diffeval.reports.schema import (
+    SCHEMA_VERSION,
+    ReportError,
+    load_report,
+    validate_report,
+    write_report_json,
+)
 
 
 def _model(spec: str) -> dict:

@@ -1,0 +1,99 @@
+"""`diffeval activations collect` and `diffeval crosscoder train|stats`: the caches, outside a run.
+
+Their options and defaults come from ActivationsConfig and CrossCoderConfig, the same dataclasses `run` fills.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from diffeval import crosscoders
+from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
+from diffeval.crosscoders.data import ActivationDirError, config_d_models, read_manifest
+from diffeval.harness.cli.common import UserError, apply, field_option, user_errors
+from diffeval.harness.core import files
+from diffeval.harness.core.config import ActivationsConfig
+from diffeval.harness.core.runconfig import RunConfig, n_latents_for
+from diffeval.harness.stages.activations import collect_activations
+from diffeval.harness.stages.latents import write_latents
+
+DIR = click.Path(file_okay=False)
+
+
+@click.group()
+def activations() -> None:
+    """Collect paired activations from both models at one layer."""
+
+
+@activations.command("collect")
+@apply([
+    field_option(ActivationsConfig, "base", type=str, required=True),
+    field_option(ActivationsConfig, "tuned", type=str, required=True),
+    field_option(ActivationsConfig, "layer", fixed_default=True),
+    field_option(ActivationsConfig, "corpus", multiple=True, type=click.Path()),
+    field_option(ActivationsConfig, "tasks", type=str),
+    field_option(ActivationsConfig, "tasks_dir", multiple=True, type=DIR),
+    field_option(ActivationsConfig, "tokens", fixed_default=True),
+    field_option(ActivationsConfig, "seq_len", fixed_default=True),
+    field_option(ActivationsConfig, "batch_size", fixed_default=True),
+    field_option(ActivationsConfig, "device", type=str, fixed_default=True),
+    field_option(ActivationsConfig, "dtype", type=str, fixed_default=True),
+    click.option("--out", required=True, type=DIR, help="activation directory"),
+])
+@user_errors
+def activations_collect(tasks: str | None, out: str, **kw: Any) -> None:
+    """Write memory-mapped activation shards + manifest.json (resumes an interrupted run)."""
+    task_list = tuple(t.strip() for t in (tasks or "").split(",") if t.strip())
+    cfg = ActivationsConfig(tasks=task_list, **{k: v for k, v in kw.items() if v is not None})
+    click.echo(f"wrote {collect_activations(cfg, out)}")
+
+
+@click.group()
+def crosscoder() -> None:
+    """Train crosscoders and compute latent statistics."""
+
+
+@crosscoder.command("train")
+@click.argument("acts", type=click.Path(exists=True, file_okay=False))
+@apply([
+    click.option("--out", required=True, type=DIR, help="output directory"),
+    field_option(RunConfig, "n_latents", fixed_default=True),
+    field_option(CrossCoderConfig, "k", fixed_default=True),
+    field_option(CrossCoderConfig, "architecture", type=click.Choice(ARCHITECTURES), fixed_default=True),
+    field_option(CrossCoderConfig, "n_steps", fixed_default=True),
+    field_option(CrossCoderConfig, "batch_size", fixed_default=True),
+    field_option(CrossCoderConfig, "lr", fixed_default=True),
+    field_option(CrossCoderConfig, "checkpoint_every", fixed_default=True),
+    field_option(CrossCoderConfig, "seed", fixed_default=True),
+    field_option(CrossCoderConfig, "device", type=str, fixed_default=True),
+])
+@user_errors
+def crosscoder_train(acts: str, out: str, n_latents: int, **kw: Any) -> None:
+    """Train on an activation directory; writes crosscoder.safetensors, cfg.json, metrics.jsonl."""
+    try:
+        manifest = read_manifest(Path(acts))
+        n_latents = n_latents_for(n_latents, manifest["d_model"])
+        cfg = CrossCoderConfig(d_model=manifest["d_model"], n_models=manifest["n_models"], n_latents=n_latents,
+                               d_models=config_d_models(manifest), **kw)
+        crosscoders.train_crosscoder(cfg, acts, out=out)
+    except (ActivationDirError, ValueError, FloatingPointError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"wrote {Path(out) / files.CROSSCODER_WEIGHTS} (metrics: {Path(out) / files.CROSSCODER_METRICS})")
+
+
+@crosscoder.command("stats")
+@click.argument("crosscoder_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("acts", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="latents.jsonl path (default: beside the crosscoder)")
+@user_errors
+def crosscoder_stats(crosscoder_dir: str, acts: str, out: str | None) -> None:
+    """Δnorm, cosine, ν_ε, ν_r, frequency, class and top contexts per latent → latents.jsonl."""
+    try:
+        model = crosscoders.load_crosscoder(crosscoder_dir)
+        path = write_latents(model, acts, Path(out) if out else Path(crosscoder_dir) / files.LATENTS)
+    except (ActivationDirError, ValueError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"wrote {path}")

@@ -1,0 +1,92 @@
+"""`diffeval run`, `plan`, `bench` and `attribute`: the pipeline and its parts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+
+from diffeval.harness import pipeline
+from diffeval.harness.cli.common import build_config, field_option, user_errors
+from diffeval.harness.cli.options import bench_options, later_stage_options, run_options
+from diffeval.harness.core import files
+from diffeval.harness.core.config import BenchConfig, from_dict, load_config_file
+from diffeval.harness.core.io import read_json
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir, default_run_dir
+from diffeval.harness.organisms import DEFAULT_ORGANISM, default_run_flags
+from diffeval.harness.pipeline.plan import plan as plan_text
+from diffeval.harness.stages.bench import deltas_table, load_deltas
+
+
+@click.command()
+@bench_options
+@run_options
+@user_errors
+def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -> None:
+    """Run the whole pipeline on two models (with none: on the default model organism)."""
+    cfg = run_config(config_file, flags)
+    names = (f"{cfg.organism}-base", f"{cfg.organism}-tuned") if cfg.organism else (cfg.base, cfg.tuned)
+    run_dir = Path(out) if out else default_run_dir(*names, cfg=cfg)
+    if dry_run:
+        click.echo(plan_text(cfg, run_dir))
+        return
+    pipeline.run(cfg, run_dir)
+    _show_summary(run_dir)
+
+
+def run_config(config_file: str | None, flags: dict[str, Any]) -> RunConfig:
+    """The RunConfig of `run`/`plan`: the file, then the flags; with no models, the default organism's."""
+    in_file = load_config_file(config_file) if config_file else {}
+    if not any(flags.get(k) or in_file.get(k) for k in ("base", "tuned")):
+        click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
+        flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
+    return build_config(RunConfig, config_file, **flags)
+
+
+@click.command()
+@bench_options
+@run_options
+@user_errors
+def plan(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -> None:
+    """Print the stages `diffeval run` would run or reuse, with a disk, memory and time estimate."""
+    ctx = click.get_current_context()
+    ctx.invoke(run, out=out, config_file=config_file, dry_run=True, **flags)
+
+
+@click.command()
+@bench_options
+@user_errors
+def bench(out: str | None, config_file: str | None, **flags: Any) -> None:
+    """Run benchmark tasks on both models and write paired deltas (bench/deltas.json)."""
+    cfg = build_config(BenchConfig, config_file, **flags)
+    run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned, cfg=cfg)
+    pipeline.run_bench(cfg, run_dir)
+    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(f"\nwrote {run_dir / files.DELTAS} and {Path(files.DELTAS_MD).name}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@later_stage_options
+@field_option(BenchConfig, "device", type=str)
+@user_errors
+def attribute(run_dir: str, **flags: Any) -> None:
+    """Re-run the pipeline from the latents stage on RUN_DIR (categories, shifts, attribution), with the
+    run's config.json and these options changed."""
+    run = RunDir(run_dir)
+    if not (run.path / files.CONFIG).exists():
+        raise click.BadParameter(f"{run_dir} has no {files.CONFIG}; is it a diffeval run directory?",
+                                 param_hint="RUN_DIR")
+    cfg = from_dict(RunConfig, read_json(run.path / files.CONFIG), source=str(run.path / files.CONFIG))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    run.write_config(cfg)
+    pipeline.run_from_latents(run, cfg)
+    click.echo(f"wrote {run.path / files.ATTRIBUTION} and {run.path / files.REPORT_MD}")
+
+
+def _show_summary(run_dir: Path) -> None:
+    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(f"\nreport: {run_dir / files.REPORT_MD}\nrun directory: {run_dir}")

@@ -1,0 +1,96 @@
+"""RunConfig: every option of `diffeval run` (the bench options plus the later stages')."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
+from diffeval.harness.core.config import ActivationsConfig, BenchConfig, opt
+from diffeval.harness.core.errors import DiffevalError
+
+SPECIFIC_BY = ("latent_scaling", "delta_norm")
+ATTRIBUTION_SHIFTS = ("auto", "share", "usage", "mass")
+CAUSAL_MODES = ("ablate", "revert")
+ANNOTATORS = ("enrichment", "llm")
+EXPANSION = 8  # n_latents = EXPANSION × the hidden size when not given
+
+
+def n_latents_for(n_latents: int, d_model: int) -> int:
+    """The crosscoder's dictionary size for hidden size `d_model`: `n_latents`, or EXPANSION × d_model when it is 0."""
+    return n_latents or EXPANSION * d_model
+
+
+@dataclass(frozen=True)
+class RunConfig(BenchConfig):
+    """The whole pipeline's configuration; serialised as the run's config.json."""
+
+    layer: float = opt(ActivationsConfig.layer, "crosscoder layer: block index, or a fraction of depth in (0, 1) (0.5 = middle)")
+    tokens: int = opt(ActivationsConfig.tokens, "activation rows (token positions) to train the crosscoder on")
+    seq_len: int = opt(ActivationsConfig.seq_len, "longest corpus sequence, in tokens")
+    corpus: tuple[str, ...] = opt((), "corpus files for the crosscoder (.txt lines or .jsonl 'text'); empty = shipped default")
+    n_latents: int = opt(0, f"crosscoder dictionary size; 0 = {EXPANSION} × the hidden size")
+    k: int = opt(CrossCoderConfig.k, "active latents per token on average (BatchTopK)")
+    architecture: str = opt(CrossCoderConfig.architecture, "crosscoder architecture: batchtopk or l1")
+    n_steps: int = opt(CrossCoderConfig.n_steps, "crosscoder training steps")
+    categories: str | None = opt(None, "taxonomy YAML (replaces the shipped one, or adds to it with 'extends: shipped')")
+    probes_dir: str | None = opt(None, "directory of <category>.jsonl probe corpora overriding the taxonomy's")
+    probe_responses: int = opt(32, "new tokens each model writes after every probe text (one line, greedy); the annotator "
+                               "and the usage shift read prompt + response; 0 = probe texts only, no usage shift")
+    corpus_responses: bool = opt(False, "add the probe transcripts (each probe text with each model's response) to "
+                                 "the crosscoder's corpus, so it is trained on the answer positions too")
+    alpha: float = opt(0.05, "false discovery rate of the latent → category enrichment tests")
+    annotator: str = opt("enrichment", "how latents get categories: enrichment (each category's probe corpus, "
+                         "BH-FDR at --alpha) or llm (an OpenAI-compatible endpoint labels each latent's top contexts)")
+    llm_url: str | None = opt(None, "base URL of the LLM annotator's endpoint, e.g. http://localhost:8000/v1 "
+                              "(API key from $OPENAI_API_KEY)")
+    llm_model: str | None = opt(None, "model name the LLM annotator asks")
+    specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
+    attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), usage (usage shift "
+                                 "on the models' own responses), mass (relative mass shift) or auto (share when both "
+                                 "models have >= 10 specific latents, else usage, else mass)")
+    reference: str | None = opt(None, "reference model R: tuned- and base-specific latents are taken against R")
+    causal: bool = opt(False, "re-score each task with its category's latents reverted or ablated (--causal-mode)")
+    causal_mode: str = opt("revert", "revert: undo fine-tuning's change to all of the task category's latents, "
+                           "beside a same-size random control set; ablate: zero its tuned-specific latents (the study's form)")
+    bench_seed: int | None = opt(None, "seed of the bench stage (lm-eval's sampling, the paired bootstrap); none = --seed. "
+                                 "Set it to vary --seed (the crosscoder's) without re-running the benchmarks")
+    organism: str | None = opt(None, "the model organism these models come from (set by `run` with no models)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokens < 1000:
+            raise DiffevalError(f"tokens must be >= 1000 to train a crosscoder, got {self.tokens}")
+        if self.probe_responses < 0:
+            raise DiffevalError(f"probe_responses must be >= 0 (0 = no responses), got {self.probe_responses}")
+        if self.corpus_responses and not self.probe_responses:
+            raise DiffevalError("corpus_responses needs probe transcripts: set probe_responses > 0")
+        if self.n_latents < 0 or self.k < 1 or self.n_steps < 1:
+            raise DiffevalError("n_latents must be >= 0 (0 = automatic), k and n_steps >= 1")
+        if not 0 < self.alpha < 1:
+            raise DiffevalError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.annotator not in ANNOTATORS:
+            raise DiffevalError(f"annotator {self.annotator!r} must be one of {', '.join(ANNOTATORS)}")
+        if self.annotator == "llm" and not (self.llm_url and self.llm_model):
+            raise DiffevalError("annotator llm needs llm_url and llm_model (--llm-url URL --llm-model NAME)")
+        if self.specific_by not in SPECIFIC_BY:
+            raise DiffevalError(f"specific_by {self.specific_by!r} must be one of {', '.join(SPECIFIC_BY)}")
+        if self.attribution_shift not in ATTRIBUTION_SHIFTS:
+            raise DiffevalError(f"attribution_shift {self.attribution_shift!r} must be one of {', '.join(ATTRIBUTION_SHIFTS)}")
+        if self.causal_mode not in CAUSAL_MODES:
+            raise DiffevalError(f"causal_mode {self.causal_mode!r} must be one of {', '.join(CAUSAL_MODES)}")
+        if self.architecture not in ARCHITECTURES:
+            raise DiffevalError(f"architecture {self.architecture!r} must be one of {', '.join(ARCHITECTURES)}")
+
+    def activations(self, **overrides: Any) -> ActivationsConfig:
+        """The activation collection's config: the models, layer, sequence length, task folders, device and
+        dtype of this run; `overrides` set what differs between the corpus and the probe collection."""
+        return ActivationsConfig(base=self.base, tuned=self.tuned, layer=self.layer, seq_len=self.seq_len,
+                                 tasks_dir=self.tasks_dir, device=self.device, dtype=self.dtype, **overrides)
+
+    def bench(self) -> BenchConfig:
+        """The bench stage's part (so later-stage options never invalidate the benchmark cache)."""
+        names = {f.name for f in dataclasses.fields(BenchConfig)}
+        bench = BenchConfig(**{n: getattr(self, n) for n in names})
+        return bench if self.bench_seed is None else dataclasses.replace(bench, seed=self.bench_seed)

@@ -1,0 +1,137 @@
+"""The run directory: config.json, manifest.json and the stage cache.
+
+A stage is recorded as done in manifest.json only after all of its outputs were written
+(each atomically), together with the hash of its inputs and config. On re-run, a stage whose
+hash matches and whose outputs all exist is skipped; anything else is recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from diffeval import __version__
+from diffeval.harness.core.config import config_hash, to_dict
+from diffeval.harness.core.errors import RunDirError
+from diffeval.harness.core.files import CONFIG, MANIFEST, STAGE_KEY, source_name
+from diffeval.harness.core.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+_PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "peft", "numpy", "scipy")
+
+
+def default_run_dir(base: str, tuned: str, root: str | Path = "runs", cfg: Any = None) -> Path:
+    """runs/<base>-vs-<tuned>-<config hash> for a config (the same command finds its run again, so it
+    resumes or reuses it); runs/<time>-<base>-vs-<tuned> for one-off commands."""
+    if cfg is not None:
+        return Path(root) / f"{_slug(base)}-vs-{_slug(tuned)}-{config_hash(cfg)[:8]}"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{_slug(base)}-vs-{_slug(tuned)}"
+
+
+def _slug(spec: str) -> str:
+    name = Path(spec.rstrip("/")).name or spec
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"diffeval": __version__}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class RunDir:
+    """A run directory and its manifest of stages."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.path / MANIFEST
+        self.manifest = self._load_manifest()
+
+    def _load_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"format_version": MANIFEST_VERSION, "created": _now(), "stages": {}}
+        data = read_json(self.manifest_path)
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise RunDirError(f"{self.manifest_path} is not a diffeval manifest (no 'stages' mapping)")
+        return data
+
+    def write_config(self, cfg: Any) -> Path:
+        return atomic_write_json(self.path / CONFIG, to_dict(cfg))
+
+    def is_done(self, stage: str, input_hash: str) -> bool:
+        """True when `stage` finished with these inputs and its outputs are all still there."""
+        entry = self.manifest["stages"].get(stage)
+        if not entry or entry.get("status") != "done" or entry.get("input_hash") != input_hash:
+            return False
+        return all((self.path / rel).exists() for rel in entry.get("outputs", []))
+
+    def key(self, stage: str) -> str:
+        """The input key of a finished stage (what a later stage's key is built from)."""
+        entry = self.manifest["stages"].get(stage)
+        if not entry or entry.get("status") != "done":
+            raise RunDirError(f"{self.path} has no finished '{stage}' stage; run `diffeval run` (or that stage) first")
+        return entry["input_hash"]
+
+    def outputs(self, stage: str) -> list[Path]:
+        entry = self.manifest["stages"].get(stage)
+        if not entry or entry.get("status") != "done":
+            raise RunDirError(f"{self.path} has no finished '{stage}' stage; run it first")
+        return [self.path / rel for rel in entry["outputs"]]
+
+    @contextmanager
+    def stage(self, name: str, input_hash: str):
+        """Record a stage as running, then as done with its outputs (set `rec["outputs"]` inside)."""
+        rec: dict[str, Any] = {"outputs": []}
+        self._set(name, {"status": "running", "input_hash": input_hash, "started": _now()})
+        t0 = time.perf_counter()
+        try:
+            yield rec
+        except BaseException:
+            self._set(name, {"status": "failed", "input_hash": input_hash, "ended": _now()})
+            raise
+        outputs = [str(Path(p).resolve().relative_to(self.path.resolve())) for p in rec["outputs"]]
+        self._set(name, {
+            "status": "done", "input_hash": input_hash, "ended": _now(),
+            "seconds": round(time.perf_counter() - t0, 2), "outputs": outputs,
+        })
+
+    def _set(self, name: str, entry: dict[str, Any]) -> None:
+        self.manifest["stages"][name] = entry
+        self.manifest["packages"] = package_versions()
+        self.manifest["updated"] = _now()
+        atomic_write_json(self.manifest_path, self.manifest)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def fresh_stage_dir(directory: Path, key: str) -> None:
+    """Keep `directory` for a resume of the same inputs; clear it when it holds another configuration's output."""
+    marker = directory / STAGE_KEY
+    if directory.exists() and (not marker.exists() or marker.read_text() != key):
+        log.info("%s holds output of other inputs; clearing it", directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+
+
+def file_stamp(path: str, root: Path | None = None) -> list[Any]:
+    """A file's identity in a stage key: its name (relative to `root`, the run, when inside it), size and mtime."""
+    p, name = Path(path), source_name(path, root)
+    return [name, p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else [name, None]

@@ -1,0 +1,250 @@
+"""Paired activation collection: both models, identical token ids, forward stopped at one layer.
+
+The forward pass stops at the collection layer (a hook raises once that block has run), so no
+later block and no output head is computed. Rows for BOS and padding positions are dropped, and
+so are extreme-norm outliers (attention-sink positions whose norm dwarfs the rest, judged against
+the median norm of the first batch). Rows are written in memory-mapped shards (crosscoders.data
+has the layout, crosscoders.cache the writer); memory stays flat as the token budget grows.
+
+- Models of different hidden size are allowed: shards then hold the models side by side
+  ([rows, Σ d_model]) and the manifest lists `d_models`.
+- An interrupted collection resumes exactly: the result is byte-identical to an uninterrupted run.
+- Under torchrun (RANK / WORLD_SIZE set) rank r collects every world-th batch of sequences, with
+  an equal share of the token budget, into `rank_<r>/`; rank 0 then writes the one manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffeval.crosscoders.cache import RANK_DIR, ShardWriter, merge_rank_dirs
+from diffeval.harness.core import files, models
+from diffeval.harness.core.config import ActivationsConfig, config_hash
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.files import source_name
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
+from diffeval.harness.stages.corpus import corpus_sequences
+from diffeval.harness.stages.inputs import bench_tasks, probe_inputs
+from diffeval.harness.stages.transcripts import stage_transcripts
+from diffeval.harness.suite import CORPUS_DIR
+
+log = logging.getLogger(__name__)
+
+ACT_FORMAT_VERSION = 1  # matches crosscoders.data.FORMAT_VERSION
+
+
+class _Stop(Exception):
+    """Raised by the collection hook to end the forward pass early."""
+
+
+def decoder_blocks(model: Any) -> Any:
+    """The ModuleList of transformer blocks (Llama, Gemma, Mistral, GPT-2, GPT-NeoX, …)."""
+    import torch
+
+    n = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layer
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise DiffevalError(f"cannot find the {n} transformer blocks of {type(model).__name__}")
+
+
+def resolve_layer(layer: float, n_layers: int, name: str) -> int:
+    """A block index from an integer or a fraction of depth; out-of-range layers are errors."""
+    if 0 < layer < 1:
+        return min(n_layers - 1, int(layer * n_layers))
+    if layer != int(layer) or not 0 <= layer < n_layers:
+        raise DiffevalError(f"layer {layer} is out of range for {name} ({n_layers} blocks): use 0..{n_layers - 1} "
+                            "or a fraction of depth such as 0.5")
+    return int(layer)
+
+
+def truncated_hidden(model: Any, blocks: Any, layer: int, input_ids: Any, attention_mask: Any) -> Any:
+    """Residual stream after block `layer` ([batch, seq, d_model]); later blocks never run."""
+    captured = {}
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+        raise _Stop
+
+    handle = blocks[layer].register_forward_hook(hook)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+# -- corpus --------------------------------------------------------------------------------------------
+# -- collection ------------------------------------------------------------------------------------------
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's RANK / WORLD_SIZE; (0, 1) in a plain process."""
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise DiffevalError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
+                            "must be integers (as torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise DiffevalError(f"RANK {rank} is out of range for WORLD_SIZE {world}")
+    return rank, world
+
+
+def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
+    """Collect paired activations into `out` (resuming a previous partial run of the same config)."""
+
+    out = Path(out)
+    rank, world = launch_rank()
+    specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
+    toks = [models.load_tokenizer(s) for s in specs]
+    models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
+    toks[1].padding_side = "right"  # row positions are then token indices (transcripts rely on it)
+    seqs = corpus_sequences(cfg, toks[1])
+    key = hashlib.sha256(json.dumps([cfg.__dict__, [models.describe(s) for s in specs], world], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    if _resume_manifest(out, key)["complete"]:
+        return out
+    work = out / RANK_DIR.format(rank) if world > 1 else out
+    manifest = _resume_manifest(work, key)
+    if not manifest["complete"]:
+        _collect_rank(cfg, work, manifest, specs, toks[1], seqs, rank, world)
+    if world > 1:
+        _after_all_ranks(lambda: merge_rank_dirs(out, world) if rank == 0 else None)
+    return out
+
+
+@dataclass
+class _Batch:
+    acts: np.ndarray      # [rows, n_models, d_model], or [rows, Σ d_model] when the sizes differ
+    rows: np.ndarray      # [rows, 3] int64: sequence id, position, token id
+    norms: np.ndarray     # [rows] largest per-model norm (for the outlier filter)
+    sequences: list[dict[str, Any]]
+
+
+def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], specs: list[Any], tok: Any,
+                  seqs: list[dict[str, Any]], rank: int, world: int) -> None:
+    """This rank's share: batches rank, rank + world, … of `seqs`, until its share of the budget."""
+
+    device = cfg.device
+    if world > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+    lms = [models.load_model(s, cfg.dtype, device) for s in specs]
+    blocks = [decoder_blocks(m) for m in lms]
+    layers = [resolve_layer(cfg.layer, len(b), s.spec) for b, s in zip(blocks, specs, strict=True)]
+    d_models = [m.config.hidden_size for m in lms]
+    manifest.update({"models": [models.describe(s) for s in specs], "layer": layers, "d_model": max(d_models),
+                     "d_models": d_models, "n_layers": [len(b) for b in blocks], "rank": rank, "world": world})
+
+    def forward(first: int) -> _Batch:
+        return _forward_batch(cfg, lms, blocks, layers, tok, seqs[first:first + cfg.batch_size], first, device)
+
+    cached = {}
+    if manifest.get("median_norm") is None:  # every rank judges outliers against batch 0
+        cached[0] = forward(0)
+        manifest["median_norm"] = float(np.median(cached[0].norms))
+    budget = cfg.tokens // world + (rank < cfg.tokens % world)
+    writer = ShardWriter(work, manifest, budget, cfg.shard_rows, cfg.store_dtype)
+    start, skip = writer.resume_point(rank * cfg.batch_size)
+    bar = tqdm(total=budget, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
+    for first in range(start, len(seqs), world * cfg.batch_size):
+        batch = cached.pop(first, None) or forward(first)
+        keep = batch.norms <= cfg.outlier_factor * manifest["median_norm"]
+        before = writer.total
+        writer.add(batch.acts[keep], batch.rows[keep], first, batch.sequences, skip)
+        skip = 0
+        bar.update(writer.total - before)
+        if writer.total >= budget:
+            break
+    writer.finish()
+    bar.close()
+
+
+def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], layers: list[int], tok: Any,
+                   batch: list[dict[str, Any]], first: int, device: str) -> _Batch:
+    """Both models on one batch of sequences; rows for every non-BOS, non-pad position."""
+    import torch
+
+    enc = tok([s["text"] for s in batch], return_tensors="pt", padding=True, truncation=True,
+              max_length=cfg.seq_len).to(device)
+    with torch.no_grad():
+        hs = [truncated_hidden(m, b, layer, enc["input_ids"], enc["attention_mask"]).float()
+              for m, b, layer in zip(lms, blocks, layers, strict=True)]  # each [batch, seq, d_m]
+    keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
+    b_idx, pos = keep.nonzero(as_tuple=True)
+    per_model = [h[b_idx, pos] for h in hs]  # each [rows, d_m]
+    same = len({h.shape[-1] for h in per_model}) == 1
+    acts = torch.stack(per_model, 1) if same else torch.cat(per_model, 1)
+    norms = torch.stack([h.norm(dim=-1) for h in per_model], 1).amax(1)  # an outlier in either model drops the row
+    rows = torch.stack([b_idx + first, pos, enc["input_ids"][b_idx, pos]], 1)
+    sequences = [{"id": first + j, **s, "tokens": tok.convert_ids_to_tokens(
+        enc["input_ids"][j][enc["attention_mask"][j].bool()].tolist())} for j, s in enumerate(batch)]
+    return _Batch(acts.cpu().numpy(), rows.cpu().numpy(), norms.cpu().numpy(), sequences)
+
+
+def _after_all_ranks(fn: Any) -> None:
+    """Wait for every rank, run `fn`, wait again (a gloo group is opened if torchrun's isn't)."""
+
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:  # ranks finish at different times: allow a long wait
+        dist.init_process_group("gloo", timeout=timedelta(hours=12))
+    try:
+        dist.barrier()
+        fn()
+        dist.barrier()
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+def _resume_manifest(out: Path, key: str) -> dict[str, Any]:
+    path = out / files.MANIFEST
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("config_key") == key:
+            if not old.get("complete"):
+                log.info("resuming activation collection at %d rows", old["rows"])
+            return old
+        if old:
+            raise DiffevalError(f"{out} holds activations of a different configuration; choose another --out")
+    return {"format_version": ACT_FORMAT_VERSION, "config_key": key, "complete": False, "rows": 0, "shards": [],
+            "n_models": 2, "sums": None}
+
+
+def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
+    """Paired activations on the corpus (with --corpus-responses, plus the probe transcripts) and the
+    benchmark tasks' prompts."""
+
+    tasks = tuple(bench_tasks(cfg))
+    specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
+    extra = tuple(stage_transcripts(run, cfg, *probe_inputs(cfg)[1:])) if cfg.corpus_responses else ()
+    corpus = (cfg.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
+    named = [source_name(p, run.path) for p in extra]  # run-relative: the key survives moving the run
+    key = config_hash({"layer": cfg.layer, "tokens": cfg.tokens, "seq_len": cfg.seq_len, "corpus": cfg.corpus,
+                       "tasks": tasks, **({"extra": named} if extra else {})}, specs,
+                      [file_stamp(p, run.path) for p in corpus])
+    return collect_into(run, cfg, "activations", files.ACTS_DIR, key, tokens=cfg.tokens, corpus=cfg.corpus, tasks=tasks, extra=extra)
+
+
+def collect_into(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **acts_kw: Any) -> Path:
+    if not run.is_done(name, key):
+        fresh_stage_dir(run.path / out, key)
+        with run.stage(name, key) as rec:
+            acfg = cfg.activations(source_root=str(run.path), **acts_kw)
+            rec["outputs"] = [collect_activations(acfg, run.path / out) / files.MANIFEST]
+    return run.path / out

@@ -1,0 +1,163 @@
+"""The attribution stage: category shifts (share ratio, mass, usage, changed latents), each task's exposure
+to the categories, and the attribution of task deltas to category shifts → attribution.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffeval.crosscoders import load_crosscoder
+from diffeval.harness.core import files
+from diffeval.harness.core.config import config_hash
+from diffeval.harness.core.errors import RunDirError
+from diffeval.harness.core.files import SIDES, source_name
+from diffeval.harness.core.io import atomic_write_json
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.stages import measures as A
+from diffeval.harness.stages.bench import load_deltas
+from diffeval.harness.stages.inputs import taxonomy_for
+from diffeval.harness.stages.latent_sums import group_sums, response_sums, sequences
+from diffeval.harness.stages.latents import read_latents
+from diffeval.harness.stages.transcripts import read_transcripts
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION_VERSION = 6  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it;
+# 6: a category's latents are all latents enriched on its probes (not only those it is the primary category of)
+
+
+def category_members(rows: list[dict[str, Any]], category: str) -> list[int]:
+    """Latents of a category: every latent significantly enriched on its probes, primary or not.
+
+    A latent can be enriched on two categories' probes (a token both kinds of prompt share); it serves both.
+    Only the share-ratio counts use the primary category alone, so that they partition the latents as the
+    study's counts do. Unassigned latents are those with no significant category."""
+    return [r["latent"] for r in rows if category in (r.get("categories") or ()) or r["category"] == category]
+
+
+def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[dict], list[dict]]:
+    """(tuned-specific, base-specific) latents: Latent Scaling's verdict, or the Δnorm class alone."""
+    if specific_by == "latent_scaling":
+        return [r for r in rows if r.get("specific") == "tuned"], [r for r in rows if r.get("specific") == "base"]
+    return [r for r in rows if r["class"] == "tuned_only"], [r for r in rows if r["class"] == "base_only"]
+
+
+def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
+    refs = [RunDir(run.path / sub).key("latents") for sub in files.REFERENCE_DIRS.values()] if cfg.reference else []
+    key = config_hash({"specific_by": cfg.specific_by, "shift": cfg.attribution_shift, "seed": cfg.seed,
+                       "version": ATTRIBUTION_VERSION},
+                      run.key("latents"), run.key("bench.deltas"), refs)
+    out = run.path / files.ATTRIBUTION
+    if not run.is_done("attribution", key):
+        with run.stage("attribution", key) as rec:
+            rec["outputs"] = [atomic_write_json(out, compute_attribution(run.path, cfg))]
+    return out
+
+
+def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
+    rows = read_latents(run_path / files.LATENTS)
+    if "category" not in rows[0] or "changed" not in rows[0]:
+        raise RunDirError(f"{run_path / files.LATENTS} was written by an older diffeval (no categories or no "
+                          "`changed` column); re-run the latents stage (`diffeval run` redoes it)")
+    tax = taxonomy_for(cfg)
+    used = {r["category"] for r in rows}
+    cats = [c for c in tax.names if c in used or tax.categories[c].probes is not None]
+    tuned, base = specific_sets(rows, cfg.specific_by)
+    if cfg.reference:  # the study's three-model design: T and B are each model's latents specific against R
+        tuned = specific_sets(read_latents(run_path / files.REFERENCE_DIRS["tuned"] / files.LATENTS), cfg.specific_by)[0]
+        base = specific_sets(read_latents(run_path / files.REFERENCE_DIRS["base"] / files.LATENTS), cfg.specific_by)[0]
+    shifts = [A.category_shift_row(c, A.ShareCounts(sum(r["category"] == c for r in tuned), len(tuned),
+                                                   sum(r["category"] == c for r in base), len(base)), seed=cfg.seed)
+              for c in cats]
+    model = load_crosscoder(run_path / files.CROSSCODER_DIR, device=cfg.device)
+    groups = [np.array(category_members(rows, c), dtype=np.int64) for c in cats]
+    seqs = sequences(run_path / files.ACTS_DIR)
+    sums = group_sums(model, run_path / files.ACTS_DIR, groups, seqs)
+    for row, members in zip(shifts, groups, strict=True):
+        row.update(A.mass_shift(sums.latent_mass, members, seed=cfg.seed), n_latents=int(len(members)))
+    usage = usage_rows(run_path, model, cats, groups, seed=cfg.seed)
+    for row in shifts:
+        row.update(usage.get(row["category"]) or A.usage_shift(np.zeros(0), np.zeros(0)))
+    live = [r for r in rows if r["class"] != "dead" and r["category"] != "unassigned"]
+    named = [c for c in cats if c != "unassigned"]
+    changed = A.changed_enrichment([r["category"] for r in live], [isinstance(r.get("changed"), str) for r in live],
+                                   named, alpha=cfg.alpha)
+    for row in shifts:
+        row.update(changed[named.index(row["category"])] if row["category"] in named else
+                   {"n_changed": None, "n_live": None, "changed_p": None, "changed_q": None, "changed_significant": None})
+    task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
+    deltas = {r["task"]: r for r in load_deltas(run_path)["tasks"] if r.get("delta") is not None}
+    tasks = [t for t in deltas if t in set(task_of_seq)]
+    skipped = sorted(set(deltas) - set(tasks))
+    w = A.exposure(sums.act, sums.tokens, task_of_seq, tasks)
+    assignable = [i for i, c in enumerate(cats) if c != "unassigned"]
+    shift_used = cfg.attribution_shift
+    if shift_used == "auto":  # share ratios need enough model-specific latents to be estimated at all
+        shift_used = ("share" if min(len(tuned), len(base)) >= A.MIN_SPECIFIC else "usage" if usage else "mass")
+    if shift_used == "share":
+        s = np.array([shifts[i]["log_share_ratio"] for i in assignable])
+    elif shift_used == "usage":
+        s = np.array([A.log_ratio(shifts[i]["usage_shift_rel"] if shifts[i]["usage_shift_rel"] is not None
+                                  else shifts[i]["usage_shift"]) for i in assignable])
+    else:
+        s = np.array([A.log_ratio(shifts[i]["mass_shift_rel"]) for i in assignable])
+    attr = A.attribute(w[:, assignable], s, tasks, [cats[i] for i in assignable],
+                       {t: deltas[t]["delta"] for t in tasks}, {t: deltas[t]["category"] for t in tasks})
+    attr["shift_used"] = shift_used
+    attr["tasks_without_prompts"] = skipped
+    return {
+        "format_version": 1, "taxonomy": tax.source, "reference": cfg.reference,
+        "annotator": {"name": rows[0].get("annotator"), "alpha": cfg.alpha}, "specific_by": cfg.specific_by,
+        "N_tuned": len(tuned), "N_base": len(base), "categories": shifts,
+        "exposure": {t: {c: float(w[i, g]) for g, c in enumerate(cats)} for i, t in enumerate(tasks)},
+        "attribution": attr, "causal": [], "top_latents": top_latents(rows, cats),
+    }
+
+
+def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], seed: int) -> dict[str, dict[str, Any]]:
+    """Usage shift per category, on its own probe texts' transcripts ({} when the run has no transcripts)."""
+
+    tdir, pacts = run_path / files.TRANSCRIPTS_DIR, run_path / files.PROBE_ACTS_DIR
+    if not tdir.is_dir() or not (pacts / files.SEQUENCES).is_file():
+        return {}
+    transcripts = {source_name(p, run_path): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
+    meta, starts = {}, {}
+    for sid, seq in sequences(pacts).items():
+        if seq["source"] in transcripts:
+            r = transcripts[seq["source"]][seq["doc_id"]]
+            meta[sid] = (Path(seq["source"]).stem, r["side"], r["index"])
+            starts[sid] = r["prompt_tokens"]
+    if not starts:  # the probe activations were collected on the probe texts alone
+        return {}
+    everything = np.arange(model.cfg.n_latents)  # the last column: all latents' mass, for the relative shift
+    ids, sums = response_sums(model, pacts, [*groups, everything], starts)
+    # per category present in the transcripts: [side (base, tuned), (category's mass, all mass), probe]
+    by_cat = {Path(p).stem: rows for p, rows in transcripts.items()}  # transcripts/<category>.jsonl
+    per = {c: np.zeros((len(SIDES), 2, len(by_cat[c]) // len(SIDES))) for c in cats if by_cat.get(c)}
+    for sid, row in zip(ids, sums, strict=True):
+        c, side, i = meta[int(sid)]
+        if c in per:
+            per[c][SIDES.index(side), :, i] += (row[cats.index(c)], row[-1])
+    out = {}
+    for cat, m in per.items():
+        out[cat] = A.usage_shift(m[0, 0], m[1, 0], m[0, 1], m[1, 1], seed=seed)
+        for side in SIDES:
+            out[cat][f"empty_{side}"] = sum(1 for r in by_cat[cat] if r["side"] == side and not r["response"].strip())
+    return out
+
+
+def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for c in cats:
+        if c == "unassigned":
+            continue
+        mine = sorted((r for r in rows if r["category"] == c), key=lambda r: -(r.get("enrichment") or 0))[:n]
+        out[c] = [{"latent": r["latent"], "class": r["class"], "delta_norm": r["delta_norm"],
+                   "enrichment": r.get("enrichment"), "q_value": r.get("q_value"),
+                   "contexts": [{"token": x.get("token"), "context": x.get("context")} for x in (r.get("top_contexts") or [])[:3]]}
+                  for r in mine]
+    return out

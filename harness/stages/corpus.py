@@ -1,0 +1,98 @@
+"""The texts activations are collected on: corpus files, the shipped corpus, benchmark prompts.
+
+A corpus file is `.txt` (one text per line) or `.jsonl` (a `text` field, or chat `messages` rendered with
+the tuned model's chat template).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from diffeval.harness.core.config import ActivationsConfig
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.files import source_name
+from diffeval.harness.suite import CORPUS_DIR, registry
+
+log = logging.getLogger(__name__)
+
+
+def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, Any]]:
+    """Texts to collect on, interleaved by source: the corpus files (or the shipped corpus) and the
+    task prompts, plain and chat-formatted with `chat_tok`'s template (the tuned model's)."""
+    def read(path: str) -> list[dict[str, Any]]:
+        return [{**s, "source": source_name(path, cfg.source_root)} for s in read_corpus_file(Path(path), chat_tok)]
+
+    groups = [read(p) for p in cfg.corpus]
+    if not cfg.corpus:
+        groups += shipped_corpus(chat_tok)
+    groups += [read(p) for p in cfg.extra]
+    names = cfg.tasks or (() if cfg.corpus else tuple(registry.shipped_suite()))
+    defs = registry.resolve(names, cfg.tasks_dir) if names else []
+    for name, task in registry.load_tasks(defs).items():
+        prompts = [task.doc_to_text(doc) for doc in task.eval_docs]
+        groups.append([{"kind": "task", "source": name, "doc_id": i, "text": p} for i, p in enumerate(prompts)])
+        groups.append([{"kind": "chat", "source": name, "doc_id": i, "text": render_chat(
+            chat_tok, [{"role": "user", "content": p}], generation_prompt=True)} for i, p in enumerate(prompts)])
+    seqs = _interleave(groups)
+    if not seqs:
+        raise DiffevalError("the activation corpus is empty: pass --corpus files and/or --tasks")
+    return seqs
+
+
+def _interleave(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One list that starts with the first item of every group and then mixes the groups in
+    proportion to their sizes (so a small token budget still sees plain, chat and task text)."""
+    keyed = [(j / len(g), gi, j) for gi, g in enumerate(groups) for j in range(len(g))]
+    return [groups[gi][j] for _, gi, j in sorted(keyed)]
+
+
+def shipped_corpus(chat_tok: Any) -> list[list[dict[str, Any]]]:
+    """The offline default: harness/corpus/plain.jsonl and chat.jsonl (each skipped if absent)."""
+    groups = []
+    for name in ("plain.jsonl", "chat.jsonl"):
+        path = CORPUS_DIR / name
+        if path.is_file():
+            groups.append([{**s, "source": f"shipped:{name}"} for s in read_corpus_file(path, chat_tok)])
+        else:
+            log.warning("shipped corpus file %s is missing; collecting without it", path)
+    return groups
+
+
+def read_corpus_file(path: Path, chat_tok: Any) -> list[dict[str, Any]]:
+    """Sequences from a .txt file (one text per line) or a .jsonl file ('text' or 'messages' rows)."""
+    if not path.is_file():
+        raise DiffevalError(f"corpus file {path} does not exist (use .txt, one text per line, or .jsonl rows "
+                            "with 'text' or 'messages')")
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if path.suffix != ".jsonl":
+        return [{"kind": "plain", "source": str(path), "text": t} for t in lines]
+    seqs = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DiffevalError(f"{path} line {i} is not JSON ({e.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            seqs.append({"kind": "plain", "source": str(path), "doc_id": i - 1, "text": row["text"]})
+        elif isinstance(row, dict) and _is_chat(row.get("messages")):
+            seqs.append({"kind": "chat", "source": str(path), "doc_id": i - 1, "text": render_chat(chat_tok, row["messages"])})
+        else:
+            raise DiffevalError(f"{path} line {i} has neither a 'text' string nor 'messages' (a list of "
+                                "{'role', 'content'} objects)")
+    return seqs
+
+
+def _is_chat(messages: Any) -> bool:
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+
+
+def render_chat(tok: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """A conversation as text in the tokenizer's chat template, or "User: …\\nAssistant: …" without one."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+    return text + "\nAssistant:" if generation_prompt else text

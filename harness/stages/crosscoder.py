@@ -1,0 +1,42 @@
+"""The crosscoder stage: train on the run's paired activation cache (resuming a checkpoint of the same inputs)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from diffeval.crosscoders import CrossCoderConfig, train_crosscoder
+from diffeval.crosscoders.data import ActivationDirError, config_d_models, read_manifest
+from diffeval.harness.core import files
+from diffeval.harness.core.config import config_hash
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.runconfig import RunConfig, n_latents_for
+from diffeval.harness.core.rundir import RunDir, fresh_stage_dir
+
+log = logging.getLogger(__name__)
+
+
+def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
+    acts = run.path / files.ACTS_DIR
+    manifest = read_manifest(acts)
+    d_model = manifest["d_model"]
+    n_latents = n_latents_for(cfg.n_latents, d_model)
+    d_models = config_d_models(manifest)
+    kw = {"d_models": d_models} if d_models else {}
+    try:
+        cc_cfg = CrossCoderConfig(d_model=d_model, n_models=manifest["n_models"], n_latents=n_latents,
+                                  k=cfg.k, n_steps=cfg.n_steps, architecture=cfg.architecture, seed=cfg.seed,
+                                  device=cfg.device, checkpoint_every=max(cfg.n_steps // 4, 1), **kw)
+    except ValueError as e:
+        raise DiffevalError(f"crosscoder configuration: {e}") from None
+    key = config_hash(cc_cfg, run.key("activations"))
+    out = run.path / files.CROSSCODER_DIR
+    if not run.is_done("crosscoder", key):
+        fresh_stage_dir(out, key)  # a checkpoint of these inputs resumes; any other configuration's is cleared
+        with run.stage("crosscoder", key) as rec:
+            try:
+                train_crosscoder(cc_cfg, acts, out=out)
+            except (ActivationDirError, FloatingPointError) as e:
+                raise DiffevalError(str(e)) from None
+            rec["outputs"] = [out / files.CROSSCODER_WEIGHTS, out / files.CROSSCODER_CFG, out / files.CROSSCODER_METRICS]
+    return out

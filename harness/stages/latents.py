@@ -1,0 +1,114 @@
+"""latents.jsonl: one row per latent, with its top-activating contexts from the activation cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffeval.crosscoders import load_crosscoder
+from diffeval.crosscoders.data import read_manifest
+from diffeval.crosscoders.stats import latent_stats
+from diffeval.harness.core import files
+from diffeval.harness.core.config import config_hash
+from diffeval.harness.core.errors import RunDirError
+from diffeval.harness.core.files import source_name
+from diffeval.harness.core.io import atomic_write_jsonl
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir, file_stamp
+from diffeval.harness.stages.activations import collect_into
+from diffeval.harness.stages.annotators import AnnotationInputs, EnrichmentAnnotator, LLMAnnotator
+from diffeval.harness.stages.inputs import probe_inputs
+from diffeval.harness.stages.latent_sums import sequence_max, sequences
+from diffeval.harness.stages.transcripts import stage_transcripts
+from diffeval.harness.suite.taxonomy import Taxonomy
+
+LATENTS_VERSION = 2  # 2: per-side ν and `changed`
+
+
+def context_lookup(acts_dir: Path, window: int = 8) -> Any:
+    """A function row -> {text, token} using the cache's tokens shards and sequences.jsonl."""
+
+    manifest = read_manifest(acts_dir)
+    tokens = np.concatenate([np.load(acts_dir / s["tokens_file"]) for s in manifest["shards"]])
+    seqs = {}
+    for line in (acts_dir / files.SEQUENCES).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        seqs[row["id"]] = row
+
+    def lookup(row: int) -> dict[str, Any]:
+        seq_id, pos, _ = (int(v) for v in tokens[row])
+        seq = seqs.get(seq_id, {})
+        pieces = seq.get("tokens", [])
+        return {"source": seq.get("kind"), "task": seq.get("source"), "doc_id": seq.get("doc_id"),
+                "token": pieces[pos] if pos < len(pieces) else None,
+                "context": "".join(pieces[max(0, pos - window):pos + 1])}
+
+    return lookup
+
+
+def write_latents(model: Any, acts: str | Path, out: Path) -> Path:
+    return atomic_write_jsonl(out, latent_rows(model, acts))
+
+
+def latent_rows(model: Any, acts: str | Path) -> list[dict[str, Any]]:
+    """latents.jsonl rows (statistics and top contexts) before annotation."""
+
+    acts = Path(acts)
+    table = latent_stats(model, acts, contexts=context_lookup(acts))
+    return [{"format_version": LATENTS_VERSION, **r} for r in table.to_dict(orient="records")]
+
+
+def annotate_rows(rows: list[dict[str, Any]], labels: list[Any], annotator: str) -> None:
+    """Add category, categories, q_value, enrichment and annotator to each row (in place)."""
+    by_latent = {lab.latent: lab for lab in labels}
+    for row in rows:
+        lab = by_latent[int(row["latent"])]
+        row.update({"category": lab.category, "categories": list(lab.categories), "q_value": lab.q_value,
+                    "enrichment": lab.enrichment, "annotator": annotator})
+
+
+def read_latents(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+
+        raise RunDirError(f"{path} does not exist; run the latents stage first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
+    """latents.jsonl: statistics and top contexts per latent, plus its categories from the probe corpora
+    (with --probe-responses, the probe texts as each model continues them)."""
+    tax, probes, probe_files = probe_inputs(cfg)
+    paths = stage_transcripts(run, cfg, probes, probe_files) if cfg.probe_responses else probe_files
+    # probe file (as sequences.jsonl names it: run-relative for the transcripts) → category
+    sources = {source_name(p, run.path): c for p, c in zip(paths, probes, strict=True)}
+    probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": list(sources)},
+                            [file_stamp(f, run.path) for f in paths], run.key("activations"))
+    probe_acts = collect_into(run, cfg, "probes", files.PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(paths))
+    annotator = {"annotator": cfg.annotator, "llm": [cfg.llm_url, cfg.llm_model]} if cfg.annotator != "enrichment" else {}
+    key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source, "version": LATENTS_VERSION, **annotator}, probe_key,
+                      run.key("crosscoder"))
+    if not run.is_done("latents", key):
+        with run.stage("latents", key) as rec:
+            rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, sources, cfg)]
+    return run.path / files.LATENTS
+
+
+def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sources: dict[str, str],
+                            cfg: RunConfig) -> Path:
+    """Annotate every latent from its maximum activation per probe text (`sources` maps each probe file to its
+    category), or with `cfg.annotator` llm from its top contexts."""
+    model = load_crosscoder(run_path / files.CROSSCODER_DIR, device=cfg.device)
+    rows = latent_rows(model, run_path / files.ACTS_DIR)
+    seqs = sequences(probe_acts)
+    seq_ids, seq_acts = sequence_max(model, probe_acts, seqs)
+    labels = [sources[seqs[int(s)]["source"]] for s in seq_ids]
+    inputs = AnnotationInputs(categories=sorted(set(labels)), descriptions={c: tax.categories[c].description for c in tax.names},
+                              seq_acts=seq_acts, seq_labels=labels, latents=rows)
+    annotator = (EnrichmentAnnotator(alpha=cfg.alpha) if cfg.annotator == "enrichment"
+                 else LLMAnnotator(base_url=cfg.llm_url, model=cfg.llm_model))
+    annotate_rows(rows, annotator.annotate(inputs), annotator.name)
+    return atomic_write_jsonl(run_path / files.LATENTS, rows)
