@@ -13,7 +13,6 @@ one top-level manifest that lists all ranks' shards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from diffeval.crosscoders.data import MANIFEST, ActivationDirError, model_dims
-from diffeval.crosscoders.files import SEQUENCES, write_json_atomic, write_text_atomic
+from diffeval.crosscoders.files import SEQUENCES, file_sha256, write_json_atomic, write_text_atomic
 
 RANK_DIR = "rank_{:02d}"
 
@@ -68,7 +67,8 @@ class ShardWriter:
         self._append_sequences(lambda s: True)
         if not self.manifest["sums"]:
             raise ActivationDirError("no activation rows were collected (empty corpus after filtering?)")
-        self.manifest.update(moments(self.manifest["sums"]), complete=True, dtype=self.store_dtype)
+        self.manifest.update(moments(self.manifest["sums"]), complete=True, dtype=self.store_dtype,
+                             sequences_sha256=file_sha256(self.out / SEQUENCES))
         self.manifest.pop("resume", None)
         _write_manifest(self.out, self.manifest)
 
@@ -96,7 +96,8 @@ class ShardWriter:
         self.manifest["sums"] = _add_sums(self.manifest["sums"], acts, model_dims(self.manifest))
         self.manifest["shards"].append({"file": name, "tokens_file": tname, "rows": len(acts),
                                         "bytes": (self.out / name).stat().st_size,
-                                        "sha256": hashlib.sha256((self.out / name).read_bytes()).hexdigest()})
+                                        "sha256": file_sha256(self.out / name),
+                                        "tokens_sha256": file_sha256(self.out / tname)})
         self.manifest["rows"] += len(acts)
         # the batch holding the next unwritten row is where a restart begins
         written = self.manifest["rows"]
@@ -174,9 +175,9 @@ def merge_rank_dirs(out: Path, world: int) -> Path:
     merged["rows"] = sum(p["rows"] for _, p in parts)
     sums = [p["sums"] for _, p in parts]
     merged["sums"] = {key: [sum(vals) for vals in zip(*(s[key] for s in sums), strict=True)] for key in ("s", "s2", "n")}
-    merged.update(moments(merged["sums"]), ranks=world, complete=True)
     lines = [line for d, _ in parts for line in (out / d / SEQUENCES).read_text(encoding="utf-8").splitlines()]
     lines.sort(key=lambda line: json.loads(line)["id"])
     write_text_atomic(out / SEQUENCES, "".join(line + "\n" for line in lines))
+    merged.update(moments(merged["sums"]), ranks=world, complete=True, sequences_sha256=file_sha256(out / SEQUENCES))
     _write_manifest(out, merged)
     return out

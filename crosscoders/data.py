@@ -15,7 +15,6 @@ caught before training reads it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.crosscoders.files import MANIFEST
+from diffeval.crosscoders.files import MANIFEST, SEQUENCES, file_sha256
 
 FORMAT_VERSION = 1
 
@@ -125,9 +124,29 @@ def validate_shard(path: Path, entry: dict[str, Any], manifest: dict[str, Any], 
     if arr.shape != want:
         raise ActivationDirError(f"shard {path} has shape {arr.shape}, the manifest says {want}")
     if check_hash:
+        if file_sha256(path) != entry["sha256"]:
+            raise ActivationDirError(f"shard {path} does not match its sha256 in the manifest (corrupt); "
+                                     "delete the activation directory and collect again")
+        tokens = path.parent / entry["tokens_file"]
+        if "tokens_sha256" in entry and (not tokens.is_file() or file_sha256(tokens) != entry["tokens_sha256"]):
+            raise ActivationDirError(f"token shard {tokens} is missing or does not match its sha256 in the manifest "
+                                     "(corrupt); delete the activation directory and collect again")
 
-        if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
-            raise ActivationDirError(f"shard {path} does not match its sha256 in the manifest")
+
+def verify_cache(directory: str | Path) -> dict[str, Any]:
+    """Every shard and sequences.jsonl of an activation directory against the sha256 its manifest records.
+
+    Reads the whole cache once (about as long as one pass of training over it); the pipeline does this when
+    it reuses a cache it did not write in the same run, so corrupted bytes of the right size are caught."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for entry in manifest["shards"]:
+        validate_shard(directory / entry["file"], entry, manifest, check_hash=True)
+    digest, seqs = manifest.get("sequences_sha256"), directory / SEQUENCES
+    if digest and (not seqs.is_file() or file_sha256(seqs) != digest):
+        raise ActivationDirError(f"{seqs} is missing or does not match its sha256 in the manifest (corrupt); "
+                                 "delete the activation directory and collect again")
+    return manifest
 
 
 def as_source(acts: Any, cfg: Any = None) -> TensorSource | ActivationStore:

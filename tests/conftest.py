@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from diffeval.harness import pipeline
+from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.organisms.tiny import (
     build_random_pair,
     save_pair,
@@ -55,3 +58,25 @@ def organism_cache(tmp_path_factory):
         os.environ.pop("DIFFEVAL_CACHE", None)
     else:
         os.environ["DIFFEVAL_CACHE"] = old
+
+
+def tiny_cfg(pair, **over):
+    """A RunConfig small enough for a test: three tasks, 3000 activation rows, 64 latents, 40 steps."""
+    base, tuned = pair
+    opts = {"base": str(base), "tuned": str(tuned), "tasks": ("diffeval_factual", "diffeval_multilingual",
+            "diffeval_hallucination"), "limit": 6, "tokens": 3000, "seq_len": 32, "n_latents": 64, "k": 4,
+            "n_steps": 40, "bootstrap_iters": 200, "probe_responses": 8}
+    return RunConfig(**{**opts, **over})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_pair, tmp_path_factory):
+    """One finished pipeline run of `tiny_cfg` on the tiny pair, shared by the session (read it, or copy it
+    with `copy_run` before changing anything)."""
+    return pipeline.run(tiny_cfg(tiny_pair), tmp_path_factory.mktemp("tiny_run") / "run")
+
+
+def copy_run(run, dst):
+    """A private copy of a run directory (stage keys are run-relative, so every stage stays reusable)."""
+    shutil.copytree(run, dst)
+    return dst

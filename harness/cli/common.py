@@ -65,15 +65,20 @@ def field_option(cls: type, name: str, *decls: str, fixed_default: bool = False,
         kw["is_flag"] = True
     elif "type" not in kw and "multiple" not in kw and isinstance(default, (int, float)) and not isinstance(default, bool):
         kw["type"] = type(default)
-    shown = None if default in (None, (), "") else ", ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    shown = None if default in (None, (), "", False) else (
+        ", ".join(map(str, default)) if isinstance(default, tuple) else str(default))
+    help_text = f.metadata.get("help", "")
     if fixed_default:
         kw.setdefault("default", default)
         kw.setdefault("show_default", shown is not None)
     else:
+        # None when not given (a --config file may set the field; the dataclass supplies the default)
         kw.setdefault("default", None)
+        if "show_default" in kw:
+            shown = kw.pop("show_default")
         if shown is not None:
-            kw.setdefault("show_default", shown)
-    return click.option(*opt_name, name, help=f.metadata.get("help", ""), **kw)
+            help_text += f"  [default: {shown}]"
+    return click.option(*opt_name, name, help=help_text, **kw)
 
 
 def apply(options: list[Callable]) -> Callable[[Callable], Callable]:

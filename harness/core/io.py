@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -37,6 +38,15 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
 
 
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, turning a parse failure into an error that names the file."""
 
@@ -47,6 +57,30 @@ def read_json(path: str | Path) -> Any:
         raise RunDirError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
         raise RunDirError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); delete it to recompute") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path} is not UTF-8 text (corrupt); delete it to recompute") from None
+
+
+def read_jsonl_rows(path: str | Path) -> list[Any]:
+    """Every row of a JSON Lines file; a missing file or a line that is not JSON (a truncated or corrupt
+    file) is an error naming the file and the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise RunDirError(f"{path} does not exist") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path} is not UTF-8 text (corrupt); delete it to recompute") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path} line {i} is not valid JSON ({e.msg}): truncated or corrupt; "
+                              "delete it to recompute") from None
+    return rows
 
 
 def _jsonable(obj: Any) -> Any:

@@ -21,7 +21,7 @@ from diffeval import __version__
 from diffeval.harness.core.config import config_hash, to_dict
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import CONFIG, MANIFEST, STAGE_KEY, source_name
-from diffeval.harness.core.io import atomic_write_json, read_json
+from diffeval.harness.core.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.path / MANIFEST
         self.manifest = self._load_manifest()
+        self._verified: set[str] = set()  # stages whose outputs were checked against their hashes
 
     def _load_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
@@ -74,18 +75,44 @@ class RunDir:
         return atomic_write_json(self.path / CONFIG, to_dict(cfg))
 
     def is_done(self, stage: str, input_hash: str) -> bool:
-        """True when `stage` finished with these inputs and its outputs are all still there."""
+        """True when `stage` finished with these inputs and its outputs are all still there, as written.
+
+        An output whose content no longer matches the sha256 recorded when the stage wrote it (a corrupt
+        or edited file) is an error naming the file: reusing it would pass damage on as a result."""
         entry = self.manifest["stages"].get(stage)
         if not entry or entry.get("status") != "done" or entry.get("input_hash") != input_hash:
             return False
-        return all((self.path / rel).exists() for rel in entry.get("outputs", []))
+        if not all((self.path / rel).exists() for rel in entry.get("outputs", [])):
+            return False
+        self.verify(stage)
+        return True
 
     def key(self, stage: str) -> str:
-        """The input key of a finished stage (what a later stage's key is built from)."""
+        """The input key of a finished stage (what a later stage's key is built from); its outputs are
+        checked against their recorded hashes, since the caller is about to read them."""
         entry = self.manifest["stages"].get(stage)
         if not entry or entry.get("status") != "done":
             raise RunDirError(f"{self.path} has no finished '{stage}' stage; run `diffeval run` (or that stage) first")
+        self.verify(stage)
         return entry["input_hash"]
+
+    def verify(self, stage: str) -> None:
+        """Check a finished stage's output files against the sha256 recorded when it wrote them (once per RunDir)."""
+        if stage in self._verified:
+            return
+        for rel, digest in (self.manifest["stages"][stage].get("sha256") or {}).items():
+            path = self.path / rel
+            if not path.is_file():
+                raise RunDirError(f"{path} is missing although the '{stage}' stage wrote it; re-run to recompute it")
+            if sha256_file(path) != digest:
+                raise RunDirError(f"{path} no longer matches the sha256 the '{stage}' stage recorded in "
+                                  f"{MANIFEST} (corrupt or edited); delete it and re-run to recompute it")
+        self._verified.add(stage)
+
+    def rehash(self, stage: str) -> None:
+        """Record the current content of a finished stage's outputs (after a later stage added to one of them)."""
+        entry = self.manifest["stages"][stage]
+        self._set(stage, {**entry, "sha256": _hashes(self.path, entry.get("outputs", []))})
 
     def outputs(self, stage: str) -> list[Path]:
         entry = self.manifest["stages"].get(stage)
@@ -107,14 +134,20 @@ class RunDir:
         outputs = [str(Path(p).resolve().relative_to(self.path.resolve())) for p in rec["outputs"]]
         self._set(name, {
             "status": "done", "input_hash": input_hash, "ended": _now(),
-            "seconds": round(time.perf_counter() - t0, 2), "outputs": outputs,
+            "seconds": round(time.perf_counter() - t0, 2), "outputs": outputs, "sha256": _hashes(self.path, outputs),
         })
+        self._verified.add(name)
 
     def _set(self, name: str, entry: dict[str, Any]) -> None:
         self.manifest["stages"][name] = entry
         self.manifest["packages"] = package_versions()
         self.manifest["updated"] = _now()
         atomic_write_json(self.manifest_path, self.manifest)
+
+
+def _hashes(root: Path, outputs: list[str]) -> dict[str, str]:
+    """sha256 of each output that is a file (a folder output is checked by its own manifest)."""
+    return {rel: sha256_file(root / rel) for rel in outputs if (root / rel).is_file()}
 
 
 def _now() -> str:

@@ -19,6 +19,7 @@ from diffeval.harness.stages.attribution import stage_attribution
 from diffeval.harness.stages.bench import run_bench
 from diffeval.harness.stages.causal import stage_causal
 from diffeval.harness.stages.crosscoder import stage_crosscoder
+from diffeval.harness.stages.inputs import probe_inputs
 from diffeval.harness.stages.latents import stage_latents
 from diffeval.harness.stages.report import stage_report
 
@@ -26,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: RunConfig, out: str | Path) -> Path:
-    """Run every stage into `out`; returns the run directory."""
+    """Run every stage into `out`; returns the run directory.
+
+    The taxonomy and every probe corpus are read first, so a bad --categories file or probe directory is
+    an error before any model runs or any file is written."""
+    probe_inputs(cfg)
     run_bench(cfg.bench(), out)
     run_dir = RunDir(out)
     run_dir.write_config(cfg)  # the full configuration (bench wrote only its own part)

@@ -28,9 +28,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffeval.crosscoders.cache import RANK_DIR, ShardWriter, merge_rank_dirs
+from diffeval.crosscoders.data import ActivationDirError, verify_cache
 from diffeval.harness.core import files, models
 from diffeval.harness.core.config import ActivationsConfig, config_hash
-from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.files import source_name
 from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
@@ -242,7 +243,14 @@ def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
 
 
 def collect_into(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **acts_kw: Any) -> Path:
-    if not run.is_done(name, key):
+    """Collect into `run/out` as stage `name` with key `key`; a cache reused from before is first checked
+    against its recorded hashes."""
+    if run.is_done(name, key):
+        try:
+            verify_cache(run.path / out)
+        except ActivationDirError as e:
+            raise RunDirError(f"the {name} stage's cache is damaged: {e}") from None
+    else:
         fresh_stage_dir(run.path / out, key)
         with run.stage(name, key) as rec:
             acfg = cfg.activations(source_root=str(run.path), **acts_kw)

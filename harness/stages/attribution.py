@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from diffeval.crosscoders import load_crosscoder
 from diffeval.harness.core import files
 from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import RunDirError
@@ -19,6 +18,7 @@ from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir
 from diffeval.harness.stages import measures as A
 from diffeval.harness.stages.bench import load_deltas
+from diffeval.harness.stages.crosscoder import open_crosscoder
 from diffeval.harness.stages.inputs import taxonomy_for
 from diffeval.harness.stages.latent_sums import group_sums, response_sums, sequences
 from diffeval.harness.stages.latents import read_latents
@@ -73,7 +73,7 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     shifts = [A.category_shift_row(c, A.ShareCounts(sum(r["category"] == c for r in tuned), len(tuned),
                                                    sum(r["category"] == c for r in base), len(base)), seed=cfg.seed)
               for c in cats]
-    model = load_crosscoder(run_path / files.CROSSCODER_DIR, device=cfg.device)
+    model = open_crosscoder(run_path, cfg.device)
     groups = [np.array(category_members(rows, c), dtype=np.int64) for c in cats]
     seqs = sequences(run_path / files.ACTS_DIR)
     sums = group_sums(model, run_path / files.ACTS_DIR, groups, seqs)

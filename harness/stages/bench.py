@@ -143,7 +143,6 @@ def write_deltas(run_path: Path, defs: list[taskreg.TaskDef], cfg: BenchConfig) 
     res = {role: read_json(run_path / files.bench_results(role)) for role in ROLES}  # read once, not per task
     rows = [{"task": d.name, "category": d.category, **task_delta(run_path, res, d.name, cfg)} for d in defs]
     if cfg.scores:
-
         rows.extend(read_external_scores(cfg.scores))
     doc = {"format_version": DELTAS_VERSION, "base": cfg.base, "tuned": cfg.tuned, "tasks": rows}
     return [atomic_write_json(run_path / files.DELTAS, doc), atomic_write_text(run_path / files.DELTAS_MD, deltas_markdown(rows))]

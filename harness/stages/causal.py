@@ -23,7 +23,6 @@ re-run while every input is unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,7 +35,7 @@ from diffeval.harness.core import files, models
 from diffeval.harness.core.config import config_hash, from_dict
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.files import check_name
-from diffeval.harness.core.io import atomic_write_json, read_json
+from diffeval.harness.core.io import atomic_write_json, read_json, sha256_file
 from diffeval.harness.core.runconfig import CAUSAL_MODES, RunConfig
 from diffeval.harness.core.rundir import RunDir
 from diffeval.harness.stages.attribution import category_members, specific_sets
@@ -105,8 +104,8 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
     if mode not in CAUSAL_MODES:
         raise DiffevalError(f"ablation mode {mode!r} is not one of {', '.join(CAUSAL_MODES)}")
     key = config_hash(cfg, task, category, ids, layer, n_boot, seed, mode, [models.describe(s) for s in specs],
-                      _sha256(cc_dir / files.CROSSCODER_WEIGHTS),
-                      [_sha256(_samples(run, role, task)) for role in ("base", "tuned")])
+                      sha256_file(cc_dir / files.CROSSCODER_WEIGHTS)[:16],
+                      [sha256_file(_samples(run, role, task))[:16] for role in ("base", "tuned")])
     out = run / files.CAUSAL_DIR / f"{task}__{category}.json"
     if out.exists():
         old = read_json(out)
@@ -203,14 +202,6 @@ def _samples(run: Path, role: str, task: str) -> Path:
     return run / files.bench_samples(role, task)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
     """Re-score each task with its category's latents reverted (or ablated); add the results to attribution.json.
 
@@ -250,4 +241,6 @@ def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
             row.update(control_removed=ctl["delta_removed"], control_ci_low=ctl["ci_low"], control_ci_high=ctl["ci_high"])
         rows.append(row)
     doc["causal"], doc["causal_skipped"] = rows, skipped
-    return atomic_write_json(path, doc)
+    atomic_write_json(path, doc)
+    run.rehash("attribution")  # attribution.json now holds the causal rows too
+    return path

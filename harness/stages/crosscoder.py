@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from diffeval.crosscoders import CrossCoderConfig, train_crosscoder
+from diffeval.crosscoders import CrossCoderConfig, load_crosscoder, train_crosscoder
 from diffeval.crosscoders.data import ActivationDirError, config_d_models, read_manifest
 from diffeval.harness.core import files
 from diffeval.harness.core.config import config_hash
-from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.runconfig import RunConfig, n_latents_for
 from diffeval.harness.core.rundir import RunDir, fresh_stage_dir
 
@@ -40,3 +41,12 @@ def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
                 raise DiffevalError(str(e)) from None
             rec["outputs"] = [out / files.CROSSCODER_WEIGHTS, out / files.CROSSCODER_CFG, out / files.CROSSCODER_METRICS]
     return out
+
+
+def open_crosscoder(run_path: Path, device: str = "cpu") -> Any:
+    """The run's trained crosscoder; a missing or corrupt cfg.json or weights file, or another format
+    version, is an error naming the file and how to recompute it."""
+    try:
+        return load_crosscoder(run_path / files.CROSSCODER_DIR, device=device)
+    except ValueError as e:
+        raise RunDirError(f"{e}; delete {run_path / files.CROSSCODER_DIR} and re-run to train it again") from None

@@ -7,7 +7,6 @@ model m is f_j·‖d_j^m‖, its decoded activation norm in the crosscoder's nor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +18,19 @@ from tqdm.auto import tqdm
 
 from diffeval.crosscoders.data import as_source, read_manifest
 from diffeval.harness.core import files
+from diffeval.harness.core.errors import RunDirError
+from diffeval.harness.core.io import read_jsonl_rows
 
 BATCH = 4096
 
 
 def sequences(acts_dir: str | Path) -> dict[int, dict[str, Any]]:
     """sequences.jsonl of an activation cache: {sequence id: {kind, source, doc_id, text, …}}."""
-    path = Path(acts_dir) / files.SEQUENCES
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        out[int(row["id"])] = row
-    return out
+    rows = read_jsonl_rows(Path(acts_dir) / files.SEQUENCES)
+    if not all(isinstance(r, dict) and isinstance(r.get("id"), int) for r in rows):
+        raise RunDirError(f"{Path(acts_dir) / files.SEQUENCES} has rows without an integer 'id'; delete "
+                          f"{acts_dir} and re-run to collect it again")
+    return {r["id"]: r for r in rows}
 
 
 @torch.no_grad()

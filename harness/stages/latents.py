@@ -8,18 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from diffeval.crosscoders import load_crosscoder
 from diffeval.crosscoders.data import read_manifest
 from diffeval.crosscoders.stats import latent_stats
 from diffeval.harness.core import files
 from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import source_name
-from diffeval.harness.core.io import atomic_write_jsonl
+from diffeval.harness.core.io import atomic_write_jsonl, read_jsonl_rows
 from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, file_stamp
 from diffeval.harness.stages.activations import collect_into
 from diffeval.harness.stages.annotators import AnnotationInputs, EnrichmentAnnotator, LLMAnnotator
+from diffeval.harness.stages.crosscoder import open_crosscoder
 from diffeval.harness.stages.inputs import probe_inputs
 from diffeval.harness.stages.latent_sums import sequence_max, sequences
 from diffeval.harness.stages.transcripts import stage_transcripts
@@ -73,9 +73,8 @@ def annotate_rows(rows: list[dict[str, Any]], labels: list[Any], annotator: str)
 def read_latents(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
-
         raise RunDirError(f"{path} does not exist; run the latents stage first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl_rows(path)
 
 
 def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
@@ -101,7 +100,7 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sou
                             cfg: RunConfig) -> Path:
     """Annotate every latent from its maximum activation per probe text (`sources` maps each probe file to its
     category), or with `cfg.annotator` llm from its top contexts."""
-    model = load_crosscoder(run_path / files.CROSSCODER_DIR, device=cfg.device)
+    model = open_crosscoder(run_path, cfg.device)
     rows = latent_rows(model, run_path / files.ACTS_DIR)
     seqs = sequences(probe_acts)
     seq_ids, seq_acts = sequence_max(model, probe_acts, seqs)

@@ -40,7 +40,6 @@ class TaskDef:
     def files_hash(self) -> str:
         """Hash of every file beside the YAML (config, data, scoring), for the stage cache."""
         if self.path is None:
-
             return "lm_eval-" + importlib.metadata.version("lm_eval")
         h = hashlib.sha256()
         for f in sorted(self.path.parent.rglob("*")):

@@ -136,7 +136,6 @@ def _files(directory):
 
 @pytest.mark.parametrize("crash_at", [2, 4])
 def test_interrupted_collection_resumes_exactly(tiny_pair, tmp_path, monkeypatch, crash_at):
-
     # small batches and shards: shards end mid-batch, so rows are still buffered when the crash comes
     cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=700, seq_len=32, batch_size=4,
                             shard_rows=128, tasks=("diffeval_factual",))

@@ -1,14 +1,16 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from diffeval.harness.cli import cli
+from diffeval.harness.cli.reference import options_markdown
 
 
 def test_help_is_instant_and_imports_no_heavy_library():
-    code = "import sys, harness.cli; print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))"
+    code = "import sys, diffeval.harness.cli; print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -79,3 +81,10 @@ def test_attribute_rejects_a_bad_device_and_a_directory_that_is_no_run(tmp_path)
     result = runner.invoke(cli, ["attribute", str(tmp_path), "--device", "tpu"])
     assert result.exit_code == 2 and "device 'tpu' is not valid" in result.output
     assert json.loads((tmp_path / "config.json").read_text()) == {"base": "a", "tuned": "b"}  # nothing written
+
+
+def test_the_options_page_is_the_help_text():
+    """docs/options.md is generated from the option definitions; regenerate it with
+    `python -m diffeval.harness.cli.reference docs/options.md` when an option changes."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "options.md"
+    assert page.read_text(encoding="utf-8") == options_markdown()

@@ -24,16 +24,9 @@ from diffeval.harness.stages.latent_sums import encoded_batches, response_sums
 from diffeval.harness.stages.latents import read_latents
 from diffeval.harness.stages.report import stage_report
 from diffeval.reports.schema import load_report
+from tests.conftest import copy_run, tiny_cfg
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_cfg(pair, **over) -> RunConfig:
-    base, tuned = pair
-    opts = {"base": str(base), "tuned": str(tuned), "tasks": ("diffeval_factual", "diffeval_multilingual",
-            "diffeval_hallucination"), "limit": 6, "tokens": 3000, "seq_len": 32, "n_latents": 64, "k": 4,
-            "n_steps": 40, "bootstrap_iters": 200, "probe_responses": 8}
-    return RunConfig(**{**opts, **over})
 
 
 def _outputs(run: Path) -> dict[str, bytes]:
@@ -41,8 +34,8 @@ def _outputs(run: Path) -> dict[str, bytes]:
             for name in ("crosscoder/crosscoder.safetensors", "latents.jsonl", "attribution.json", "bench/deltas.json")}
 
 
-def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tmp_path) -> None:
-    run = pipeline.run(tiny_cfg(tiny_pair), tmp_path / "run")
+def test_pipeline_writes_every_stage_and_reuses_them(tiny_pair, tiny_run, tmp_path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     for stage in ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "transcripts", "probes",
                   "latents", "attribution"):
@@ -96,9 +89,9 @@ def _check_response_sums(run: Path) -> None:
     assert 0 < half.sum() < every.sum()
 
 
-def test_killed_run_resumes_to_identical_results(tiny_pair, tmp_path, monkeypatch) -> None:
-    cfg = tiny_cfg(tiny_pair, tasks=("diffeval_factual", "diffeval_multilingual"))
-    reference = pipeline.run(cfg, tmp_path / "uninterrupted")
+def test_killed_run_resumes_to_identical_results(tiny_pair, tiny_run, tmp_path, monkeypatch) -> None:
+    cfg = tiny_cfg(tiny_pair)
+    reference = tiny_run  # the same configuration, uninterrupted
 
     real_step = train.train_step
 
@@ -160,9 +153,10 @@ def test_reference_design_takes_specific_latents_against_the_reference(tiny_pair
     assert attr["attribution"]["reason"] is not None  # one task: no correlation, and it says why
 
 
-def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tmp_path) -> None:
-    cfg = tiny_cfg(tiny_pair, causal=True, n_latents=32)
-    run = pipeline.run(cfg, tmp_path / "run")
+def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tiny_run, tmp_path) -> None:
+    cfg = tiny_cfg(tiny_pair, causal=True)
+    run = copy_run(tiny_run, tmp_path / "run")
+    stage_causal(RunDir(run), cfg)
     attr = json.loads((run / "attribution.json").read_text())
     done, skipped = attr["causal"], attr["causal_skipped"]
     assert sorted(r["task"] for r in done + skipped) == sorted(t["task"] for t in attr["attribution"]["per_task"])

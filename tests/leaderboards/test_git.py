@@ -78,7 +78,7 @@ def test_concurrent_publishers_to_one_bare_repository(tmp_path, bare, make_run):
     runs = [make_run(f"r{i}", tuned=f"org/tuned-{i}") for i in range(4)]
     start = time.time() + 2.0
     code = (
-        "import sys, time; from leaderboards import publish; "
+        "import sys, time; from diffeval.leaderboards import publish; "
         "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); print(publish(sys.argv[1], sys.argv[2]))"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(bare), str(start)],

@@ -164,7 +164,7 @@ def test_eight_concurrent_publishes_keep_every_entry(tmp_path, make_run):
     runs = [make_run(f"r{i}", tuned=f"org/tuned-{i}") for i in range(8)]
     start = time.time() + 2.0  # every process waits for the same instant, then publishes
     code = (
-        "import sys, time; from leaderboards import publish; "
+        "import sys, time; from diffeval.leaderboards import publish; "
         "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); print(publish(sys.argv[1], sys.argv[2]))"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(board), str(start)],

@@ -1,0 +1,63 @@
+"""One configuration path: each stage's settings come from the run's RunConfig, and every command's
+defaults from the same dataclasses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.harness.cli import cli
+from diffeval.harness.core.config import ActivationsConfig
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.stages import activations, causal
+from tests.conftest import copy_run, tiny_cfg
+
+
+def test_run_dtype_reaches_activation_collection(tiny_pair, tmp_path, monkeypatch):
+    """`run --dtype bfloat16` collects activations with bfloat16 weights (the stage once built its config
+    without the dtype and collected in float32)."""
+    seen = []
+
+    def capture(cfg, out):
+        seen.append(cfg)
+        raise KeyboardInterrupt  # stop before any model work
+
+    monkeypatch.setattr(activations, "collect_activations", capture)
+    with pytest.raises(KeyboardInterrupt):
+        activations.stage_activations(RunDir(tmp_path / "run"), tiny_cfg(tiny_pair, dtype="bfloat16"))
+    assert seen[0].dtype == "bfloat16" and seen[0].device == "cpu" and seen[0].tokens == 3000
+
+
+@pytest.mark.slow
+def test_causal_rescoring_uses_the_bench_seed(tiny_run, tmp_path, monkeypatch):
+    """The causal stage re-scores with the bench's settings: bench_seed, not the crosscoder's seed."""
+    run = copy_run(tiny_run, tmp_path / "run")
+    cfg_path = run / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "seed": 7, "bench_seed": 3}))
+    bench_cfg, metric, _ = causal._bench_inputs(run, "diffeval_factual")
+    assert bench_cfg.seed == 3 and metric == "acc"
+
+
+def test_commands_share_the_dataclass_defaults():
+    """`activations collect`, `crosscoder train` and `run` show the same defaults for the same settings."""
+    helps = {cmd: CliRunner().invoke(cli, [*cmd.split(), "--help"], terminal_width=200).output
+             for cmd in ("run", "activations collect", "crosscoder train")}
+    assert f"[default: {ActivationsConfig.tokens}]" in helps["activations collect"]
+    assert f"[default: {RunConfig.tokens}]" in helps["run"] and RunConfig.tokens == ActivationsConfig.tokens
+    assert f"[default: {CrossCoderConfig.k}]" in helps["crosscoder train"] and RunConfig.k == CrossCoderConfig.k
+    assert RunConfig.n_steps == CrossCoderConfig.n_steps and RunConfig.layer == ActivationsConfig.layer
+    assert "[default: 0]" in helps["crosscoder train"]  # n_latents: 0 = 8 × hidden size, as in run
+
+
+def test_the_llm_annotator_is_selectable_and_checked():
+    cfg = RunConfig(base="a", tuned="b", annotator="llm", llm_url="http://localhost:8000/v1", llm_model="m")
+    assert cfg.annotator == "llm"
+    with pytest.raises(DiffevalError, match="llm_url and llm_model"):
+        RunConfig(base="a", tuned="b", annotator="llm")
+    res = CliRunner().invoke(cli, ["run", "--annotator", "llm", "--base", "a", "--tuned", "b"])
+    assert res.exit_code == 2 and "llm_url and llm_model" in res.output
