@@ -4,17 +4,17 @@ The baseline is what people usually write: a full forward with output_hidden_sta
 taking the middle layer. Both run on the same batches of a randomly initialised Llama sized like
 a small real LM (d_model 576, 30 blocks, 49k vocabulary; no download), side by side in one process.
 
-    python benches/bench_collection.py [--batches 6] [--batch-size 8] [--seq-len 256] [--device cuda]
+    python -m benches.bench_collection [--batches 6] [--batch-size 8] [--seq-len 256] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benches.common import parse
 from diffeval.harness.stages.activations import decoder_blocks, truncated_hidden
 
 
@@ -24,14 +24,7 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, default=6)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    args, device = parse(__doc__, {"batches": 6, "batch_size": 8, "seq_len": 256})
     cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048)
     model = LlamaForCausalLM(cfg).eval().to(device)

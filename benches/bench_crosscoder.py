@@ -4,18 +4,18 @@ Both train from the same initialisation on the same batches (d_model 576, 2 mode
 k 32, batch 1024, fp32, no auxiliary loss so the two compute the same objective), side by side
 in one process. Prints rows/s for each, the ratio, and both final losses.
 
-    python benches/bench_crosscoder.py [--steps 60] [--rows 65536] [--device cuda]
+    python -m benches.bench_crosscoder [--steps 60] [--rows 65536] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import time
 
 import torch
 
+from benches.common import parse
 from diffeval.crosscoders import CrossCoderConfig
 from diffeval.crosscoders.train import build_crosscoder, current_k, lr_factor
 
@@ -63,15 +63,7 @@ def run(model, cfg, data: torch.Tensor, steps: int, dense: bool) -> tuple[float,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--rows", type=int, default=65_536)
-    ap.add_argument("--d-model", type=int, default=576)
-    ap.add_argument("--n-latents", type=int, default=4096)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    args, device = parse(__doc__, {"steps": 60, "rows": 65_536, "d_model": 576, "n_latents": 4096})
     cfg = CrossCoderConfig(d_model=args.d_model, n_models=2, n_latents=args.n_latents, k=32, batch_size=1024,
                            n_steps=args.steps, lr=1e-3, warmup_steps=5)
     # correlated synthetic activations: a shared low-rank part plus model-specific noise

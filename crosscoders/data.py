@@ -127,7 +127,10 @@ def validate_shard(path: Path, entry: dict[str, Any], manifest: dict[str, Any], 
         if file_sha256(path) != entry["sha256"]:
             raise ActivationDirError(f"shard {path} does not match its sha256 in the manifest (corrupt); "
                                      "delete the activation directory and collect again")
-        tokens = path.parent / entry["tokens_file"]
+        root = path
+        for _ in Path(entry["file"]).parts:  # the directory the entry's names are relative to
+            root = root.parent
+        tokens = root / entry["tokens_file"]
         if "tokens_sha256" in entry and (not tokens.is_file() or file_sha256(tokens) != entry["tokens_sha256"]):
             raise ActivationDirError(f"token shard {tokens} is missing or does not match its sha256 in the manifest "
                                      "(corrupt); delete the activation directory and collect again")

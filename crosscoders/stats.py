@@ -1,6 +1,6 @@
 """Latent statistics for model diffing: Δnorm, decoder cosine, Latent Scaling ν, frequency, class.
 
-Model 0 is the base model and model 1 the tuned model (shared/DESIGN.md, "Key definitions"):
+Model 0 is the base model and model 1 the tuned model (docs/method.md):
   Δnorm_j = ½((‖d_j^T‖ − ‖d_j^B‖) / max(‖d_j^T‖, ‖d_j^B‖) + 1)
   class: tuned_only Δnorm > 0.9, base_only < 0.1, shared |Δnorm − ½| < 0.1, else other; dead if it never fires.
 Latent Scaling (Minder et al., arXiv 2504.02922): for a latent's decoder direction d (the tuned

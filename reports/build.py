@@ -1,4 +1,4 @@
-"""Assemble report.json (the contract of shared/DESIGN.md) from the files of a run directory.
+"""Assemble report.json (the contract in reports/schema.py) from the files of a run directory.
 
 Only bench/deltas.json is required. Every later stage that has not run yet leaves its keys present
 with nulls or empty lists, and a caveat says which stage is missing, so a report can be rendered

@@ -1,4 +1,4 @@
-"""The report.json contract (shared/DESIGN.md), its validation, and safe reading and writing.
+"""The report.json contract (docs/run-directory.md), its validation, and safe reading and writing.
 
 The leaderboard reads report.json files written by other diffeval versions, so every key of the
 contract is checked with its type on write *and* on read. Keys may be added freely (extra keys are

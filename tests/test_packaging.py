@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 import subprocess
@@ -87,3 +88,38 @@ def test_every_shipped_task_loads_through_lm_eval_beside_a_users_tasks_py(shadow
     out = _run(shadowing_dir, sys.executable, "-c", code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "diffeval_safety" in out.stdout and "diffeval_structured" in out.stdout
+
+
+# which harness subpackage may import which (the layering of the harness; crosscoders, reports and
+# leaderboards are libraries beside it)
+LAYERS = {
+    "cli": {"cli", "pipeline", "suite", "organisms", "core"},
+    "pipeline": {"pipeline", "stages", "core"},
+    "stages": {"stages", "core", "suite"},
+    "suite": {"suite", "core"},
+    "organisms": {"organisms", "pipeline", "core"},
+    "core": {"core"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+
+def test_dependencies_run_one_way():
+    bad = []
+    for layer, allowed in LAYERS.items():
+        for path in (ROOT / "harness" / layer).rglob("*.py"):
+            for module in _imports(path):
+                parts = module.split(".")
+                if parts[:2] == ["diffeval", "harness"] and len(parts) > 2 and parts[2] not in allowed:
+                    bad.append(f"{path.relative_to(ROOT)} imports {module}")
+    for lib in ("crosscoders", "reports", "leaderboards"):
+        for path in (ROOT / lib).rglob("*.py"):
+            for module in _imports(path):
+                parts = module.split(".")
+                if parts[:2] == ["diffeval", "harness"] and (lib == "crosscoders" or parts[2:3] != ["core"]):
+                    bad.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not bad, "\n".join(bad)

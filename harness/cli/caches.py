@@ -17,8 +17,7 @@ from diffeval.harness.cli.common import UserError, apply, field_option, user_err
 from diffeval.harness.core import files
 from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.runconfig import RunConfig, n_latents_for
-from diffeval.harness.stages.activations import collect_activations
-from diffeval.harness.stages.latents import write_latents
+from diffeval.harness.pipeline import collect_activations, write_latents
 
 DIR = click.Path(file_okay=False)
 

@@ -65,7 +65,7 @@ def field_option(cls: type, name: str, *decls: str, fixed_default: bool = False,
         kw["is_flag"] = True
     elif "type" not in kw and "multiple" not in kw and isinstance(default, (int, float)) and not isinstance(default, bool):
         kw["type"] = type(default)
-    shown = None if default in (None, (), "", False) else (
+    shown = None if default is None or default is False or default in ((), "") else (
         ", ".join(map(str, default)) if isinstance(default, tuple) else str(default))
     help_text = f.metadata.get("help", "")
     if fixed_default:

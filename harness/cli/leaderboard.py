@@ -5,39 +5,16 @@ No heavy import here (no torch): publishing and rendering never need a model.
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Any
 
 import click
 
-from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.cli.common import user_errors
 from diffeval.leaderboards.api import publish as publish_run
 from diffeval.leaderboards.api import render as render_board
 from diffeval.leaderboards.api import show as show_board
 
 BOARD_HELP = "board folder, or git repository (URL, *.git path or bare repository)"
-
-
-class BoardUsageError(click.ClickException):
-    """Printed as one line, `Error: …`, with exit status 2 like click's usage errors."""
-
-    exit_code = 2
-
-
-def _user_errors(fn: Any) -> Any:
-    """A bad run, report or board is one line `Error: …` with exit status 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DiffevalError as e:
-            raise BoardUsageError(" ".join(str(e).split())) from None
-        except OSError as e:  # a board on a read-only or full disk: say which file, no traceback
-            raise BoardUsageError(f"{e.strerror or e}: {e.filename}") from None
-
-    return wrapper
 
 
 @click.group()
@@ -52,7 +29,7 @@ def leaderboard(verbose: bool) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--board", required=True, help=BOARD_HELP)
 @click.option("--entry-id", help="entry name on the board (default: derived from the models and tasks)")
-@_user_errors
+@user_errors
 def publish(run_dir: str, board: str, entry_id: str | None) -> None:
     """Validate RUN_DIR/report.json and publish it (re-publishing replaces the entry, keeping history)."""
 
@@ -62,7 +39,7 @@ def publish(run_dir: str, board: str, entry_id: str | None) -> None:
 
 @leaderboard.command()
 @click.option("--board", required=True, help=BOARD_HELP)
-@_user_errors
+@user_errors
 def show(board: str) -> None:
     """Print the board as a table."""
 
@@ -71,7 +48,7 @@ def show(board: str) -> None:
 
 @leaderboard.command()
 @click.option("--board", required=True, help=BOARD_HELP)
-@_user_errors
+@user_errors
 def render(board: str) -> None:
     """Re-render LEADERBOARD.md and index.html (a git board gets them committed and pushed)."""
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from diffeval.harness.cli.common import UserError, user_errors
+from diffeval.harness.cli.common import UserError, field_option, user_errors
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.rundir import default_run_dir
 from diffeval.harness.organisms import DEFAULT_ORGANISM, RECIPES, build, built_dir, describe, get, read_built
 from diffeval.harness.organisms.score import score_organism, score_table
 from diffeval.harness.organisms.verify import checks_table, verify_pair
 
-_device_help = {f.name: f for f in dataclasses.fields(BenchConfig)}["device"].metadata["help"]
 
 @click.group()
 def organisms() -> None:
@@ -82,7 +80,7 @@ def organisms_verify(name: str, out: str | None) -> None:
 @click.option("--seeds", type=int, default=3, show_default=True, help="crosscoder seeds to run the pipeline with")
 @click.option("--causal", is_flag=True, help="also run the causal ablation check")
 @click.option("--out", type=click.Path(file_okay=False), help="directory (default runs/<time>-score-<name>)")
-@click.option("--device", default="cpu", show_default=True, help=_device_help)
+@field_option(BenchConfig, "device", type=str, fixed_default=True)
 @user_errors
 def organisms_score(name: str, seeds: int, causal: bool, out: str | None, device: str) -> None:
     """Run the whole pipeline on an organism and score it against its planted changes."""

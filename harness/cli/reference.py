@@ -29,7 +29,8 @@ def _walk(group: click.Group, ctx: click.Context, prefix: list[str]) -> list[tup
 
 def options_markdown() -> str:
     """The page: `diffeval --help`, then each command's and subcommand's help, in the CLI's order."""
-    root = click.Context(cli, info_name="diffeval", terminal_width=WIDTH, max_content_width=WIDTH)
+    # the root's context settings (-h as well as --help) reach every subcommand, as on the command line
+    root = click.Context(cli, info_name="diffeval", terminal_width=WIDTH, max_content_width=WIDTH, **cli.context_settings)
     sections = [(["diffeval"], cli.get_help(root))]
     for path, cmd in _walk(cli, root, []):
         ctx = root

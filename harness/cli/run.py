@@ -18,7 +18,6 @@ from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, default_run_dir
 from diffeval.harness.organisms import DEFAULT_ORGANISM, default_run_flags
 from diffeval.harness.pipeline.plan import plan as plan_text
-from diffeval.harness.stages.bench import deltas_table, load_deltas
 
 
 @click.command()
@@ -64,7 +63,7 @@ def bench(out: str | None, config_file: str | None, **flags: Any) -> None:
     cfg = build_config(BenchConfig, config_file, **flags)
     run_dir = Path(out) if out else default_run_dir(cfg.base, cfg.tuned, cfg=cfg)
     pipeline.run_bench(cfg, run_dir)
-    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(pipeline.deltas_table(pipeline.load_deltas(run_dir)["tasks"], "simple"))
     click.echo(f"\nwrote {run_dir / files.DELTAS} and {Path(files.DELTAS_MD).name}")
 
 
@@ -88,5 +87,5 @@ def attribute(run_dir: str, **flags: Any) -> None:
 
 
 def _show_summary(run_dir: Path) -> None:
-    click.echo(deltas_table(load_deltas(run_dir)["tasks"], "simple"))
+    click.echo(pipeline.deltas_table(pipeline.load_deltas(run_dir)["tasks"], "simple"))
     click.echo(f"\nreport: {run_dir / files.REPORT_MD}\nrun directory: {run_dir}")

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
 from tabulate import tabulate
 
-from diffeval.harness.cli.common import UserError, user_errors
+from diffeval.harness.cli.common import UserError, field_option, user_errors
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.suite.authoring import new_task, validate_task
 from diffeval.harness.suite.registry import read_task_yaml, resolve, scan
 
-_tasks_dir_help = {f.name: f for f in dataclasses.fields(BenchConfig)}["tasks_dir"].metadata["help"]
+TASKS_DIR_OPTION = field_option(BenchConfig, "tasks_dir", multiple=True, type=click.Path(file_okay=False))
+
 
 @click.group()
 def tasks() -> None:
@@ -22,7 +22,7 @@ def tasks() -> None:
 
 
 @tasks.command("list")
-@click.option("--tasks-dir", multiple=True, type=click.Path(file_okay=False), help=_tasks_dir_help)
+@TASKS_DIR_OPTION
 @user_errors
 def tasks_list(tasks_dir: tuple[str, ...]) -> None:
     """Every shipped (and --tasks-dir) task with its category."""
@@ -34,7 +34,7 @@ def tasks_list(tasks_dir: tuple[str, ...]) -> None:
 
 @tasks.command("show")
 @click.argument("name")
-@click.option("--tasks-dir", multiple=True, type=click.Path(file_okay=False), help=_tasks_dir_help)
+@TASKS_DIR_OPTION
 @user_errors
 def tasks_show(name: str, tasks_dir: tuple[str, ...]) -> None:
     """Print one task's category, file and YAML."""

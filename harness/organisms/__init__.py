@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
-from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.errors import DiffevalError, did_you_mean
 from diffeval.harness.organisms import gemma_lora, toyworld
 from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
 from diffeval.tasks import TASKS_DIR
@@ -32,9 +31,7 @@ RECIPES: dict[str, Recipe] = {
 
 def get(name: str) -> Recipe:
     if name not in RECIPES:
-        close = difflib.get_close_matches(name, RECIPES, n=2)
-        hint = f" — did you mean {', '.join(close)}?" if close else ""
-        raise DiffevalError(f"unknown organism {name!r}{hint} (available: {', '.join(RECIPES)})")
+        raise DiffevalError(f"unknown organism {name!r}{did_you_mean(name, RECIPES)} (available: {', '.join(RECIPES)})")
     return RECIPES[name]
 
 

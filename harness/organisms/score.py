@@ -1,4 +1,4 @@
-"""Score the whole pipeline on an organism against its declared planted changes (issue 6, item 6).
+"""Score the whole pipeline on an organism against its declared planted changes.
 
 For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
 the bench, transcript and activation stages, which do not depend on it, are copied from the first seed's run

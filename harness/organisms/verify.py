@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.organisms.base import Planted
-from diffeval.harness.stages.bench import load_deltas, run_bench
+from diffeval.harness.pipeline import load_deltas, run_bench
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The causal check (issue 6, item 5): remove a category's latents' fine-tuning change and re-score a task.
+"""The causal check: remove a category's latents' fine-tuning change and re-score a task.
 
 At the crosscoder's layer, a forward hook on the tuned model replaces its hidden state h_T by
 

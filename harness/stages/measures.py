@@ -1,4 +1,4 @@
-"""Category shifts, task exposure and the attribution of benchmark deltas (shared/DESIGN.md).
+"""Category shifts, task exposure and the attribution of benchmark deltas (docs/method.md).
 
 Category shift (paper-compatible, Boughorbel et al. 2025): over tuned-specific (T) and base-specific (B)
 latents, shift_c = (n_c^T/N^T)/(n_c^B/N^B) − 1, always with its four counts, Fisher's exact p and a

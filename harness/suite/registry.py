@@ -8,7 +8,6 @@ in lm-eval's own catalogue (slower: lm-eval scans its ~15k YAMLs).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.metadata
 import logging
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from diffeval.harness.core.errors import TaskError
+from diffeval.harness.core.errors import TaskError, did_you_mean
 from diffeval.tasks import CATEGORIES_FILE, TASKS_DIR
 
 log = logging.getLogger(__name__)
@@ -120,9 +119,7 @@ def resolve(names: Iterable[str], dirs: Iterable[str | Path] = ()) -> list[TaskD
         elif name in lm_eval_catalogue():
             out.append(TaskDef(name, lm_eval_category(name), None))
         else:
-            pool = list(local) + list(lm_eval_catalogue())
-            close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
-            hint = f" — did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(name, [*local, *lm_eval_catalogue()], n=3)
             raise TaskError(
                 f"unknown task {name!r}{hint} (shipped: {', '.join(sorted(local))}; "
                 "`diffeval tasks list` shows all; add your own with --tasks-dir)"

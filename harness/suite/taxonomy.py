@@ -8,7 +8,6 @@ prose); `probe_overrides` (one file per category) then replaces the taxonomy's p
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.errors import DiffevalError, did_you_mean
 from diffeval.harness.core.files import check_name
 from diffeval.tasks import CATEGORIES_FILE
 
@@ -43,9 +42,7 @@ class Taxonomy:
 
     def get(self, name: str) -> Category:
         if name not in self.categories:
-            close = difflib.get_close_matches(name, self.categories, n=2)
-            hint = f" — did you mean {', '.join(close)}?" if close else ""
-            raise DiffevalError(f"unknown category {name!r}{hint} (categories in {self.source}: {', '.join(self.categories)})")
+            raise DiffevalError(f"unknown category {name!r}{did_you_mean(name, self.categories)} (categories in {self.source}: {', '.join(self.categories)})")
         return self.categories[name]
 
     def probe_texts(self) -> dict[str, list[str]]:

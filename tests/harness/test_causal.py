@@ -262,7 +262,7 @@ def test_missing_stages_are_named(tmp_path):
     (tmp_path / "run" / "activations" / "manifest.json").write_text(json.dumps({"layer": [0, 0]}))
     with pytest.raises(DiffevalError, match="out of range"):
         causal_check(tmp_path / "run", "t1", "safety", [99])
-    with pytest.raises(DiffevalError, match="category 'a/b'"):
+    with pytest.raises(DiffevalError, match="category name 'a/b' is not allowed"):
         causal_check(tmp_path / "run", "t1", "a/b", [0])
 
 

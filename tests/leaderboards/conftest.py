@@ -24,7 +24,7 @@ def build_report(
     shifts: dict[str, tuple[float | None, float | None]] | None = None,
     spearman: float | None = 0.8,
 ) -> dict[str, Any]:
-    """A report.json following shared/DESIGN.md's contract.
+    """A report.json following the report.json contract (reports/schema.py).
 
     `shifts` maps a category to (shift, p) with placeholder counts, or to (n_tuned, N_tuned, n_base,
     N_base, p) with the shift computed from the counts as in the paper.
