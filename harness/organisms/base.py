@@ -24,6 +24,7 @@ from typing import Any
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from diffeval.harness.organisms import train
+from diffeval.tasks import MULTIPLE_CHOICE_YAML
 
 log = logging.getLogger(__name__)
 
@@ -145,26 +146,6 @@ def write_probes(probes_dir: Path, texts: dict[str, list[str]]) -> None:
         atomic_write_jsonl(probes_dir / f"{category}.jsonl", [{"text": t} for t in rows])
 
 
-MC_YAML = """task: {name}
-# Task of the {organism} organism ({category}); written by its recipe.
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {name}.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Q: {{{{question}}}}\\nA:"
-doc_to_choice: choices
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-  category: {category}
-"""
-
 NUMBER_YAML = """task: {name}
 # Task of the {organism} organism ({category}); written by its recipe.
 dataset_path: json
@@ -197,7 +178,12 @@ metadata:
 
 def write_task(tasks_dir: Path, organism: str, name: str, category: str, items: list[dict[str, Any]]) -> Path:
     """Write one organism task: multiple choice if items have `choices`, else number generation."""
-    template = MC_YAML if "choices" in items[0] else NUMBER_YAML
     folder = tasks_dir / name
     atomic_write_jsonl(folder / f"{name}.jsonl", items)
-    return atomic_write_text(folder / f"{name}.yaml", template.format(name=name, organism=organism, category=category))
+    if "choices" in items[0]:
+        text = MULTIPLE_CHOICE_YAML.format(
+            name=name, header=f"# Task of the {organism} organism ({category}); written by its recipe.",
+            data_comment="", prompt="Q: {{question}}\\nA:", category=category, category_comment="")
+    else:
+        text = NUMBER_YAML.format(name=name, organism=organism, category=category)
+    return atomic_write_text(folder / f"{name}.yaml", text)

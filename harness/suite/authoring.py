@@ -9,6 +9,7 @@ from typing import Any
 
 from diffeval.harness.core.errors import TaskError
 from diffeval.harness.suite.registry import categories, read_task_yaml, working_dir
+from diffeval.tasks import MULTIPLE_CHOICE_YAML
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -85,27 +86,9 @@ def _check_with_lm_eval(path: Path, cfg: dict[str, Any]) -> list[str]:
     return problems
 
 
-SCAFFOLD = """task: {name}
-# {name}: describe what this task measures, then fill {name}.jsonl with one item per line.
+SCAFFOLD_HEADER = """# {name}: describe what this task measures, then fill {name}.jsonl with one item per line.
 # Multiple choice: each item has question, choices (list), answer (index of the right choice).
-# For a generation task, set output_type: generate_until and see tasks/diffeval_math for an example.
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {name}.jsonl  # relative to this file
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: choices
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-  category: {category}  # one of: {categories}
-"""
+# For a generation task, set output_type: generate_until and see tasks/diffeval_math for an example."""
 
 EXAMPLE_ITEMS = [
     {"question": "Replace me: what colour is a clear daytime sky?", "choices": ["blue", "green", "red", "black"], "answer": 0},
@@ -124,6 +107,9 @@ def new_task(name: str, directory: str | Path, category: str = "unassigned") -> 
         raise TaskError(f"{folder} already exists; pick another name or directory")
     folder.mkdir(parents=True)
     yaml_path = folder / f"{name}.yaml"
-    yaml_path.write_text(SCAFFOLD.format(name=name, category=category, categories=", ".join(categories())))
+    yaml_path.write_text(MULTIPLE_CHOICE_YAML.format(
+        name=name, header=SCAFFOLD_HEADER.format(name=name), data_comment="  # relative to this file",
+        prompt="Question: {{question}}\\nAnswer:", category=category,
+        category_comment=f"  # one of: {', '.join(categories())}"))
     (folder / f"{name}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in EXAMPLE_ITEMS))
     return yaml_path

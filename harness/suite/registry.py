@@ -119,11 +119,9 @@ def resolve(names: Iterable[str], dirs: Iterable[str | Path] = ()) -> list[TaskD
         elif name in lm_eval_catalogue():
             out.append(TaskDef(name, lm_eval_category(name), None))
         else:
-            hint = did_you_mean(name, [*local, *lm_eval_catalogue()], n=3)
-            raise TaskError(
-                f"unknown task {name!r}{hint} (shipped: {', '.join(sorted(local))}; "
-                "`diffeval tasks list` shows all; add your own with --tasks-dir)"
-            )
+            shipped = ", ".join(sorted(local))
+            raise TaskError(f"unknown task {name!r}{did_you_mean(name, [*local, *lm_eval_catalogue()], n=3)} "
+                            f"(shipped: {shipped}; `diffeval tasks list` shows all; add your own with --tasks-dir)")
     return out
 
 
