@@ -3,16 +3,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from diffeval.harness.cli import cli
 from diffeval.harness.cli.reference import options_markdown
 
 
-def test_help_is_instant_and_imports_no_heavy_library():
-    code = "import sys, diffeval.harness.cli; print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["attribute", "--help"], ["leaderboard", "--help"],
+                                  ["report", "--help"], ["tasks", "--help"]])
+def test_help_is_instant_and_imports_no_heavy_library(args):
+    """`diffeval --help` and each command's `--help` load no torch, transformers or lm-eval."""
+    code = (f"import sys; from diffeval.harness.cli import cli; cli({args!r}, standalone_mode=False); "
+            "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2])
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_user_error_is_one_line_with_exit_code_2(tmp_path, monkeypatch):
