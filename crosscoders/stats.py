@@ -114,12 +114,14 @@ class _Accumulator:
         self.top_vals, self.top_rows = vals, rows.gather(1, idx)
 
     def nu(self, side: int, target: str, W_dec: torch.Tensor) -> torch.Tensor:
-        """ν for latents read along model `side`'s decoder: β^{other} / β^{side}."""
+        """ν for latents read along model `side`'s decoder: β^{other} / β^{side}; NaN (undefined) where the
+        own model's β ≤ 0, since a ratio over a non-positive β says nothing about the other model (a negative
+        ν would otherwise pass any "ν < threshold" test)."""
         other = TUNED if side == BASE else BASE
         den = W_dec[:, side].double().norm(dim=-1).pow(2) * self.sum_f2
         beta_own = self.num[side][side][target] / den.clamp_min(1e-30)
         beta_other = self.num[side][other][target] / den.clamp_min(1e-30)
-        return (beta_other / beta_own).where(beta_own.abs() > 1e-12, torch.full_like(beta_own, float("nan")))
+        return (beta_other / beta_own).where(beta_own > 1e-12, torch.full_like(beta_own, float("nan")))
 
 
 @torch.no_grad()

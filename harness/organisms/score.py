@@ -35,12 +35,13 @@ KIND_NAMES = ("share shift", "mass shift", "usage shift", "relative usage shift"
 
 
 def found(direction: str, shift: float | None, lo: float | None, hi: float | None) -> bool:
-    """+/−: shift of that sign with a CI excluding 0; 0: a CI containing 0 (or no estimate at all)."""
-    if direction == "0":
-        return shift is None or lo is None or ((lo <= 0) and (hi is None or hi >= 0))
-    if shift is None or lo is None:
+    """+/−: shift of that sign with a CI excluding 0; 0: a CI containing 0. A missing estimate (None, e.g.
+    an undefined share ratio) is never a success: not a planted change found, not a control held."""
+    if shift is None or lo is None or hi is None:
         return False
-    return lo > 0 if direction == "+" else hi is not None and hi < 0
+    if direction == "0":
+        return lo <= 0 <= hi
+    return lo > 0 if direction == "+" else hi < 0
 
 
 def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:

@@ -42,6 +42,26 @@ def test_latent_scaling_nu_on_hand_computed_case():
     assert acc.top_rows[0].tolist() == [1, 0] and acc.top_vals[0].tolist() == [2.0, 1.0]
 
 
+@pytest.mark.parametrize("target", ["r", "eps"])
+def test_nu_is_undefined_where_the_own_models_beta_is_not_positive(target):
+    """The tuned model's activations point against its decoder, so its own β is negative: ν is NaN, not a
+    negative number that would pass ν < 0.2 and call the latent tuned-specific. With the reconstruction equal
+    to x, β^{T,r} = (1·(−3) + 2·(−6))/5 = −3; with the reconstruction f·d, β^{T,ε} = (1·(−3) + 2·(−6))/5 = −3."""
+    W = torch.zeros(1, 2, 2)
+    W[0, TUNED] = torch.tensor([1.0, 0.0])
+    f = torch.tensor([[1.0], [2.0]])
+    x = torch.zeros(2, 2, 2)
+    x[:, BASE] = torch.tensor([[0.5, 0.0], [1.0, 0.0]])
+    x[:, TUNED] = torch.tensor([[-3.0, 0.0], [-6.0, 0.0]])
+    recon = torch.zeros(2, 2, 2)
+    recon[:, TUNED] = x[:, TUNED] if target == "r" else f * W[0, TUNED]
+    acc = _Accumulator(1, top=2)
+    acc.add(f, x, recon, W, 0)
+    assert torch.isnan(acc.nu(TUNED, target, W)).item()
+    other = "eps" if target == "r" else "r"
+    assert not torch.isnan(acc.nu(TUNED, other, W)).item()  # the other β stays positive: ν defined
+
+
 def test_classes_follow_the_thresholds():
     dn = torch.tensor([0.95, 0.05, 0.55, 0.75, 0.99])
     freq = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.0])

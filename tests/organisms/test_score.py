@@ -11,8 +11,9 @@ from diffeval.harness.organisms.score import found, score_run, summarise
 def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:
     assert found("+", 0.3, 0.1, 0.5) and not found("+", 0.3, -0.1, 0.5) and not found("+", -0.3, -0.5, -0.1)
     assert found("-", -0.3, -0.5, -0.1) and not found("-", -0.3, -0.5, None)
-    assert found("0", 0.1, -0.1, 0.3) and not found("0", 0.3, 0.1, 0.5) and found("0", None, None, None)
-    assert not found("+", None, None, None)
+    assert found("0", 0.1, -0.1, 0.3) and not found("0", 0.3, 0.1, 0.5)
+    # no estimate is never counted as a success, for a planted change or for a control
+    assert not found("0", None, None, None) and not found("+", None, None, None) and not found("0", 0.0, -0.1, None)
 
 
 def test_score_run_reads_attribution_json(tmp_path) -> None:
