@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from diffeval.crosscoders.data import MANIFEST, ActivationDirError, model_dims
-from diffeval.crosscoders.files import SEQUENCES, file_sha256, write_json_atomic, write_text_atomic
+from diffeval.crosscoders.files import SEQUENCES, atomic_write_text, file_sha256, write_json_atomic
 
 RANK_DIR = "rank_{:02d}"
 
@@ -177,7 +177,7 @@ def merge_rank_dirs(out: Path, world: int) -> Path:
     merged["sums"] = {key: [sum(vals) for vals in zip(*(s[key] for s in sums), strict=True)] for key in ("s", "s2", "n")}
     lines = [line for d, _ in parts for line in (out / d / SEQUENCES).read_text(encoding="utf-8").splitlines()]
     lines.sort(key=lambda line: json.loads(line)["id"])
-    write_text_atomic(out / SEQUENCES, "".join(line + "\n" for line in lines))
+    atomic_write_text(out / SEQUENCES, "".join(line + "\n" for line in lines))
     merged.update(moments(merged["sums"]), ranks=world, complete=True, sequences_sha256=file_sha256(out / SEQUENCES))
     _write_manifest(out, merged)
     return out

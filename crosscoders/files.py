@@ -1,10 +1,12 @@
-"""Atomic writes for the crosscoder library's artefacts (it depends on nothing else of diffeval)."""
+"""Artefact file names, atomic writes and file hashes: the crosscoder library's own (it depends on nothing
+else of diffeval), and the ones the harness uses too."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,23 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write beside `path` under a hidden name, fsync, then rename: readers see the old file or the new one."""
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, fsync, then rename it over `path`: a reader sees the
+    old file or the new one, never half of one, and a failed write leaves no temporary file behind."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

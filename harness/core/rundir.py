@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from diffeval import __version__
+from diffeval.crosscoders.files import file_sha256
 from diffeval.harness.core.config import config_hash, to_dict
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import CONFIG, MANIFEST, STAGE_KEY, source_name
-from diffeval.harness.core.io import atomic_write_json, read_json, sha256_file
+from diffeval.harness.core.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class RunDir:
             path = self.path / rel
             if not path.is_file():
                 raise RunDirError(f"{path} is missing although the '{stage}' stage wrote it; re-run to recompute it")
-            if sha256_file(path) != digest:
+            if file_sha256(path) != digest:
                 raise RunDirError(f"{path} no longer matches the sha256 the '{stage}' stage recorded in "
                                   f"{MANIFEST} (corrupt or edited); delete it and re-run to recompute it")
         self._verified.add(stage)
@@ -147,7 +148,7 @@ class RunDir:
 
 def _hashes(root: Path, outputs: list[str]) -> dict[str, str]:
     """sha256 of each output that is a file (a folder output is checked by its own manifest)."""
-    return {rel: sha256_file(root / rel) for rel in outputs if (root / rel).is_file()}
+    return {rel: file_sha256(root / rel) for rel in outputs if (root / rel).is_file()}
 
 
 def _now() -> str:

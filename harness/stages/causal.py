@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 
 from diffeval.crosscoders import load_crosscoder
+from diffeval.crosscoders.files import file_sha256
 from diffeval.harness.core import files, models
 from diffeval.harness.core.config import config_hash, from_dict
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.files import check_name
-from diffeval.harness.core.io import atomic_write_json, read_json, sha256_file
+from diffeval.harness.core.io import atomic_write_json, read_json
 from diffeval.harness.core.runconfig import CAUSAL_MODES, RunConfig
 from diffeval.harness.core.rundir import RunDir
 from diffeval.harness.stages.attribution import category_members, specific_sets
@@ -104,8 +105,8 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
     if mode not in CAUSAL_MODES:
         raise DiffevalError(f"ablation mode {mode!r} is not one of {', '.join(CAUSAL_MODES)}")
     key = config_hash(cfg, task, category, ids, layer, n_boot, seed, mode, [models.describe(s) for s in specs],
-                      sha256_file(cc_dir / files.CROSSCODER_WEIGHTS)[:16],
-                      [sha256_file(_samples(run, role, task))[:16] for role in ("base", "tuned")])
+                      file_sha256(cc_dir / files.CROSSCODER_WEIGHTS)[:16],
+                      [file_sha256(_samples(run, role, task))[:16] for role in ("base", "tuned")])
     out = run / files.CAUSAL_DIR / f"{task}__{category}.json"
     if out.exists():
         old = read_json(out)
