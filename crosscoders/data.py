@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.crosscoders.files import MANIFEST, SEQUENCES, file_sha256
 
 FORMAT_VERSION = 1
@@ -90,6 +91,13 @@ def config_d_models(manifest: dict[str, Any]) -> tuple[int, ...] | None:
     """The CrossCoderConfig.d_models for an activation directory: None when all sizes are equal."""
     dims = model_dims(manifest)
     return dims if len(set(dims)) > 1 else None
+
+
+def crosscoder_config(manifest: dict[str, Any], **kw: Any) -> CrossCoderConfig:
+    """The CrossCoderConfig for an activation directory's manifest: its hidden size(s) and number of models,
+    plus the training settings in `kw`."""
+    return CrossCoderConfig(d_model=manifest["d_model"], n_models=manifest["n_models"],
+                            d_models=config_d_models(manifest), **kw)
 
 
 def stored_shape(manifest: dict[str, Any], rows: int) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ import click
 
 from diffeval import crosscoders
 from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
-from diffeval.crosscoders.data import ActivationDirError, config_d_models, read_manifest
+from diffeval.crosscoders.data import ActivationDirError, crosscoder_config, read_manifest
 from diffeval.harness.cli.common import UserError, apply, field_option, user_errors
 from diffeval.harness.core import files
 from diffeval.harness.core.config import ActivationsConfig
@@ -74,9 +74,7 @@ def crosscoder_train(acts: str, out: str, n_latents: int, **kw: Any) -> None:
     """Train on an activation directory; writes crosscoder.safetensors, cfg.json, metrics.jsonl."""
     try:
         manifest = read_manifest(Path(acts))
-        n_latents = n_latents_for(n_latents, manifest["d_model"])
-        cfg = CrossCoderConfig(d_model=manifest["d_model"], n_models=manifest["n_models"], n_latents=n_latents,
-                               d_models=config_d_models(manifest), **kw)
+        cfg = crosscoder_config(manifest, n_latents=n_latents_for(n_latents, manifest["d_model"]), **kw)
         crosscoders.train_crosscoder(cfg, acts, out=out)
     except (ActivationDirError, ValueError, FloatingPointError) as e:
         raise UserError(str(e)) from None

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffeval.crosscoders.cache import RANK_DIR, ShardWriter, merge_rank_dirs
-from diffeval.crosscoders.data import ActivationDirError, verify_cache
+from diffeval.crosscoders.data import FORMAT_VERSION, ActivationDirError, verify_cache
 from diffeval.harness.core import files, models
 from diffeval.harness.core.config import ActivationsConfig, config_hash
 from diffeval.harness.core.errors import DiffevalError, RunDirError
@@ -42,7 +42,6 @@ from diffeval.harness.suite import CORPUS_DIR
 
 log = logging.getLogger(__name__)
 
-ACT_FORMAT_VERSION = 1  # matches crosscoders.data.FORMAT_VERSION
 
 
 class _Stop(Exception):
@@ -223,7 +222,7 @@ def _resume_manifest(out: Path, key: str) -> dict[str, Any]:
             return old
         if old:
             raise DiffevalError(f"{out} holds activations of a different configuration; choose another --out")
-    return {"format_version": ACT_FORMAT_VERSION, "config_key": key, "complete": False, "rows": 0, "shards": [],
+    return {"format_version": FORMAT_VERSION, "config_key": key, "complete": False, "rows": 0, "shards": [],
             "n_models": 2, "sums": None}
 
 

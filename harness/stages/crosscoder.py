@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from diffeval.crosscoders import CrossCoderConfig, load_crosscoder, train_crosscoder
-from diffeval.crosscoders.data import ActivationDirError, config_d_models, read_manifest
+from diffeval.crosscoders import load_crosscoder, train_crosscoder
+from diffeval.crosscoders.data import ActivationDirError, crosscoder_config, read_manifest
 from diffeval.harness.core import files
 from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import DiffevalError, RunDirError
@@ -20,14 +20,10 @@ log = logging.getLogger(__name__)
 def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
     acts = run.path / files.ACTS_DIR
     manifest = read_manifest(acts)
-    d_model = manifest["d_model"]
-    n_latents = n_latents_for(cfg.n_latents, d_model)
-    d_models = config_d_models(manifest)
-    kw = {"d_models": d_models} if d_models else {}
     try:
-        cc_cfg = CrossCoderConfig(d_model=d_model, n_models=manifest["n_models"], n_latents=n_latents,
-                                  k=cfg.k, n_steps=cfg.n_steps, architecture=cfg.architecture, seed=cfg.seed,
-                                  device=cfg.device, checkpoint_every=max(cfg.n_steps // 4, 1), **kw)
+        cc_cfg = crosscoder_config(manifest, n_latents=n_latents_for(cfg.n_latents, manifest["d_model"]),
+                                   k=cfg.k, n_steps=cfg.n_steps, architecture=cfg.architecture, seed=cfg.seed,
+                                   device=cfg.device, checkpoint_every=max(cfg.n_steps // 4, 1))
     except ValueError as e:
         raise DiffevalError(f"crosscoder configuration: {e}") from None
     key = config_hash(cc_cfg, run.key("activations"))
