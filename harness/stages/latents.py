@@ -87,6 +87,7 @@ def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
     probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": list(sources)},
                             [file_stamp(f, run.path) for f in paths], run.key("activations"))
     probe_acts = collect_into(run, cfg, "probes", files.PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(paths))
+    # the annotator enters the key only when it is not the default, so runs made before the option keep theirs
     annotator = {"annotator": cfg.annotator, "llm": [cfg.llm_url, cfg.llm_model]} if cfg.annotator != "enrichment" else {}
     key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source, "version": LATENTS_VERSION, **annotator}, probe_key,
                       run.key("crosscoder"))
