@@ -17,7 +17,9 @@ from typing import Any
 from diffeval import __version__
 from diffeval.harness.core import files
 from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.fdr import benjamini_hochberg
 from diffeval.harness.core.io import read_json
+from diffeval.harness.core.runconfig import MIN_SPECIFIC
 from diffeval.reports.schema import SCHEMA_VERSION, ReportError, validate_report
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "tasks": tasks_section(deltas),
         "crosscoder": crosscoder_section(acts, cc_cfg, metrics),
         "latent_classes": latent_classes_section(latents),
+        "headline_measure": (attribution or {}).get("headline_measure"),
         "categories": categories_section(attribution),
         "attribution": attribution_section(attribution),
         "causal": causal_section(attribution),
@@ -185,7 +188,12 @@ def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
             "n_latents", "small_counts", "note", "n_changed", "n_live", "changed_p", "changed_q", "changed_significant",
             "usage_shift", "usage_ci_low", "usage_ci_high", "usage_p", "n_probes", "usage_shift_rel", "usage_rel_ci_low",
             "usage_rel_ci_high", "empty_base", "empty_tuned")
-    return [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
+    out = [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
+    for row, src in zip(out, rows, strict=True):
+        head = src.get("headline")
+        row["headline"] = None if not head else {
+            k: (_finite(v) if isinstance(v, float) else v) for k, v in head.items()}
+    return out
 
 
 def attribution_section(attribution: dict | None) -> dict[str, Any]:
@@ -260,64 +268,68 @@ def causal_headline(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def headline(report: dict[str, Any], alpha: float) -> list[str]:
-    """Plain-words sentences: which categories moved, and how sure we are."""
-    moved = sorted((c for c in report["categories"] if c["shift"] is not None and c["p_value"] is not None
-                    and c["p_value"] < alpha), key=lambda c: c["p_value"])
-    lines = []
-    for c in moved:
-        direction = "more" if c["shift"] > 0 else "less"
-        lines.append(f"{c['category']}: {format_shift(c['shift'])} — tuned-specific latents belong to it {direction} "
-                     f"often than base-specific ones ({c['n_tuned']} of {c['N_tuned']} vs {c['n_base']} of "
-                     f"{c['N_base']}; p = {c['p_value']:.2g}{', few latents' if c.get('small_counts') else ''}).")
-    mass_moved = [c for c in report["categories"] if c.get("mass_rel_ci_low") is not None
-                  and (c["mass_rel_ci_low"] > 0 or c["mass_rel_ci_high"] < 0) and c["category"] != "unassigned"]
-    for c in mass_moved:
-        lines.append(f"{c['category']}: its latents' decoded mass moved {format_shift(c['mass_shift_rel'])} relative "
-                     f"to all latents (95% CI {format_shift(c['mass_rel_ci_low'])} to {format_shift(c['mass_rel_ci_high'])}, "
-                     f"{c.get('n_latents')} latents).")
-    share_used = [c for c in report["categories"] if c.get("usage_rel_ci_low") is not None
-                  and (c["usage_rel_ci_low"] > 0 or c["usage_rel_ci_high"] < 0)]
-    for c in share_used:
-        lines.append(f"{c['category']}: its share of what the tuned model writes in answer to its {c['n_probes']} "
-                     f"probe texts moved {format_shift(c['usage_shift_rel'])} against its share of the base model's "
-                     f"answers (95% CI {format_shift(c['usage_rel_ci_low'])} to {format_shift(c['usage_rel_ci_high'])}).")
-    used = sorted((c for c in report["categories"] if c.get("usage_p") is not None and c["usage_p"] < alpha
-                   and c.get("usage_shift_rel") is None
-                   and c.get("usage_ci_low") is not None and (c["usage_ci_low"] > 0 or c["usage_ci_high"] < 0)),
-                  key=lambda c: c["usage_p"])
-    for c in used:
-        lines.append(f"{c['category']}: its latents carry {format_shift(c['usage_shift'])} "
-                     f"{'more' if c['usage_shift'] > 0 else 'less'} of the tuned model's own responses to its "
-                     f"{c['n_probes']} probe texts than of the base model's (95% CI {format_shift(c['usage_ci_low'])} to "
-                     f"{format_shift(c['usage_ci_high'])}, p = {c['usage_p']:.2g}).")
-    probes = [c for c in report["categories"] if c.get("n_probes")]
-    for side in ("base", "tuned"):
-        empty, total = sum(c.get(f"empty_{side}") or 0 for c in probes), sum(c["n_probes"] for c in probes)
-        if total and empty > total / 2:
-            lines.append(f"The {side} model wrote nothing after {empty} of {total} probe texts: the usage shifts above "
-                         "mostly measure how much each model writes; the relative usage shift (the category's share "
-                         "of what each model writes) does not.")
-    changed = sorted((c for c in report["categories"] if c.get("changed_significant")), key=lambda c: c["changed_q"])
-    for c in changed:
-        lines.append(f"{c['category']}: changed in fine-tuning without a direction — {c['n_changed']} of its "
-                     f"{c['n_live']} live latents write a direction the other model does not use (rotated decoders; "
-                     f"enrichment q = {c['changed_q']:.2g}).")
-    if report["categories"] and not moved:
-        lines.append(f"No category's share of model-specific latents moved significantly (all Fisher p ≥ {alpha:g}"
-                     f"{' or undefined' if any(c['p_value'] is None for c in report['categories']) else ''}).")
-    if report["categories"] and not moved and not mass_moved:
-        lines.append("No category's relative mass shift has a CI excluding 0 either: treat the shifts below as hints.")
-    if not report["categories"]:
-        lines.append("No category shifts yet: the attribution stage has not run.")
+    """Plain-words sentences. Which categories changed comes from the headline measure alone (its BH q);
+    then the causal check, the paper's share ratio, the benchmark deltas (BH) and the task-level link."""
+    cats = [c for c in report["categories"] if c["category"] != "unassigned"]
+    measured = [c for c in cats if (c.get("headline") or {}).get("value") is not None]
+    changed = sorted((c for c in measured if c["headline"]["significant"]), key=lambda c: c["headline"]["q_value"])
+    lines = [headline_sentence(c) for c in changed]
+    if measured and not changed:
+        lines.append(f"No category's mechanisms changed detectably: at every category's answer cues the two models' "
+                     f"activations differ no more than on the other categories' probe texts (cue shift, every BH "
+                     f"q ≥ {alpha:g}).")
+    elif cats and not measured:
+        lines.append("The headline measure is unavailable: the run has no probe activations to read it on.")
+    if not cats:
+        lines.append("No category results yet: the attribution stage has not run.")
     lines += causal_headline(report["causal"])
-    sig = [t for t in report["tasks"] if t["p_value"] is not None and t["p_value"] < alpha]
-    lines.append(f"{len(sig)} of {len(report['tasks'])} benchmark deltas are significant at p < {alpha:g}.")
+    lines += share_ratio_lines(cats, alpha)
+    tasks = [t for t in report["tasks"] if t["p_value"] is not None]
+    q = benjamini_hochberg([t["p_value"] for t in tasks])
+    lines.append(f"{sum(1 for x in q if x < alpha)} of {len(report['tasks'])} benchmark deltas are significant "
+                 f"(BH-adjusted q < {alpha:g}).")
     attr = report["attribution"]
     if attr["spearman"] is not None:
         sure = "significant" if attr["p_value"] is not None and attr["p_value"] < alpha else "not significant"
-        lines.append(f"Category shifts predict the task deltas with Spearman ρ = {attr['spearman']:+.2f} "
-                     f"over {attr['n_tasks']} tasks ({sure}, p = {_p(attr['p_value'])}).")
+        lines.append(f"Category shifts ({attr.get('shift_used') or 'unknown measure'}) predict the task deltas with "
+                     f"Spearman ρ = {attr['spearman']:+.2f} over {attr['n_tasks']} tasks ({sure}, p = {_p(attr['p_value'])}).")
     return lines
+
+
+def headline_sentence(c: dict[str, Any]) -> str:
+    """One changed category, in words, with its numbers."""
+    h = c["headline"]
+    own = "" if h.get("own_share") is None else f"; its own latents carry {100 * h['own_share']:.0f} % of that difference"
+    line = (f"{c['category']}: changed — where its {h.get('n_texts')} probe texts call for an answer, the two models' "
+            f"activations differ {format_shift(h['value'])} more than on the other {h.get('n_other')} (cue shift, 95% CI "
+            f"{format_shift(h['ci_low'])} to {format_shift(h['ci_high'])}, q = {_p(h['q_value'])}){own}.")
+    if h.get("direction"):
+        more = "more" if h["direction"] == "+" else "less"
+        line += (f" Direction {h['direction']}: the tuned model prefers the desired reference answers {more} than the "
+                 f"base (margin shift {h['margin_shift']:+.2f} nats over {h['n_references']} probes, p = {_p(h['direction_p'])}).")
+    elif h.get("n_references"):
+        line += (f" Direction not identified: the reference-answer margins did not move significantly "
+                 f"(p = {_p(h.get('direction_p'))}).")
+    else:
+        line += " Direction not identified: its probe corpus has no reference answers."
+    return line
+
+
+def share_ratio_lines(cats: list[dict[str, Any]], alpha: float) -> list[str]:
+    """The paper's measure: unavailable (and why), or its BH-significant categories."""
+    if not cats:
+        return []
+    n_t, n_b = cats[0]["N_tuned"], cats[0]["N_base"]
+    if min(n_t, n_b) < MIN_SPECIFIC:
+        return [f"The paper's share-ratio measure is unavailable for this pair: it needs at least {MIN_SPECIFIC} "
+                f"tuned- and {MIN_SPECIFIC} base-specific latents, and the crosscoder has {n_t} and {n_b}."]
+    with_p = [c for c in cats if c["p_value"] is not None and c["shift"] is not None]
+    q = benjamini_hochberg([c["p_value"] for c in with_p])
+    moved = [(c, x) for c, x in zip(with_p, q, strict=True) if x < alpha]
+    if not moved:
+        return [f"Paper-compatible share ratio: no category significant (Fisher, BH q ≥ {alpha:g})."]
+    return [f"Paper-compatible share ratio: {c['category']} {format_shift(c['shift'])} ({c['n_tuned']} of {c['N_tuned']} "
+            f"tuned- vs {c['n_base']} of {c['N_base']} base-specific latents; BH q = {x:.2g})." for c, x in moved]
 
 
 def format_shift(shift: float | None) -> str:

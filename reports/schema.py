@@ -18,7 +18,7 @@ from typing import Any
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.io import atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: headline_measure and categories[].headline
 
 
 class ReportError(DiffevalError):
@@ -83,10 +83,21 @@ REPORT_SPEC: dict[str, Any] = {
 }
 
 
+_HEADLINE = {"value": nullable(NUM), "ci_low": nullable(NUM), "ci_high": nullable(NUM), "p_value": nullable(NUM),
+             "q_value": nullable(NUM), "significant": nullable(BOOL)}
+# schema 2 adds the headline measure; version 1 reports (older diffeval) stay readable without it
+REPORT_SPEC_V2: dict[str, Any] = {
+    **REPORT_SPEC, "headline_measure": nullable(STR),
+    "categories": [{**REPORT_SPEC["categories"][0], "headline": nullable(_HEADLINE)}],
+}
+
+
 def validate_report(report: Any) -> None:
     """Raise ReportError naming the first key path that breaks the contract, and what is valid there."""
     _check(report, REPORT_SPEC, "report")
     version = report["schema_version"]
+    if version >= 2:
+        _check(report, REPORT_SPEC_V2, "report")
     if version < 1 or version > SCHEMA_VERSION:
         raise ReportError(
             f"report.schema_version is {version}; this diffeval reads schema versions 1..{SCHEMA_VERSION}"

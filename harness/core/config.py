@@ -18,11 +18,13 @@ T = TypeVar("T")
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a one-line help text (shown by `--help` and in the README)."""
+def opt(default: Any, help: str, key: bool = True) -> Any:
+    """A dataclass field with a one-line help text (shown by `--help` and in docs/options.md); `key=False`
+    keeps it out of the stage cache keys (it does not change what a stage writes, as the device)."""
+    meta = {"help": help} if key else {"help": help, "key": False}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def field_help(cls: type, name: str) -> str:
@@ -42,7 +44,7 @@ class BenchConfig:
     apply_chat_template: bool = opt(False, "wrap prompts in the tuned model's chat template (both models)")
     batch_size: int = opt(8, "documents per forward pass")
     max_gen_toks: int | None = opt(None, "most new tokens per generation; unset = each task's own setting")
-    device: str = opt("cpu", "torch device: cpu, cuda, cuda:1, mps")
+    device: str = opt("cpu", "torch device: cpu, cuda, cuda:1, mps", key=False)
     dtype: str = opt("float32", "weights dtype: float32, float16, bfloat16 or auto")
     seed: int = opt(1234, "seed for lm-eval sampling, the bootstrap and (in run) the crosscoder")
     bootstrap_iters: int = opt(2000, "resamples for the paired bootstrap CI")
@@ -80,12 +82,12 @@ class ActivationsConfig:
     extra: tuple[str, ...] = field(default=(), metadata={"help": "more corpus files read beside the corpus (or the shipped one)"})
     tasks: tuple[str, ...] = field(default=(), metadata={"help": "benchmark tasks whose prompts join the corpus; with no corpus and no tasks: the shipped suite"})
     tasks_dir: tuple[str, ...] = field(default=(), metadata={"help": "extra task directories"})
-    source_root: str | None = field(default=None, metadata={"help": "corpus files under this directory are recorded by "
+    source_root: str | None = field(default=None, metadata={"key": False, "help": "corpus files under this directory are recorded by "
                                                                     "their path relative to it (so a run directory can move)"})
     shard_rows: int = field(default=65_536, metadata={"help": "rows per shard file"})
     outlier_factor: float = field(default=20.0, metadata={"help": "drop rows whose norm exceeds this × the median norm"})
     store_dtype: str = field(default="float32", metadata={"help": "dtype of stored activations: float32 or float16"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="cpu", metadata={"key": False, "help": "torch device"})
     dtype: str = field(default="float32", metadata={"help": "model weights dtype"})
 
     def __post_init__(self) -> None:

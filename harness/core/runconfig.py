@@ -9,11 +9,24 @@ from typing import Any
 from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
 from diffeval.harness.core.config import ActivationsConfig, BenchConfig, opt
 from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.stageconfig import (
+    PROBE_TOKENS,
+    ActivationsStageConfig,
+    AttributionConfig,
+    CausalConfig,
+    CrosscoderStageConfig,
+    LatentsConfig,
+    ProbesConfig,
+    StageConfigs,
+    TranscriptsConfig,
+)
 
 SPECIFIC_BY = ("latent_scaling", "delta_norm")
-ATTRIBUTION_SHIFTS = ("auto", "share", "usage", "mass")
+HEADLINE_MEASURE = "cue_shift"  # the measure of the report's headline (harness/stages/headline.py)
+ATTRIBUTION_SHIFTS = ("auto", HEADLINE_MEASURE, "share", "usage", "mass")
 CAUSAL_MODES = ("ablate", "revert")
 ANNOTATORS = ("enrichment", "llm")
+MIN_SPECIFIC = 10  # N^T or N^B below this: too few model-specific latents for share ratios
 EXPANSION = 8  # n_latents = EXPANSION × the hidden size when not given
 
 
@@ -47,9 +60,9 @@ class RunConfig(BenchConfig):
                               "(API key from $OPENAI_API_KEY)")
     llm_model: str | None = opt(None, "model name the LLM annotator asks")
     specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
-    attribution_shift: str = opt("auto", "shift that predicts task deltas: share (log share ratio), usage (usage shift "
-                                 "on the models' own responses), mass (relative mass shift) or auto (share when both "
-                                 "models have >= 10 specific latents, else usage, else mass)")
+    attribution_shift: str = opt("auto", "shift that predicts task deltas: cue_shift (the headline measure, signed by "
+                                 "the reference answers; auto is cue_shift), share (log share ratio of model-specific "
+                                 "latents), mass (relative decoded-mass shift) or usage (the behavioural readout)")
     reference: str | None = opt(None, "reference model R: tuned- and base-specific latents are taken against R")
     causal: bool = opt(False, "re-score each task with its category's latents reverted or ablated (--causal-mode)")
     causal_mode: str = opt("revert", "revert: undo fine-tuning's change to all of the task category's latents, "
@@ -88,6 +101,30 @@ class RunConfig(BenchConfig):
         dtype of this run; `overrides` set what differs between the corpus and the probe collection."""
         return ActivationsConfig(base=self.base, tuned=self.tuned, layer=self.layer, seq_len=self.seq_len,
                                  tasks_dir=self.tasks_dir, device=self.device, dtype=self.dtype, **overrides)
+
+    def stages(self) -> StageConfigs:
+        """Each stage's own config (what its cache key hashes); the pipeline passes stage X `stages().X`."""
+        probes = ProbesConfig(categories=self.categories, probes_dir=self.probes_dir)
+        transcripts = (TranscriptsConfig(probes=probes, base=self.base, tuned=self.tuned, dtype=self.dtype,
+                                         max_new_tokens=self.probe_responses, device=self.device)
+                       if self.probe_responses else None)
+        bench = self.bench()
+        return StageConfigs(
+            bench=bench,
+            activations=ActivationsStageConfig(
+                collect=self.activations(tokens=self.tokens, corpus=self.corpus, tasks=self.tasks),
+                transcripts=transcripts if self.corpus_responses else None),
+            crosscoder=CrosscoderStageConfig(n_latents=self.n_latents, k=self.k, n_steps=self.n_steps,
+                                             architecture=self.architecture, seed=self.seed, device=self.device),
+            latents=LatentsConfig(probes=probes, collect=self.activations(tokens=PROBE_TOKENS), transcripts=transcripts,
+                                  alpha=self.alpha, annotator=self.annotator, llm_url=self.llm_url,
+                                  llm_model=self.llm_model, device=self.device),
+            attribution=AttributionConfig(probes=probes, specific_by=self.specific_by, shift=self.attribution_shift,
+                                          alpha=self.alpha, seed=self.seed, reference=self.reference,
+                                          device=self.device),
+            causal=(CausalConfig(bench=bench, mode=self.causal_mode, specific_by=self.specific_by, seed=self.seed)
+                    if self.causal else None),
+        )
 
     def bench(self) -> BenchConfig:
         """The bench stage's part (so later-stage options never invalidate the benchmark cache)."""

@@ -29,25 +29,27 @@ log = logging.getLogger(__name__)
 def run(cfg: RunConfig, out: str | Path) -> Path:
     """Run every stage into `out`; returns the run directory.
 
-    The taxonomy and every probe corpus are read first, so a bad --categories file or probe directory is
-    an error before any model runs or any file is written."""
-    probe_inputs(cfg)
-    run_bench(cfg.bench(), out)
+    Each stage gets its own config from `cfg.stages()`. The taxonomy and every probe corpus are read first,
+    so a bad --categories file or probe directory is an error before any model runs or any file is written."""
+    stages = cfg.stages()
+    probe_inputs(stages.latents.probes)
+    run_bench(stages.bench, out)
     run_dir = RunDir(out)
     run_dir.write_config(cfg)  # the full configuration (bench wrote only its own part)
-    stage_activations(run_dir, cfg)
-    stage_crosscoder(run_dir, cfg)
+    stage_activations(run_dir, stages.activations)
+    stage_crosscoder(run_dir, stages.crosscoder)
     return run_from_latents(run_dir, cfg)
 
 
 def run_from_latents(run_dir: RunDir, cfg: RunConfig) -> Path:
     """The pipeline's tail, from the latents stage on (what `diffeval attribute` re-runs)."""
-    stage_latents(run_dir, cfg)
+    stages = cfg.stages()
+    stage_latents(run_dir, stages.latents)
     if cfg.reference:
         stage_reference(run_dir, cfg)
-    stage_attribution(run_dir, cfg)
-    if cfg.causal:
-        stage_causal(run_dir, cfg)
+    stage_attribution(run_dir, stages.attribution)
+    if stages.causal:
+        stage_causal(run_dir, stages.causal)
     stage_report(run_dir)
     return run_dir.path
 
@@ -59,8 +61,8 @@ def stage_reference(run_dir: RunDir, cfg: RunConfig) -> None:
     """
     for side, sub in files.REFERENCE_DIRS.items():
         model = cfg.tuned if side == "tuned" else cfg.base
-        sub_cfg = dataclasses.replace(cfg, base=cfg.reference, tuned=model, reference=None)
+        stages = dataclasses.replace(cfg, base=cfg.reference, tuned=model, reference=None).stages()
         sub_run = RunDir(run_dir.path / sub)
-        stage_activations(sub_run, sub_cfg)
-        stage_crosscoder(sub_run, sub_cfg)
-        stage_latents(sub_run, sub_cfg)
+        stage_activations(sub_run, stages.activations)
+        stage_crosscoder(sub_run, stages.crosscoder)
+        stage_latents(sub_run, stages.latents)

@@ -15,7 +15,7 @@ has the layout, crosscoders.cache the writer); memory stays flat as the token bu
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 from diffeval.crosscoders.cache import RANK_DIR, ShardWriter, merge_rank_dirs
 from diffeval.crosscoders.data import FORMAT_VERSION, ActivationDirError, verify_cache
 from diffeval.harness.core import files, models
-from diffeval.harness.core.config import ActivationsConfig, config_hash
+from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.errors import DiffevalError, RunDirError
-from diffeval.harness.core.files import source_name
-from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
+from diffeval.harness.core.stageconfig import ActivationsStageConfig, stage_key
 from diffeval.harness.stages.corpus import corpus_sequences
-from diffeval.harness.stages.inputs import bench_tasks, probe_inputs
+from diffeval.harness.stages.inputs import bench_tasks
 from diffeval.harness.stages.transcripts import stage_transcripts
 from diffeval.harness.suite import CORPUS_DIR
 
@@ -111,8 +110,7 @@ def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
     models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
     toks[1].padding_side = "right"  # row positions are then token indices (transcripts rely on it)
     seqs = corpus_sequences(cfg, toks[1])
-    key = hashlib.sha256(json.dumps([cfg.__dict__, [models.describe(s) for s in specs], world], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
+    key = stage_key(cfg, [models.describe(s) for s in specs], world)
     if _resume_manifest(out, key)["complete"]:
         return out
     work = out / RANK_DIR.format(rank) if world > 1 else out
@@ -226,24 +224,24 @@ def _resume_manifest(out: Path, key: str) -> dict[str, Any]:
             "n_models": 2, "sums": None}
 
 
-def stage_activations(run: RunDir, cfg: RunConfig) -> Path:
-    """Paired activations on the corpus (with --corpus-responses, plus the probe transcripts) and the
+def stage_activations(run: RunDir, cfg: ActivationsStageConfig) -> Path:
+    """Paired activations on the corpus (with `cfg.transcripts`, plus the probe transcripts) and the
     benchmark tasks' prompts."""
 
-    tasks = tuple(bench_tasks(cfg))
-    specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
-    extra = tuple(stage_transcripts(run, cfg, *probe_inputs(cfg)[1:])) if cfg.corpus_responses else ()
-    corpus = (cfg.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
-    named = [source_name(p, run.path) for p in extra]  # run-relative: the key survives moving the run
-    key = config_hash({"layer": cfg.layer, "tokens": cfg.tokens, "seq_len": cfg.seq_len, "corpus": cfg.corpus,
-                       "tasks": tasks, **({"extra": named} if extra else {})}, specs,
-                      [file_stamp(p, run.path) for p in corpus])
-    return collect_into(run, cfg, "activations", files.ACTS_DIR, key, tokens=cfg.tokens, corpus=cfg.corpus, tasks=tasks, extra=extra)
+    acts = cfg.collect
+    tasks = tuple(bench_tasks(acts.tasks, acts.tasks_dir))
+    specs = [models.describe(models.resolve_spec(s)) for s in (acts.base, acts.tuned)]
+    extra = tuple(stage_transcripts(run, cfg.transcripts)) if cfg.transcripts else ()
+    corpus = (acts.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
+    upstream = run.key("transcripts") if extra else None
+    key = stage_key(cfg, tasks, specs, [file_stamp(p, run.path) for p in corpus], upstream)
+    return collect_into(run, "activations", files.ACTS_DIR, key,
+                        dataclasses.replace(acts, tasks=tasks, extra=extra, source_root=str(run.path)))
 
 
-def collect_into(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **acts_kw: Any) -> Path:
-    """Collect into `run/out` as stage `name` with key `key`; a cache reused from before is first checked
-    against its recorded hashes."""
+def collect_into(run: RunDir, name: str, out: str, key: str, acts: ActivationsConfig) -> Path:
+    """Collect `acts` into `run/out` as stage `name` with key `key`; a cache reused from before is first
+    checked against its recorded hashes."""
     if run.is_done(name, key):
         try:
             verify_cache(run.path / out)
@@ -252,6 +250,5 @@ def collect_into(run: RunDir, cfg: RunConfig, name: str, out: str, key: str, **a
     else:
         fresh_stage_dir(run.path / out, key)
         with run.stage(name, key) as rec:
-            acfg = cfg.activations(source_root=str(run.path), **acts_kw)
-            rec["outputs"] = [collect_activations(acfg, run.path / out) / files.MANIFEST]
+            rec["outputs"] = [collect_activations(acts, run.path / out) / files.MANIFEST]
     return run.path / out

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.fdr import benjamini_hochberg
 from diffeval.harness.suite.taxonomy import UNASSIGNED
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,6 @@ class Annotator(Protocol):
     name: str
 
     def annotate(self, inputs: AnnotationInputs) -> list[LatentLabel]: ...
-
-
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """BH-adjusted q-values of any-shaped p-values (NaN treated as 1)."""
-    flat = np.nan_to_num(np.asarray(p, dtype=np.float64).ravel(), nan=1.0)
-    order = np.argsort(flat)
-    ranked = flat[order] * len(flat) / np.arange(1, len(flat) + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
-    out = np.empty_like(flat)
-    out[order] = q
-    return out.reshape(np.shape(p))
 
 
 @dataclass(frozen=True)

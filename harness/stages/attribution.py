@@ -4,30 +4,33 @@ to the categories, and the attribution of task deltas to category shifts → att
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diffeval.harness.core import files
-from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import SIDES, source_name
 from diffeval.harness.core.io import atomic_write_json
-from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.core.stageconfig import AttributionConfig, stage_key
+from diffeval.harness.stages import headline as H
 from diffeval.harness.stages import measures as A
 from diffeval.harness.stages.bench import load_deltas
 from diffeval.harness.stages.crosscoder import open_crosscoder
-from diffeval.harness.stages.inputs import taxonomy_for
+from diffeval.harness.stages.inputs import probe_inputs, taxonomy_for
 from diffeval.harness.stages.latent_sums import group_sums, response_sums, sequences
 from diffeval.harness.stages.latents import read_latents
 from diffeval.harness.stages.transcripts import read_transcripts
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTION_VERSION = 6  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it;
-# 6: a category's latents are all latents enriched on its probes (not only those it is the primary category of)
+HEADLINE = H.NAME
+ATTRIBUTION_VERSION = 7  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it;
+# 6: a category's latents are all latents enriched on its probes (not only those it is the primary category of);
+# 7: the headline measure (cue shift), the default basis of attribution
 
 
 def category_members(rows: list[dict[str, Any]], category: str) -> list[int]:
@@ -46,11 +49,9 @@ def specific_sets(rows: list[dict[str, Any]], specific_by: str) -> tuple[list[di
     return [r for r in rows if r["class"] == "tuned_only"], [r for r in rows if r["class"] == "base_only"]
 
 
-def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
+def stage_attribution(run: RunDir, cfg: AttributionConfig) -> Path:
     refs = [RunDir(run.path / sub).key("latents") for sub in files.REFERENCE_DIRS.values()] if cfg.reference else []
-    key = config_hash({"specific_by": cfg.specific_by, "shift": cfg.attribution_shift, "seed": cfg.seed,
-                       "version": ATTRIBUTION_VERSION},
-                      run.key("latents"), run.key("bench.deltas"), refs)
+    key = stage_key(cfg, ATTRIBUTION_VERSION, run.key("latents"), run.key("bench.deltas"), refs)
     out = run.path / files.ATTRIBUTION
     if not run.is_done("attribution", key):
         with run.stage("attribution", key) as rec:
@@ -58,12 +59,12 @@ def stage_attribution(run: RunDir, cfg: RunConfig) -> Path:
     return out
 
 
-def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
+def compute_attribution(run_path: Path, cfg: AttributionConfig) -> dict[str, Any]:
     rows = read_latents(run_path / files.LATENTS)
     if "category" not in rows[0] or "changed" not in rows[0]:
         raise RunDirError(f"{run_path / files.LATENTS} was written by an older diffeval (no categories or no "
                           "`changed` column); re-run the latents stage (`diffeval run` redoes it)")
-    tax = taxonomy_for(cfg)
+    tax = taxonomy_for(cfg.probes)
     used = {r["category"] for r in rows}
     cats = [c for c in tax.names if c in used or tax.categories[c].probes is not None]
     tuned, base = specific_sets(rows, cfg.specific_by)
@@ -84,21 +85,25 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
         row.update(usage.get(row["category"]) or A.usage_shift(np.zeros(0), np.zeros(0)))
     live = [r for r in rows if r["class"] != "dead" and r["category"] != "unassigned"]
     named = [c for c in cats if c != "unassigned"]
+    shifted = {r["category"] for r in shifts}
     changed = A.changed_enrichment([r["category"] for r in live], [isinstance(r.get("changed"), str) for r in live],
                                    named, alpha=cfg.alpha)
     for row in shifts:
         row.update(changed[named.index(row["category"])] if row["category"] in named else
                    {"n_changed": None, "n_live": None, "changed_p": None, "changed_q": None, "changed_significant": None})
+    head = headline_for(run_path, model, rows, [c for c in named if c in shifted], cfg)
+    for row in shifts:
+        row["headline"] = head.get(row["category"])
     task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
     deltas = {r["task"]: r for r in load_deltas(run_path)["tasks"] if r.get("delta") is not None}
     tasks = [t for t in deltas if t in set(task_of_seq)]
     skipped = sorted(set(deltas) - set(tasks))
     w = A.exposure(sums.act, sums.tokens, task_of_seq, tasks)
     assignable = [i for i, c in enumerate(cats) if c != "unassigned"]
-    shift_used = cfg.attribution_shift
-    if shift_used == "auto":  # share ratios need enough model-specific latents to be estimated at all
-        shift_used = ("share" if min(len(tuned), len(base)) >= A.MIN_SPECIFIC else "usage" if usage else "mass")
-    if shift_used == "share":
+    shift_used = HEADLINE if cfg.shift == "auto" else cfg.shift
+    if shift_used == HEADLINE:
+        s = np.array([signed_headline(shifts[i].get("headline")) for i in assignable])
+    elif shift_used == "share":
         s = np.array([shifts[i]["log_share_ratio"] for i in assignable])
     elif shift_used == "usage":
         s = np.array([A.log_ratio(shifts[i]["usage_shift_rel"] if shifts[i]["usage_shift_rel"] is not None
@@ -110,7 +115,7 @@ def compute_attribution(run_path: Path, cfg: RunConfig) -> dict[str, Any]:
     attr["shift_used"] = shift_used
     attr["tasks_without_prompts"] = skipped
     return {
-        "format_version": 1, "taxonomy": tax.source, "reference": cfg.reference,
+        "format_version": 1, "taxonomy": tax.source, "reference": cfg.reference, "headline_measure": HEADLINE,
         "annotator": {"name": rows[0].get("annotator"), "alpha": cfg.alpha}, "specific_by": cfg.specific_by,
         "N_tuned": len(tuned), "N_base": len(base), "categories": shifts,
         "exposure": {t: {c: float(w[i, g]) for g, c in enumerate(cats)} for i, t in enumerate(tasks)},
@@ -148,6 +153,45 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
         for side in SIDES:
             out[cat][f"empty_{side}"] = sum(1 for r in by_cat[cat] if r["side"] == side and not r["response"].strip())
     return out
+
+
+def headline_for(run_path: Path, model: Any, rows: list[dict[str, Any]], names: list[str],
+                 cfg: AttributionConfig) -> dict[str, dict[str, Any]]:
+    """The headline measure (stages/headline.py) per category in `names`, on the run's probe activations."""
+    pacts = run_path / files.PROBE_ACTS_DIR
+    if not (pacts / files.SEQUENCES).is_file():
+        return {}
+    tax, probes, probe_files = probe_inputs(cfg.probes)
+    category_of_source = {source_name(p, run_path): c for p, c in zip(probe_files, probes, strict=True)}
+    tdir = run_path / files.TRANSCRIPTS_DIR
+    transcripts = ({source_name(p, run_path): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
+                   if tdir.is_dir() else {})
+    cue, cats, _ = H.cue_rows(pacts, category_of_source, transcripts)
+    if len(cue) == 0:
+        return {}
+    members = {c: np.array(category_members(rows, c), dtype=np.int64) for c in names}
+    r, own, per_cat = H.cue_differences(model, pacts, cue, members, cats)
+    margins = {}
+    for source, trows in transcripts.items():
+        by = {(t["side"], t["index"]): t.get("margin") for t in trows}
+        m = [by[("tuned", i)] - by[("base", i)] for (side, i), v in by.items()
+             if side == "base" and v is not None and by.get(("tuned", i)) is not None]
+        margins[Path(source).stem] = np.array(m, dtype=np.float64)
+    out = {}
+    for g, row in enumerate(H.headline_rows(r, own, cats, names, cfg.alpha, margins, seed=cfg.seed)):
+        top = np.argsort(-per_cat[g])[:5]
+        total = max(float(np.abs(per_cat[g]).sum()), 1e-12)
+        row["carriers"] = [{"latent": int(j), "share": float(per_cat[g][j] / total)} for j in top if per_cat[g][j] > 0]
+        out[names[g]] = row
+    return out
+
+
+def signed_headline(head: dict[str, Any] | None) -> float:
+    """A category's shift for the task-level attribution: log(1 + cue shift) with its direction's sign;
+    0 where the direction is not identified (an unsigned change predicts no particular delta)."""
+    if not head or head.get("value") is None or head.get("direction") is None:
+        return 0.0
+    return (1.0 if head["direction"] == "+" else -1.0) * math.log1p(max(head["value"], 0.0))
 
 
 def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict[str, list[dict[str, Any]]]:

@@ -17,10 +17,11 @@ import numpy as np
 from tabulate import tabulate
 
 from diffeval.harness.core import files, models
-from diffeval.harness.core.config import BenchConfig, config_hash
+from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.errors import DiffevalError, TaskError
 from diffeval.harness.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.core.stageconfig import stage_key
 from diffeval.harness.stages.external_scores import read_external_scores
 from diffeval.harness.stages.paired_tests import paired_compare
 from diffeval.harness.suite import registry as taskreg
@@ -50,7 +51,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
     shared = dataclasses.replace(cfg, base="-", tuned="-")  # the settings both sides share
     hashes = {}
     for role in ROLES:
-        hashes[role] = config_hash(shared, models.describe(specs[role]), [(d.name, d.files_hash()) for d in defs])
+        hashes[role] = stage_key(shared, models.describe(specs[role]), [(d.name, d.files_hash()) for d in defs])
         stage = f"bench.{role}"
         if run.is_done(stage, hashes[role]):
             log.info("%s: unchanged, reusing %s", stage, run.path / files.BENCH_DIR / role)
@@ -58,7 +59,7 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
         with run.stage(stage, hashes[role]) as rec:
             rec["outputs"] = evaluate_model(specs[role], toks[role], defs, cfg, run.path / files.BENCH_DIR / role)
     scores_blob = Path(cfg.scores).read_bytes() if cfg.scores else b""
-    delta_hash = config_hash(shared, hashes, scores_blob.hex())
+    delta_hash = stage_key(shared, hashes, scores_blob.hex())
     if not run.is_done("bench.deltas", delta_hash):
         with run.stage("bench.deltas", delta_hash) as rec:
             rec["outputs"] = write_deltas(run.path, defs, cfg)

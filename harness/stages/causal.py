@@ -33,12 +33,13 @@ import numpy as np
 from diffeval.crosscoders import load_crosscoder
 from diffeval.crosscoders.files import file_sha256
 from diffeval.harness.core import files, models
-from diffeval.harness.core.config import config_hash, from_dict
+from diffeval.harness.core.config import BenchConfig, from_dict
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.files import check_name
 from diffeval.harness.core.io import atomic_write_json, read_json
 from diffeval.harness.core.runconfig import CAUSAL_MODES, RunConfig
 from diffeval.harness.core.rundir import RunDir
+from diffeval.harness.core.stageconfig import CausalConfig, stage_key
 from diffeval.harness.stages.attribution import category_members, specific_sets
 from diffeval.harness.stages.bench import evaluate_lm, headline_metric, per_doc_scores
 from diffeval.harness.stages.intervention import ablated_model, check_latents
@@ -82,19 +83,20 @@ def ablation_summary(base: np.ndarray, tuned: np.ndarray, ablated: np.ndarray, n
 
 # -- the run-directory check ------------------------------------------------------------------------
 def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterable[int], *, n_boot: int = 2000,
-                 seed: int = 0, mode: str = "ablate") -> dict[str, Any]:
+                 seed: int = 0, mode: str = "ablate", bench: BenchConfig | None = None) -> dict[str, Any]:
     """Re-score `task` on the tuned model with `latents` (a category's latents) ablated or reverted (`mode`).
 
     Needs the run's bench stage (per-document scores of both models), its crosscoder stage and the
     activation manifest (which block the crosscoder reads). Returns and writes
     `causal/<task>__<category>.json` with task, category, n_latents, delta, delta_ablated,
-    delta_removed, ci_low, ci_high (and provenance); reuses it while the inputs are unchanged.
+    delta_removed, ci_low, ci_high (and provenance); reuses it while the inputs are unchanged. Re-scoring
+    uses `bench` (the bench stage's settings), or, when not given, those in the run's config.json.
     """
 
     run = Path(run_dir)
     check_name("category", category)
     check_name("task", task)
-    cfg, metric, flt = _bench_inputs(run, task)
+    cfg, metric, flt = _bench_inputs(run, task, bench)
     cc_dir, layer = _crosscoder_inputs(run)
     n_latents = _read_cfg(cc_dir)["n_latents"]
     ids = check_latents(latents, n_latents)
@@ -104,7 +106,7 @@ def causal_check(run_dir: str | Path, task: str, category: str, latents: Iterabl
     specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
     if mode not in CAUSAL_MODES:
         raise DiffevalError(f"ablation mode {mode!r} is not one of {', '.join(CAUSAL_MODES)}")
-    key = config_hash(cfg, task, category, ids, layer, n_boot, seed, mode, [models.describe(s) for s in specs],
+    key = stage_key(cfg, task, category, ids, layer, n_boot, seed, mode, [models.describe(s) for s in specs],
                       file_sha256(cc_dir / files.CROSSCODER_WEIGHTS)[:16],
                       [file_sha256(_samples(run, role, task))[:16] for role in ("base", "tuned")])
     out = run / files.CAUSAL_DIR / f"{task}__{category}.json"
@@ -152,7 +154,7 @@ def _evaluate_ablated(cfg: Any, specs: list[Any], task: str, cc_dir: Path, layer
         evaluate_lm(model, tok, defs, cfg, out)
 
 
-def _bench_inputs(run: Path, task: str) -> tuple[Any, str, str]:
+def _bench_inputs(run: Path, task: str, bench: BenchConfig | None = None) -> tuple[BenchConfig, str, str]:
     """The bench settings and the task's headline (metric, filter); errors name the missing stage."""
 
     for rel in (files.CONFIG, files.DELTAS, files.bench_results("tuned")):
@@ -168,7 +170,7 @@ def _bench_inputs(run: Path, task: str) -> tuple[Any, str, str]:
             raise RunDirError(f"run directory {run}: the bench stage has no per-document log "
                               f"{_samples(run, role, task).relative_to(run)}; re-run `diffeval bench`")
     # the run's own configuration (a bench-only run holds just BenchConfig's keys); .bench() applies bench_seed
-    cfg = from_dict(RunConfig, read_json(run / files.CONFIG), source=str(run / files.CONFIG)).bench()
+    cfg = bench or from_dict(RunConfig, read_json(run / files.CONFIG), source=str(run / files.CONFIG)).bench()
     metric, flt = headline_metric(read_json(run / files.bench_results("tuned"))["configs"][task])
     return cfg, metric, flt
 
@@ -203,7 +205,7 @@ def _samples(run: Path, role: str, task: str) -> Path:
     return run / files.bench_samples(role, task)
 
 
-def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
+def stage_causal(run: RunDir, cfg: CausalConfig) -> Path:
     """Re-score each task with its category's latents reverted (or ablated); add the results to attribution.json.
 
     revert (default): all of the category's live latents (`category_members`) get the base model's decoder
@@ -217,7 +219,7 @@ def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
     path = run.path / files.ATTRIBUTION
     doc = read_json(path)
     latents = read_latents(run.path / files.LATENTS)
-    if cfg.causal_mode == "revert":
+    if cfg.mode == "revert":
         pool = [r for r in latents if r["class"] != "dead"]
     else:
         pool = specific_sets(latents, cfg.specific_by)[0]
@@ -226,19 +228,19 @@ def stage_causal(run: RunDir, cfg: RunConfig) -> Path:
     for t in doc["attribution"]["per_task"]:
         ids = category_members(pool, t["category"])
         if not ids or t["delta"] == 0:
-            what = "live" if cfg.causal_mode == "revert" else "tuned-specific"
+            what = "live" if cfg.mode == "revert" else "tuned-specific"
             skipped.append({"task": t["task"], "category": t["category"],
                             "reason": f"no {what} latent in its category" if not ids else "delta is 0"})
             continue
         keep = ("task", "category", "mode", "n_latents", "delta", "delta_ablated", "delta_removed", "ci_low", "ci_high")
-        res = causal_check(run.path, t["task"], t["category"], ids, n_boot=cfg.bootstrap_iters, seed=cfg.seed,
-                           mode=cfg.causal_mode)
+        res = causal_check(run.path, t["task"], t["category"], ids, n_boot=cfg.bench.bootstrap_iters, seed=cfg.seed,
+                           mode=cfg.mode, bench=cfg.bench)
         row = {k: res.get(k) for k in keep}
         others = sorted(set(r["latent"] for r in pool) - set(ids))
-        if cfg.causal_mode == "revert" and len(others) >= len(ids):
+        if cfg.mode == "revert" and len(others) >= len(ids):
             control = sorted(int(j) for j in rng.choice(others, size=len(ids), replace=False))
-            ctl = causal_check(run.path, t["task"], f"{t['category']}.control", control, n_boot=cfg.bootstrap_iters,
-                               seed=cfg.seed, mode=cfg.causal_mode)
+            ctl = causal_check(run.path, t["task"], f"{t['category']}.control", control,
+                               n_boot=cfg.bench.bootstrap_iters, seed=cfg.seed, mode=cfg.mode, bench=cfg.bench)
             row.update(control_removed=ctl["delta_removed"], control_ci_low=ctl["ci_low"], control_ci_high=ctl["ci_high"])
         rows.append(row)
     doc["causal"], doc["causal_skipped"] = rows, skipped

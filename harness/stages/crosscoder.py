@@ -11,13 +11,16 @@ from diffeval.crosscoders.data import ActivationDirError, crosscoder_config, rea
 from diffeval.harness.core import files
 from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import DiffevalError, RunDirError
-from diffeval.harness.core.runconfig import RunConfig, n_latents_for
+from diffeval.harness.core.runconfig import n_latents_for
 from diffeval.harness.core.rundir import RunDir, fresh_stage_dir
+from diffeval.harness.core.stageconfig import CrosscoderStageConfig
 
 log = logging.getLogger(__name__)
 
 
-def stage_crosscoder(run: RunDir, cfg: RunConfig) -> Path:
+def stage_crosscoder(run: RunDir, cfg: CrosscoderStageConfig) -> Path:
+    """Train the crosscoder on the run's activations; its key hashes the full CrossCoderConfig (these
+    settings completed with the cache's hidden sizes) and the activations stage's key."""
     acts = run.path / files.ACTS_DIR
     manifest = read_manifest(acts)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,11 @@ import numpy as np
 from diffeval.crosscoders.data import read_manifest
 from diffeval.crosscoders.stats import latent_stats
 from diffeval.harness.core import files
-from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import source_name
 from diffeval.harness.core.io import atomic_write_jsonl, read_jsonl_rows
-from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, file_stamp
+from diffeval.harness.core.stageconfig import LatentsConfig, stage_key
 from diffeval.harness.stages.activations import collect_into
 from diffeval.harness.stages.annotators import AnnotationInputs, EnrichmentAnnotator, LLMAnnotator
 from diffeval.harness.stages.crosscoder import open_crosscoder
@@ -77,20 +77,18 @@ def read_latents(path: str | Path) -> list[dict[str, Any]]:
     return read_jsonl_rows(path)
 
 
-def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
+def stage_latents(run: RunDir, cfg: LatentsConfig) -> Path:
     """latents.jsonl: statistics and top contexts per latent, plus its categories from the probe corpora
-    (with --probe-responses, the probe texts as each model continues them)."""
-    tax, probes, probe_files = probe_inputs(cfg)
-    paths = stage_transcripts(run, cfg, probes, probe_files) if cfg.probe_responses else probe_files
+    (with `cfg.transcripts`, the probe texts as each model continues them)."""
+    tax, probes, probe_files = probe_inputs(cfg.probes)
+    paths = stage_transcripts(run, cfg.transcripts) if cfg.transcripts else probe_files
     # probe file (as sequences.jsonl names it: run-relative for the transcripts) → category
     sources = {source_name(p, run.path): c for p, c in zip(paths, probes, strict=True)}
-    probe_key = config_hash({"layer": cfg.layer, "seq_len": cfg.seq_len, "files": list(sources)},
-                            [file_stamp(f, run.path) for f in paths], run.key("activations"))
-    probe_acts = collect_into(run, cfg, "probes", files.PROBE_ACTS_DIR, probe_key, tokens=10**9, corpus=tuple(paths))
-    # the annotator enters the key only when it is not the default, so runs made before the option keep theirs
-    annotator = {"annotator": cfg.annotator, "llm": [cfg.llm_url, cfg.llm_model]} if cfg.annotator != "enrichment" else {}
-    key = config_hash({"alpha": cfg.alpha, "taxonomy": tax.source, "version": LATENTS_VERSION, **annotator}, probe_key,
-                      run.key("crosscoder"))
+    probe_key = stage_key(dataclasses.replace(cfg.collect, corpus=tuple(sources)),
+                          [file_stamp(f, run.path) for f in paths], run.key("activations"))
+    probe_acts = collect_into(run, "probes", files.PROBE_ACTS_DIR, probe_key,
+                              dataclasses.replace(cfg.collect, corpus=tuple(paths), source_root=str(run.path)))
+    key = stage_key(cfg, tax.source, LATENTS_VERSION, probe_key, run.key("crosscoder"))
     if not run.is_done("latents", key):
         with run.stage("latents", key) as rec:
             rec["outputs"] = [write_annotated_latents(run.path, probe_acts, tax, sources, cfg)]
@@ -98,7 +96,7 @@ def stage_latents(run: RunDir, cfg: RunConfig) -> Path:
 
 
 def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sources: dict[str, str],
-                            cfg: RunConfig) -> Path:
+                            cfg: LatentsConfig) -> Path:
     """Annotate every latent from its maximum activation per probe text (`sources` maps each probe file to its
     category), or with `cfg.annotator` llm from its top contexts."""
     model = open_crosscoder(run_path, cfg.device)

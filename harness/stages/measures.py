@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from diffeval.harness.stages.annotators import benjamini_hochberg
+from diffeval.harness.core.fdr import benjamini_hochberg
+from diffeval.harness.core.runconfig import MIN_SPECIFIC
 
 MIN_COUNT = 10     # n_c^T + n_c^B below this: too few latents to support a claim
-MIN_SPECIFIC = 10  # N^T or N^B below this: too few model-specific latents for share ratios
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ text, or at end-of-sequence), and the annotator and the usage shift read prompt 
 One file per category, `<out>/<category>.jsonl`, two rows per probe (base first, then tuned):
 {"text": prompt + response, "prompt", "response", "side", "index", "prompt_tokens"}, where
 `prompt_tokens` is the prompt's length in tokens as the activation collection tokenizes it, so the
-positions from `prompt_tokens` on are the response.
+positions from `prompt_tokens` on are the response, and `margin` is the row's model's log p(desired) −
+log p(undesired) for a probe whose corpus row gives reference continuations (else null).
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from diffeval.harness.core import files, models
-from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.files import SIDES
 from diffeval.harness.core.io import atomic_write_jsonl
-from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
+from diffeval.harness.core.stageconfig import TranscriptsConfig, stage_key
+from diffeval.harness.stages.inputs import probe_inputs
+from diffeval.harness.suite.taxonomy import read_probe_rows
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPTS_VERSION = 2  # 2: turn-formatted probe texts become prompts for the assistant's turn
+TRANSCRIPTS_VERSION = 3  # 2: turn-formatted probe texts become prompts for the assistant's turn; 3: reference margins
 BATCH = 16
 
 
@@ -78,9 +80,49 @@ def generate_responses(model: Any, tok: Any, prompts: list[str], max_new_tokens:
     return out
 
 
+def continuation_logprob(model: Any, tok: Any, prompts: list[str], continuations: list[str], device: str = "cpu") -> list[float]:
+    """log p(continuation | prompt) under `model`, by teacher forcing (batched, right-padded)."""
+    import torch
+
+    out = []
+    for start in range(0, len(prompts), BATCH):
+        heads = [tok(p)["input_ids"] for p in prompts[start:start + BATCH]]
+        fulls = [tok(p + c)["input_ids"] for p, c in zip(prompts[start:start + BATCH], continuations[start:start + BATCH],
+                                                         strict=True)]
+        width = max(len(f) for f in fulls)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([f + [pad] * (width - len(f)) for f in fulls], device=device)
+        mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fulls], device=device)
+        with torch.no_grad():
+            logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        for row, (head, full) in enumerate(zip(heads, fulls, strict=True)):
+            n = min(len(head), len(full) - 1)  # the continuation's tokens start where the prompt's end
+            targets = torch.tensor(full[n:], device=device)
+            out.append(float(logp[row, n - 1:len(full) - 1].gather(1, targets[:, None]).sum()))
+    return out
+
+
+def reference_margins(model: Any, tok: Any, prompts: list[str], refs: list[tuple[str, str] | None],
+                      device: str = "cpu") -> list[float | None]:
+    """log p(desired) − log p(undesired) per prompt with references (None for those without)."""
+    have = [i for i, r in enumerate(refs) if r is not None]
+    if not have:
+        return [None] * len(prompts)
+    sel = [prompts[i] for i in have]
+    good = continuation_logprob(model, tok, sel, [refs[i][0] for i in have], device)
+    bad = continuation_logprob(model, tok, sel, [refs[i][1] for i in have], device)
+    out: list[float | None] = [None] * len(prompts)
+    for i, g, b in zip(have, good, bad, strict=True):
+        out[i] = g - b
+    return out
+
+
 def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: str | Path, max_new_tokens: int,
-                      dtype: str = "float32", device: str = "cpu") -> list[Path]:
-    """Generate both models' responses to every probe text; write one transcript file per category."""
+                      dtype: str = "float32", device: str = "cpu",
+                      references: dict[str, list[tuple[str, str] | None]] | None = None) -> list[Path]:
+    """Generate both models' responses to every probe text; write one transcript file per category. With
+    `references` (per category, each probe's (desired, undesired) continuations or None), each row also holds
+    its model's `margin`, log p(desired) − log p(undesired)."""
 
     out = Path(out)
     specs = [models.resolve_spec(s) for s in (base, tuned)]
@@ -88,6 +130,7 @@ def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: 
     models.check_same_tokenizer(toks[0], toks[1], base, tuned)
     tok = toks[1]
     responses: dict[str, dict[str, list[str]]] = {}
+    margins: dict[str, dict[str, list[float | None]]] = {}
     probes = {cat: [as_prompt(t) for t in texts] for cat, texts in probes.items()}
     for side, spec in zip(SIDES, specs, strict=True):
         model = models.load_model(spec, dtype, device)
@@ -95,6 +138,8 @@ def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: 
             raise DiffevalError(f"{spec.spec} cannot generate text; run with --probe-responses 0")
         for cat, texts in tqdm(probes.items(), desc=f"{side} responses", disable=None):
             responses.setdefault(cat, {})[side] = generate_responses(model, tok, texts, max_new_tokens, device)
+            refs = (references or {}).get(cat) or [None] * len(texts)
+            margins.setdefault(cat, {})[side] = reference_margins(model, tok, texts, refs, device)
         del model
     paths = []
     for cat, texts in probes.items():
@@ -104,7 +149,7 @@ def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: 
             for side in SIDES:
                 resp = responses[cat][side][i]
                 rows.append({"text": prompt + resp, "prompt": prompt, "response": resp, "side": side, "index": i,
-                             "prompt_tokens": n_prompt})
+                             "prompt_tokens": n_prompt, "margin": margins[cat][side][i]})
         paths.append(atomic_write_jsonl(out / f"{cat}.jsonl", rows))
     return paths
 
@@ -117,17 +162,18 @@ def read_transcripts(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def stage_transcripts(run: RunDir, cfg: RunConfig, probes: dict[str, list[str]], probe_files: list[str]) -> list[str]:
-    """Both models' one-line responses to every probe text (probes/transcripts/<category>.jsonl)."""
+def stage_transcripts(run: RunDir, cfg: TranscriptsConfig) -> list[str]:
+    """Both models' one-line responses to every probe text (probes/transcripts/<category>.jsonl); returns
+    the transcript files, one per category with probes."""
 
+    tax, probes, probe_files = probe_inputs(cfg.probes)
+    references = {c: [refs for _, refs in read_probe_rows(tax.categories[c].probes, c)] for c in probes}
     specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
-    key = config_hash({"max_new_tokens": cfg.probe_responses, "files": probe_files, "dtype": cfg.dtype,
-                       "version": TRANSCRIPTS_VERSION},
-                      [file_stamp(f) for f in probe_files], specs)
+    key = stage_key(cfg, TRANSCRIPTS_VERSION, probe_files, [file_stamp(f) for f in probe_files], specs)
     out = run.path / files.TRANSCRIPTS_DIR
     if not run.is_done("transcripts", key):
         fresh_stage_dir(out, key)
         with run.stage("transcripts", key) as rec:
-            rec["outputs"] = write_transcripts(cfg.base, cfg.tuned, probes, out, cfg.probe_responses,
-                                               dtype=cfg.dtype, device=cfg.device)
+            rec["outputs"] = write_transcripts(cfg.base, cfg.tuned, probes, out, cfg.max_new_tokens,
+                                               dtype=cfg.dtype, device=cfg.device, references=references)
     return [str(out / f"{c}.jsonl") for c in probes]

@@ -91,21 +91,36 @@ def load_taxonomy(path: str | Path | None = None, probe_overrides: dict[str, Pat
 
 
 def read_probes(path: Path, category: str) -> list[str]:
+    """A probe corpus's texts (JSON Lines rows with a 'text' field)."""
+    return [text for text, _ in read_probe_rows(path, category)]
+
+
+def read_probe_rows(path: Path, category: str) -> list[tuple[str, tuple[str, str] | None]]:
+    """(text, references) per row of a probe corpus; references are the row's optional (desired, undesired)
+    continuations of the text, the answer the category's capability calls for and one it rules out."""
     if not path.is_file():
         raise DiffevalError(f"probe corpus of category {category!r} not found: {path} (JSON Lines with a 'text' field)")
-    texts = []
+    rows: list[tuple[str, tuple[str, str] | None]] = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row: Any = json.loads(line)
-            texts.append(str(row["text"]))
+            text = str(row["text"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DiffevalError(f"{path}:{i}: each line must be a JSON object with a 'text' field") from None
-    if len(texts) < MIN_PROBES:
-        raise DiffevalError(f"probe corpus of category {category!r} ({path}) has {len(texts)} texts; "
+        refs = (row.get("desired"), row.get("undesired"))
+        if refs == (None, None):
+            rows.append((text, None))
+        elif all(isinstance(x, str) and x.strip() for x in refs) and refs[0] != refs[1]:
+            rows.append((text, (refs[0], refs[1])))
+        else:
+            raise DiffevalError(f"{path}:{i}: 'desired' and 'undesired' must both be given, as two different "
+                                "non-empty strings (continuations of 'text'), or both left out")
+    if len(rows) < MIN_PROBES:
+        raise DiffevalError(f"probe corpus of category {category!r} ({path}) has {len(rows)} texts; "
                             f"at least {MIN_PROBES} are needed for an enrichment test")
-    return texts
+    return rows
 
 
 def organism_probes(probes_dir: str | Path) -> dict[str, Path]:

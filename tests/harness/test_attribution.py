@@ -186,7 +186,7 @@ def test_shipped_taxonomy_has_probe_corpora_of_at_least_50_texts() -> None:
 def test_run_dir_missing_a_stage_is_a_clear_error(tmp_path) -> None:
     cfg = RunConfig(base="a", tuned="b")
     with pytest.raises(RunDirError, match="no finished 'latents' stage"):
-        stage_attribution(RunDir(tmp_path), cfg)
+        stage_attribution(RunDir(tmp_path), cfg.stages().attribution)
 
 
 def test_llm_annotator_against_a_local_endpoint() -> None:

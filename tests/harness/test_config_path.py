@@ -3,6 +3,8 @@ defaults from the same dataclasses."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import pytest
@@ -14,7 +16,8 @@ from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir
-from diffeval.harness.stages import activations, causal
+from diffeval.harness.core.stageconfig import stage_key
+from diffeval.harness.stages import activations, attribution, causal, crosscoder, latents, transcripts
 from tests.conftest import copy_run, tiny_cfg
 
 
@@ -29,7 +32,7 @@ def test_run_dtype_reaches_activation_collection(tiny_pair, tmp_path, monkeypatc
 
     monkeypatch.setattr(activations, "collect_activations", capture)
     with pytest.raises(KeyboardInterrupt):
-        activations.stage_activations(RunDir(tmp_path / "run"), tiny_cfg(tiny_pair, dtype="bfloat16"))
+        activations.stage_activations(RunDir(tmp_path / "run"), tiny_cfg(tiny_pair, dtype="bfloat16").stages().activations)
     assert seen[0].dtype == "bfloat16" and seen[0].device == "cpu" and seen[0].tokens == 3000
 
 
@@ -61,3 +64,38 @@ def test_the_llm_annotator_is_selectable_and_checked():
         RunConfig(base="a", tuned="b", annotator="llm")
     res = CliRunner().invoke(cli, ["run", "--annotator", "llm", "--base", "a", "--tuned", "b"])
     assert res.exit_code == 2 and "llm_url and llm_model" in res.output
+
+
+def _stage_keys(**changes) -> dict[str, str]:
+    """Each stage config's key (no upstream inputs) for a RunConfig with `changes`."""
+    stages = RunConfig(base="a", tuned="b", causal=True, **changes).stages()
+    return {f.name: stage_key(getattr(stages, f.name)) for f in dataclasses.fields(stages) if f.name != "bench"}
+
+
+@pytest.mark.parametrize(("change", "moved"), [
+    ({"device": "cuda"}, set()),  # where it runs does not change what a stage writes
+    ({"dtype": "bfloat16"}, {"activations", "latents", "causal"}),
+    ({"k": 16}, {"crosscoder"}),
+    ({"alpha": 0.01}, {"latents", "attribution"}),
+    ({"probe_responses": 0}, {"latents"}),  # the corpus holds no transcripts unless corpus_responses
+    ({"corpus_responses": True}, {"activations"}),
+    ({"categories": "mine.yaml"}, {"latents", "attribution"}),
+    ({"attribution_shift": "mass"}, {"attribution"}),
+    ({"causal_mode": "ablate"}, {"causal"}),
+    ({"seed": 7}, {"crosscoder", "attribution", "causal"}),
+    ({"bench_seed": 7}, {"causal"}),
+])
+def test_a_stage_key_moves_only_with_its_own_settings(change, moved):
+    """Every stage is keyed by its own config: an option changes the keys of the stages it reaches, no others."""
+    before, after = _stage_keys(), _stage_keys(**change)
+    assert {name for name in before if before[name] != after[name]} == moved
+
+
+def test_stages_take_their_own_config():
+    """Every stage function takes (run directory, its config), not the whole RunConfig."""
+    expected = {activations.stage_activations: "ActivationsStageConfig", crosscoder.stage_crosscoder: "CrosscoderStageConfig",
+                latents.stage_latents: "LatentsConfig", attribution.stage_attribution: "AttributionConfig",
+                causal.stage_causal: "CausalConfig", transcripts.stage_transcripts: "TranscriptsConfig"}
+    for fn, name in expected.items():
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.annotation for p in params] == ["RunDir", name], fn.__name__

@@ -156,7 +156,7 @@ def test_reference_design_takes_specific_latents_against_the_reference(tiny_pair
 def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tiny_run, tmp_path) -> None:
     cfg = tiny_cfg(tiny_pair, causal=True)
     run = copy_run(tiny_run, tmp_path / "run")
-    stage_causal(RunDir(run), cfg)
+    stage_causal(RunDir(run), cfg.stages().causal)
     attr = json.loads((run / "attribution.json").read_text())
     done, skipped = attr["causal"], attr["causal_skipped"]
     assert sorted(r["task"] for r in done + skipped) == sorted(t["task"] for t in attr["attribution"]["per_task"])
@@ -173,7 +173,7 @@ def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tin
                                           (other, [other, moved["category"]]) if i == len(live) // 3 else
                                           ("unassigned", []))
     (run / "latents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    stage_causal(RunDir(run), cfg)
+    stage_causal(RunDir(run), cfg.stages().causal)
     attr = json.loads((run / "attribution.json").read_text())
     row = next(r for r in attr["causal"] if r["task"] == moved["task"])
     assert row["mode"] == "revert" and row["n_latents"] == len(live) // 3 + 1
