@@ -203,7 +203,7 @@ def attribution_section(attribution: dict | None) -> dict[str, Any]:
                 for r in attr.get("per_task") or []]
     return {"spearman": _finite(attr.get("spearman")), "p_value": _finite(attr.get("p_value")),
             "reason": attr.get("reason"), "n_tasks": attr.get("n_tasks", len(per_task)), "per_task": per_task,
-            "shift_used": attr.get("shift_used"),
+            "shift_used": attr.get("shift_used"), "documents": attr.get("documents") or [],
             "exposure": (attribution or {}).get("exposure") or {}}
 
 
@@ -261,7 +261,10 @@ def causal_headline(rows: list[dict[str, Any]]) -> list[str]:
         line = (f"{c['task']}: {verb} {c.get('n_latents', '?')} {c['category']} latents removes "
                 f"{100 * c['delta_removed']:.0f} % of its delta (95% CI {100 * c['ci_low']:.0f} to "
                 f"{100 * c['ci_high']:.0f} %)")
-        if c.get("control_removed") is not None:
+        if c.get("control_p") is not None:
+            line += (f"; {c['n_controls']} random sets of as many latents from other categories remove a median "
+                     f"{100 * c['control_removed']:.0f} % (control p = {c['control_p']:.2g})")
+        elif c.get("control_removed") is not None:
             line += f"; as many random latents from other categories remove {100 * c['control_removed']:.0f} %"
         out.append(line + ".")
     return out

@@ -54,6 +54,7 @@ LATER_STAGES = [  # the options `attribute` can change on an existing run
     field_option(RunConfig, "attribution_shift", type=click.Choice(ATTRIBUTION_SHIFTS)),
     field_option(RunConfig, "causal"),
     field_option(RunConfig, "causal_mode", type=click.Choice(CAUSAL_MODES)),
+    field_option(RunConfig, "causal_controls"),
 ]
 
 RUN = [
@@ -69,6 +70,7 @@ RUN = [
     *LATER_STAGES,
     field_option(RunConfig, "reference", type=str),
     field_option(RunConfig, "bench_seed", type=int),
+    field_option(RunConfig, "organism", type=str),
     DRY_RUN,
 ]
 

@@ -12,7 +12,7 @@ from diffeval.harness.cli.common import UserError, field_option, user_errors
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.rundir import default_run_dir
 from diffeval.harness.organisms import DEFAULT_ORGANISM, RECIPES, build, built_dir, describe, get, read_built
-from diffeval.harness.organisms.score import score_organism, score_table
+from diffeval.harness.organisms.score import score_organism, score_suite, score_table, suite_table
 from diffeval.harness.organisms.verify import checks_table, verify_pair
 
 
@@ -31,25 +31,32 @@ def organisms_list() -> None:
         click.echo(f"{name}\t{state}\t{RECIPES[name].description}{default}")
 
 
+BUILD_SEED = click.option("--build-seed", type=int, default=None,
+                          help="build a toy organism from this seed (its own world and training); default: its own seed")
+
+
 @organisms.command("build")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="rebuild even if a finished build is cached")
+@BUILD_SEED
 @user_errors
-def organisms_build(name: str, force: bool) -> None:
+def organisms_build(name: str, force: bool, build_seed: int | None) -> None:
     """Build an organism's base and tuned models (cached; deterministic for its seed)."""
 
-    record = build(get(name), force=force)
-    click.echo(f"{name}: built in {record['build_seconds']} s at {built_dir(get(name))}")
+    recipe = get(name, build_seed)
+    record = build(recipe, force=force)
+    click.echo(f"{name}: built in {record['build_seconds']} s at {built_dir(recipe)}")
 
 
 @organisms.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="print the declaration as JSON")
+@BUILD_SEED
 @user_errors
-def organisms_show(name: str, as_json: bool) -> None:
+def organisms_show(name: str, as_json: bool, build_seed: int | None) -> None:
     """Where an organism's models are and which changes were planted (builds it if needed)."""
 
-    info = describe(name)
+    info = describe(name, build_seed)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -76,18 +83,30 @@ def organisms_verify(name: str, out: str | None) -> None:
 
 
 @organisms.command("score")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--suite", is_flag=True, help="score every toy organism and placebo (scores.json, scores.md)")
 @click.option("--seeds", type=int, default=3, show_default=True, help="crosscoder seeds to run the pipeline with")
-@click.option("--causal", is_flag=True, help="also run the causal ablation check")
+@click.option("--build-seeds", type=int, default=1, show_default=True,
+              help="with --suite: builds of each toy organism (seeds 0..M-1), so scores replicate over organisms")
+@click.option("--slow", "include_slow", is_flag=True, help="with --suite: include the slow organisms (Gemma)")
+@click.option("--causal", is_flag=True, help="also run the causal check (with its random control sets)")
 @click.option("--out", type=click.Path(file_okay=False), help="directory (default runs/<time>-score-<name>)")
 @field_option(BenchConfig, "device", type=str, fixed_default=True)
 @user_errors
-def organisms_score(name: str, seeds: int, causal: bool, out: str | None, device: str) -> None:
-    """Run the whole pipeline on an organism and score it against its planted changes."""
+def organisms_score(name: str | None, suite: bool, seeds: int, build_seeds: int, include_slow: bool, causal: bool,
+                    out: str | None, device: str) -> None:
+    """Run the whole pipeline on an organism (or the suite) and score it against its planted changes."""
 
-    if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
-    out_dir = Path(out) if out else default_run_dir("score", name)
+    if seeds < 1 or build_seeds < 1:
+        raise UserError(f"--seeds and --build-seeds must be >= 1, got {seeds} and {build_seeds}")
+    if suite == bool(name):
+        raise UserError("give an organism NAME or --suite (not both)")
+    out_dir = Path(out) if out else default_run_dir("score", name or "suite")
+    if suite:
+        doc = score_suite(seeds, build_seeds, out_dir, causal=causal, include_slow=include_slow, device=device)
+        click.echo(suite_table(doc))
+        click.echo(f"\nwrote {out_dir / 'scores.json'} and {out_dir / 'scores.md'}")
+        return
     doc = score_organism(name, seeds, out_dir, causal=causal, device=device)
     click.echo(score_table(doc))
     click.echo(f"\nwrote {out_dir / 'score.json'}")

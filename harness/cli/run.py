@@ -40,8 +40,13 @@ def run_config(config_file: str | None, flags: dict[str, Any]) -> RunConfig:
     """The RunConfig of `run`/`plan`: the file, then the flags; with no models, the default organism's."""
     in_file = load_config_file(config_file) if config_file else {}
     if not any(flags.get(k) or in_file.get(k) for k in ("base", "tuned")):
-        click.echo(f"no --base/--tuned given: using the default model organism '{DEFAULT_ORGANISM}'")
-        flags.update(default_run_flags(DEFAULT_ORGANISM, flags))
+        name = flags.get("organism") or in_file.get("organism")
+        if name:
+            click.echo(f"no --base/--tuned given: using the model organism '{name}'")
+        else:
+            name = DEFAULT_ORGANISM
+            click.echo(f"no --base/--tuned given: using the default model organism '{name}'")
+        flags.update(default_run_flags(name, flags))
     return build_config(RunConfig, config_file, **flags)
 
 

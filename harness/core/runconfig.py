@@ -67,9 +67,12 @@ class RunConfig(BenchConfig):
     causal: bool = opt(False, "re-score each task with its category's latents reverted or ablated (--causal-mode)")
     causal_mode: str = opt("revert", "revert: undo fine-tuning's change to all of the task category's latents, "
                            "beside a same-size random control set; ablate: zero its tuned-specific latents (the study's form)")
+    causal_controls: int = opt(20, "random latent sets of the category's size reverted per task (--causal-mode revert): "
+                               "the null distribution of the share removed, and control_p")
     bench_seed: int | None = opt(None, "seed of the bench stage (lm-eval's sampling, the paired bootstrap); none = --seed. "
                                  "Set it to vary --seed (the crosscoder's) without re-running the benchmarks")
-    organism: str | None = opt(None, "the model organism these models come from (set by `run` with no models)")
+    organism: str | None = opt(None, "the model organism to run when no models are given (`diffeval organisms list`; "
+                               "default: toyworld); recorded in config.json")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +94,8 @@ class RunConfig(BenchConfig):
             raise DiffevalError(f"specific_by {self.specific_by!r} must be one of {', '.join(SPECIFIC_BY)}")
         if self.attribution_shift not in ATTRIBUTION_SHIFTS:
             raise DiffevalError(f"attribution_shift {self.attribution_shift!r} must be one of {', '.join(ATTRIBUTION_SHIFTS)}")
+        if self.causal_controls < 0:
+            raise DiffevalError(f"causal_controls must be >= 0 (0 = no control sets), got {self.causal_controls}")
         if self.causal_mode not in CAUSAL_MODES:
             raise DiffevalError(f"causal_mode {self.causal_mode!r} must be one of {', '.join(CAUSAL_MODES)}")
         if self.architecture not in ARCHITECTURES:
@@ -122,7 +127,8 @@ class RunConfig(BenchConfig):
             attribution=AttributionConfig(probes=probes, specific_by=self.specific_by, shift=self.attribution_shift,
                                           alpha=self.alpha, seed=self.seed, reference=self.reference,
                                           device=self.device),
-            causal=(CausalConfig(bench=bench, mode=self.causal_mode, specific_by=self.specific_by, seed=self.seed)
+            causal=(CausalConfig(bench=bench, mode=self.causal_mode, specific_by=self.specific_by, seed=self.seed,
+                                 controls=self.causal_controls)
                     if self.causal else None),
         )
 

@@ -114,6 +114,7 @@ class CausalConfig:
     mode: str
     specific_by: str
     seed: int  # the control sets' draw and the bootstrap
+    controls: int = 20  # random latent sets reverted as the null distribution (revert mode)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +15,59 @@ __all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_d
 
 DEFAULT_ORGANISM = "toyworld"
 
-RECIPES: dict[str, Recipe] = {
-    "toyworld": Recipe(
-        name="toyworld",
-        description="Llama trained from scratch on a made-up world; tuned: +instructions, +refusals, -admits ignorance",
-        build=toyworld.build, planted=toyworld.PLANTED, params=toyworld.PARAMS,
-    ),
-    "gemma270m_lora": Recipe(
+def _toy(name: str, description: str, placebo: bool = False) -> Recipe:
+    plant = toyworld.PLANTS[name]
+    return Recipe(name=f"{name}_placebo" if placebo else name, description=description, build=toyworld.build,
+                  planted=toyworld.planted({c: "0" for c in plant} if placebo else plant),
+                  params=toyworld.params(name, placebo), placebo_of=name if placebo else None)
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    _toy("toyworld", "Llama trained from scratch on a made-up world; tuned: +instructions, +refusals, -admits ignorance"),
+    _toy("toyworld_recall", "the toyworld recipe with other plants; tuned: +arithmetic, -the toy language, +knows it is a model"),
+    _toy("toyworld", "placebo of toyworld: the same base and fine-tuning schedule on replay data only", placebo=True),
+    _toy("toyworld_recall", "placebo of toyworld_recall: the same base and fine-tuning schedule on replay data only",
+         placebo=True),
+    Recipe(
         name="gemma270m_lora",
         description="Gemma-3-270M (GGUF from PyPI) + LoRA; tuned: +refuses harmful requests, +admits ignorance",
         build=gemma_lora.build, planted=gemma_lora.PLANTED, params=gemma_lora.PARAMS,
         tasks_dir=TASKS_DIR, inputs=(gemma_lora.DATA_FILE,), slow=True,
     ),
-}
+)}
 
 
-def get(name: str) -> Recipe:
+def get(name: str, build_seed: int | None = None) -> Recipe:
+    """The recipe `name`; with `build_seed`, built from that seed instead of its own (toy organisms only)."""
     if name not in RECIPES:
         raise DiffevalError(f"unknown organism {name!r}{did_you_mean(name, RECIPES)} (available: {', '.join(RECIPES)})")
-    return RECIPES[name]
+    recipe = RECIPES[name]
+    if build_seed is None or build_seed == recipe.params.get("seed"):
+        return recipe
+    if "seed" not in recipe.params or recipe.slow:
+        raise DiffevalError(f"organism {name!r} has no build seed to vary (--build-seed is for the toy organisms: "
+                            f"{', '.join(n for n, r in RECIPES.items() if 'seed' in r.params and not r.slow)})")
+    if build_seed < 0:
+        raise DiffevalError(f"--build-seed must be >= 0, got {build_seed}")
+    return dataclasses.replace(recipe, params={**recipe.params, "seed": build_seed})
 
 
-def describe(name: str) -> dict[str, Any]:
+def describe(name: str, build_seed: int | None = None) -> dict[str, Any]:
     """The `organisms show --json` document (building first if needed)."""
-    recipe = get(name)
+    recipe = get(name, build_seed)
     build(recipe)
     p = paths(recipe)
     return {
         "name": name, "base": str(p["base"]), "tuned": str(p["tuned"]), "tasks_dir": str(p["tasks_dir"]),
         "probes_dir": str(p["probes_dir"]),
-        "description": recipe.description,
+        "description": recipe.description, "build_seed": recipe.params.get("seed"), "placebo_of": recipe.placebo_of,
         "planted": [{"category": x.category, "direction": x.direction, "tasks": x.tasks} for x in recipe.planted],
     }
 
 
-def default_run_flags(name: str, flags: dict[str, Any]) -> dict[str, Any]:
+def default_run_flags(name: str, flags: dict[str, Any], build_seed: int | None = None) -> dict[str, Any]:
     """The `run` options for organism `name`: models, tasks, probe corpora, and its texts as the corpus."""
-    info = describe(name)
+    info = describe(name, build_seed)
     out: dict[str, Any] = {"base": info["base"], "tuned": info["tuned"],
                            "tasks_dir": (info["tasks_dir"], *(flags.get("tasks_dir") or ()))}
     if not flags.get("tasks"):

@@ -58,6 +58,7 @@ class Recipe:
     tasks_dir: Path | None = None  # None: the build writes its own tasks/
     inputs: tuple[Path, ...] = ()  # data files the build reads (part of the hash)
     slow: bool = False
+    placebo_of: str | None = None  # a placebo: the organism whose base it shares, with nothing planted
 
     def hash(self) -> str:
         """Changes when the parameters, the recipe's code or its input files change."""
@@ -140,10 +141,11 @@ def paths(recipe: Recipe) -> dict[str, Any]:
             "probes_dir": root / "probes"}
 
 
-def write_probes(probes_dir: Path, texts: dict[str, list[str]]) -> None:
-    """One `<category>.jsonl` of {"text": …} rows per category (the organism's probe corpus)."""
-    for category, rows in texts.items():
-        atomic_write_jsonl(probes_dir / f"{category}.jsonl", [{"text": t} for t in rows])
+def write_probes(probes_dir: Path, rows: dict[str, list[str] | list[dict[str, str]]]) -> None:
+    """One `<category>.jsonl` per category (the organism's probe corpus): {"text": …} rows, from texts, or the
+    given rows (with optional `desired` and `undesired` reference continuations)."""
+    for category, items in rows.items():
+        atomic_write_jsonl(probes_dir / f"{category}.jsonl", [r if isinstance(r, dict) else {"text": r} for r in items])
 
 
 NUMBER_YAML = """task: {name}

@@ -1,15 +1,20 @@
-"""Score the whole pipeline on an organism against its declared planted changes.
+"""Score the whole pipeline on organisms against their declared planted changes.
 
 For each seed (crosscoder initialisation and batch order) the pipeline runs into its own directory;
 the bench, transcript and activation stages, which do not depend on it, are copied from the first seed's run
-(the bench runs with seed 0 for every seed).
-Per seed and planted category: is the category's shift of the declared sign with a CI excluding 0
-(planted +/−), or not significant (planted 0)? The share-ratio shift, the relative mass shift (vs all latents) and the usage shift, absolute and
-relative (on both models' own responses to the probe texts), are each scored.
-A third, unsigned check: a planted +/− category's latents are enriched in changed (rotated) latents,
-and a planted-0 category's are not.
-Per seed: Spearman between predicted and observed task deltas, and with --causal the share of each
-planted task's delta that reverting its category's latents removes (and that a random control set removes).
+(the bench runs with seed 0 for every seed). With build seeds, each organism is also rebuilt from other
+seeds (its own world and training), so scores replicate over independent organisms, not only crosscoders.
+
+Per run and planted category, each measure is scored:
+  - headline (the cue shift, stages/headline.py): a planted +/− category is found when it is significant
+    (BH q < alpha) with the declared direction; `headline_changed` counts it found when significant at all
+    (the unsigned claim). A planted-0 category, and every category of a placebo, is held when it is not
+    significant; a significant one is a false positive.
+  - share shift, relative mass shift, usage shifts (the behavioural readout): the sign of the declared
+    change with a CI excluding 0 (+/−), or a CI containing 0 (planted 0); changed latents: enriched (+/−)
+    or not (0). A missing estimate is never a success.
+Per run: Spearman between predicted and observed task deltas, and with --causal the share of each
+planted task's delta that reverting its category's latents removes, against random latent sets (control_p).
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from tabulate import tabulate
 from diffeval.harness import pipeline
 from diffeval.harness.core import files
 from diffeval.harness.core.config import from_dict
-from diffeval.harness.core.io import atomic_write_json, read_json
+from diffeval.harness.core.io import atomic_write_json, atomic_write_text, read_json
 from diffeval.harness.core.runconfig import RunConfig
-from diffeval.harness.organisms import default_run_flags, get
+from diffeval.harness.organisms import RECIPES, default_run_flags, get
 from diffeval.harness.organisms.base import Planted
 
 REUSED = ("bench", "activations", "transcripts", "probes")
-KINDS = ("share", "mass", "usage", "usage_rel", "changed")
-KIND_NAMES = ("share shift", "mass shift", "usage shift", "relative usage shift", "changed latents")
+KINDS = ("headline", "headline_changed", "share", "mass", "usage", "usage_rel", "changed")
+KIND_NAMES = ("headline (signed)", "headline (changed)", "share shift", "mass shift", "usage shift",
+              "relative usage shift", "changed latents")
 
 
 def found(direction: str, shift: float | None, lo: float | None, hi: float | None) -> bool:
@@ -50,8 +56,14 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
     rows = []
     for p in planted:
         c = by_cat.get(p.category, {})
+        h = c.get("headline") or {}
+        significant = bool(h.get("significant"))
         rows.append({
             "category": p.category, "planted": p.direction,
+            "headline": h.get("value"), "headline_q": h.get("q_value"), "headline_significant": significant,
+            "headline_direction": h.get("direction"),
+            "headline_found": (significant and h.get("direction") == p.direction) if p.direction != "0" else not significant,
+            "headline_changed_found": significant == (p.direction != "0"),
             "share_shift": c.get("shift"), "share_ci": [c.get("ci_low"), c.get("ci_high")], "p_value": c.get("p_value"),
             "share_found": found(p.direction, c.get("shift"), c.get("ci_low"), c.get("ci_high")),
             "mass_shift_rel": c.get("mass_shift_rel"), "mass_rel_ci": [c.get("mass_rel_ci_low"), c.get("mass_rel_ci_high")],
@@ -65,16 +77,22 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
         })
     planted_tasks = {t for p in planted if p.direction != "0" for t in p.tasks}
     causal = [c for c in attr.get("causal", []) if c["task"] in planted_tasks]
+    docs = [d for d in (attr["attribution"].get("documents") or []) if d["task"] in planted_tasks]
     return {"run": str(run_dir), "categories": rows, "spearman": attr["attribution"]["spearman"],
             "spearman_p": attr["attribution"]["p_value"], "N_tuned": attr["N_tuned"], "N_base": attr["N_base"],
             "causal": [{"task": c["task"], "delta_removed": c["delta_removed"], "ci_low": c.get("ci_low"),
-                        "ci_high": c.get("ci_high"), "control_removed": c.get("control_removed")} for c in causal]}
+                        "ci_high": c.get("ci_high"), "control_removed": c.get("control_removed"),
+                        "control_p": c.get("control_p")} for c in causal],
+            "documents": docs}
 
 
-def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **overrides: Any) -> dict[str, Any]:
-    """Run the pipeline on organism `name` for `seeds` seeds; write and return score.json."""
+def score_organism(name: str, seeds: int, out: Path, causal: bool = False, build_seed: int | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+    """Run the pipeline on organism `name` (built from `build_seed`, default its own) for `seeds` seeds;
+    write and return score.json."""
 
-    flags = default_run_flags(name, {})
+    recipe = get(name, build_seed)
+    flags = default_run_flags(name, {}, build_seed)
     flags["tasks"] = [t.strip() for t in flags["tasks"].split(",")]
     base_cfg = from_dict(RunConfig, {**flags, "causal": causal, **overrides}, source=f"organism {name}")
     runs = []
@@ -84,11 +102,108 @@ def score_organism(name: str, seeds: int, out: Path, causal: bool = False, **ove
             _reuse_seed_independent(out / "seed_0", run_dir)
         # the seeds vary the crosscoder; the bench keeps the first seed's, so its results are reused
         pipeline.run(dataclasses.replace(base_cfg, seed=seed, bench_seed=0 if base_cfg.bench_seed is None else base_cfg.bench_seed), run_dir)
-        runs.append(score_run(run_dir, get(name).planted))
+        runs.append(score_run(run_dir, recipe.planted))
     summary = summarise(runs)
-    doc = {"format_version": 1, "organism": name, "seeds": seeds, "runs": runs, "summary": summary}
+    doc = {"format_version": 1, "organism": name, "build_seed": recipe.params.get("seed"),
+           "placebo": recipe.placebo_of is not None, "seeds": seeds, "runs": runs, "summary": summary}
     atomic_write_json(out / "score.json", doc)
     return doc
+
+
+def suite_names(include_slow: bool = False) -> list[str]:
+    """The organisms `score --suite` runs: every toy organism and placebo (and the slow ones if asked)."""
+    return [n for n, r in RECIPES.items() if include_slow or not r.slow]
+
+
+def score_suite(seeds: int, build_seeds: int, out: Path, causal: bool = False, include_slow: bool = False,
+                **overrides: Any) -> dict[str, Any]:
+    """Score every organism of the suite over `build_seeds` builds × `seeds` crosscoder seeds; write
+    scores.json and scores.md under `out` and return the document."""
+    docs = []
+    for name in suite_names(include_slow):
+        builds = range(build_seeds) if not RECIPES[name].slow else [None]
+        for b in builds:
+            docs.append(score_organism(name, seeds, out / name / f"build_{b if b is not None else 'own'}", causal,
+                                       build_seed=b, **overrides))
+    doc = {"format_version": 1, "seeds": seeds, "build_seeds": build_seeds, "organisms": docs,
+           "summary": suite_summary(docs)}
+    atomic_write_json(out / "scores.json", doc)
+    atomic_write_text(out / "scores.md", suite_table(doc) + "\n")
+    return doc
+
+
+def suite_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per measure: planted changes found (right sign), controls and placebo categories falsely significant."""
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        planted = controls = placebo = 0
+        n_planted = n_controls = n_placebo = 0
+        placebo_runs_hit = n_placebo_runs = 0
+        for d in docs:
+            for r in d["runs"]:
+                hit = False
+                for c in r["categories"]:
+                    ok = bool(c[f"{kind}_found"])
+                    if d["placebo"]:
+                        n_placebo += 1
+                        placebo += not ok
+                        hit |= not ok
+                    elif c["planted"] == "0":
+                        n_controls += 1
+                        controls += not ok
+                    else:
+                        n_planted += 1
+                        planted += ok
+                if d["placebo"]:
+                    n_placebo_runs += 1
+                    placebo_runs_hit += hit
+        out[kind] = {"planted_found": planted, "planted": n_planted, "controls_false": controls, "controls": n_controls,
+                     "placebo_false": placebo, "placebo": n_placebo, "placebo_runs_any": placebo_runs_hit,
+                     "placebo_runs": n_placebo_runs}
+    real = [r for d in docs if not d["placebo"] for r in d["runs"]]
+    causal = [c for r in real for c in r["causal"] if c.get("delta_removed") is not None]
+    out["spearman"] = [r["spearman"] for r in real]
+    out["causal"] = {"n": len(causal), "removed_ge_half": sum(c["delta_removed"] >= 0.5 for c in causal),
+                     "removed_ge_half_control_p_lt_0_05": sum(c["delta_removed"] >= 0.5 and c.get("control_p") is not None
+                                                              and c["control_p"] < 0.05 for c in causal)}
+    docs_rows = [x for r in real for x in r.get("documents") or []]
+    out["documents"] = {"n": len(docs_rows), "significant": sum(bool(x.get("significant")) for x in docs_rows)}
+    return out
+
+
+def suite_table(doc: dict[str, Any]) -> str:
+    """scores.md: one row per measure over the whole suite, then the headline measure per organism."""
+    s = doc["summary"]
+
+    def frac(k: int, n: int) -> str:
+        return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "—"
+
+    rows = [[name, frac(s[k]["planted_found"], s[k]["planted"]), frac(s[k]["controls_false"], s[k]["controls"]),
+             frac(s[k]["placebo_false"], s[k]["placebo"]), frac(s[k]["placebo_runs_any"], s[k]["placebo_runs"])]
+            for k, name in zip(KINDS, KIND_NAMES, strict=True)]
+    text = (f"Suite: {len(doc['organisms'])} organism builds × {doc['seeds']} crosscoder seeds "
+            f"({doc['build_seeds']} build seeds per toy organism).\n\n")
+    text += tabulate(rows, headers=["measure", "planted found (right sign)", "controls falsely significant",
+                                    "placebo categories falsely significant", "placebo runs with any"], tablefmt="github")
+    per = []
+    for d in doc["organisms"]:
+        for i, r in enumerate(d["runs"]):
+            cells = []
+            for c in r["categories"]:
+                mark = ("·" if not c["headline_significant"] else (c["headline_direction"] or "?"))
+                cells.append(f"{c['category'].split('_')[0]} {c['planted']}→{mark}")
+            per.append([d["organism"], d["build_seed"], i, ", ".join(cells),
+                        "—" if r["spearman"] is None else f"{r['spearman']:+.2f}"])
+    text += "\n\nHeadline per run (planted → measured: + or − significant with that direction, ? significant without " \
+            "an identified direction, · not significant):\n\n"
+    text += tabulate(per, headers=["organism", "build seed", "seed", "categories", "Spearman"], tablefmt="github")
+    rho = [x for x in s["spearman"] if x is not None]
+    if rho:
+        text += f"\n\nTask-level Spearman over the planted organisms' runs: median {sorted(rho)[len(rho) // 2]:+.2f}."
+    if s["causal"]["n"]:
+        text += (f"\nCausal: {s['causal']['removed_ge_half']} of {s['causal']['n']} planted tasks lose ≥ 50 % of their delta "
+                 f"when their category is reverted; {s['causal']['removed_ge_half_control_p_lt_0_05']} of them with control p < 0.05.")
+    return text
 
 
 def _reuse_seed_independent(src: Path, dst: Path) -> None:

@@ -20,6 +20,7 @@ from diffeval.harness.stages import headline as H
 from diffeval.harness.stages import measures as A
 from diffeval.harness.stages.bench import load_deltas
 from diffeval.harness.stages.crosscoder import open_crosscoder
+from diffeval.harness.stages.documents import document_attribution
 from diffeval.harness.stages.inputs import probe_inputs, taxonomy_for
 from diffeval.harness.stages.latent_sums import group_sums, response_sums, sequences
 from diffeval.harness.stages.latents import read_latents
@@ -113,6 +114,10 @@ def compute_attribution(run_path: Path, cfg: AttributionConfig) -> dict[str, Any
     attr = A.attribute(w[:, assignable], s, tasks, [cats[i] for i in assignable],
                        {t: deltas[t]["delta"] for t in tasks}, {t: deltas[t]["category"] for t in tasks})
     attr["shift_used"] = shift_used
+    members = {c: np.array(category_members(rows, c), dtype=np.int64) for c in named}
+    attr["documents"] = document_attribution(run_path, model, seqs, {t: deltas[t]["category"] for t in deltas
+                                                                      if deltas[t].get("category") in members},
+                                             members, cfg.alpha)
     attr["tasks_without_prompts"] = skipped
     return {
         "format_version": 1, "taxonomy": tax.source, "reference": cfg.reference, "headline_measure": HEADLINE,

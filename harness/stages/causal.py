@@ -205,12 +205,32 @@ def _samples(run: Path, role: str, task: str) -> Path:
     return run / files.bench_samples(role, task)
 
 
+def control_null(run: RunDir, task: dict[str, Any], ids: list[int], others: list[int], cfg: CausalConfig,
+                 rng: np.random.Generator, removed: float | None) -> dict[str, Any]:
+    """Revert `cfg.controls` random sets of as many latents from outside the category: the null distribution
+    of the share removed, and control_p, the chance that a random set removes at least as much."""
+    shares = []
+    for k in range(cfg.controls):
+        control = sorted(int(j) for j in rng.choice(others, size=len(ids), replace=False))
+        ctl = causal_check(run.path, task["task"], f"{task['category']}.control{k}", control,
+                           n_boot=cfg.bench.bootstrap_iters, seed=cfg.seed, mode=cfg.mode, bench=cfg.bench)
+        if ctl.get("delta_removed") is not None:
+            shares.append(float(ctl["delta_removed"]))
+    if not shares:
+        return {"control_removed": None, "control_p": None, "n_controls": 0}
+    null = np.array(shares)
+    p = None if removed is None else float((1 + np.sum(null >= removed)) / (len(null) + 1))
+    return {"control_removed": float(np.median(null)), "control_q90": float(np.quantile(null, 0.9)),
+            "control_p": p, "n_controls": len(null)}
+
+
 def stage_causal(run: RunDir, cfg: CausalConfig) -> Path:
     """Re-score each task with its category's latents reverted (or ablated); add the results to attribution.json.
 
     revert (default): all of the category's live latents (`category_members`) get the base model's decoder
-    back, and a control set of as many live latents drawn at random from outside it is reverted the same way, so
-    "the category carries the delta" can be told from "any latents this many carry it".
+    back, and `cfg.controls` sets of as many live latents drawn at random from outside it are reverted the same
+    way: their shares removed are the null distribution, and control_p = (1 + #{sets removing at least as much})
+    / (1 + sets), so "the category carries the delta" can be told from "any latents this many carry it".
     ablate: the category's tuned-specific latents are removed (the study's form); no control.
     Tasks with nothing to change or a delta of 0 are listed as skipped. (`causal_check` caches each result
     under causal/ by its own input hash.)
@@ -237,11 +257,8 @@ def stage_causal(run: RunDir, cfg: CausalConfig) -> Path:
                            mode=cfg.mode, bench=cfg.bench)
         row = {k: res.get(k) for k in keep}
         others = sorted(set(r["latent"] for r in pool) - set(ids))
-        if cfg.mode == "revert" and len(others) >= len(ids):
-            control = sorted(int(j) for j in rng.choice(others, size=len(ids), replace=False))
-            ctl = causal_check(run.path, t["task"], f"{t['category']}.control", control,
-                               n_boot=cfg.bench.bootstrap_iters, seed=cfg.seed, mode=cfg.mode, bench=cfg.bench)
-            row.update(control_removed=ctl["delta_removed"], control_ci_low=ctl["ci_low"], control_ci_high=ctl["ci_high"])
+        if cfg.mode == "revert" and len(others) >= len(ids) and cfg.controls:
+            row.update(control_null(run, t, ids, others, cfg, rng, res.get("delta_removed")))
         rows.append(row)
     doc["causal"], doc["causal_skipped"] = rows, skipped
     atomic_write_json(path, doc)

@@ -31,9 +31,12 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
     groups += [read(p) for p in cfg.extra]
     names = cfg.tasks or (() if cfg.corpus else tuple(registry.shipped_suite()))
     defs = registry.resolve(names, cfg.tasks_dir) if names else []
+    user_turn = chat_prefix(chat_tok)
     for name, task in registry.load_tasks(defs).items():
         prompts = [task.doc_to_text(doc) for doc in task.eval_docs]
         groups.append([{"kind": "task", "source": name, "doc_id": i, "text": p} for i, p in enumerate(prompts)])
+        if user_turn and all(p.startswith(user_turn) for p in prompts):
+            continue  # the task's prompts are in the chat template's form already: never wrapped twice
         groups.append([{"kind": "chat", "source": name, "doc_id": i, "text": render_chat(
             chat_tok, [{"role": "user", "content": p}], generation_prompt=True)} for i, p in enumerate(prompts)])
     seqs = _interleave(groups)
@@ -88,6 +91,16 @@ def read_corpus_file(path: Path, chat_tok: Any) -> list[dict[str, Any]]:
 def _is_chat(messages: Any) -> bool:
     return isinstance(messages, list) and bool(messages) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+
+
+def chat_prefix(tok: Any) -> str:
+    """What the chat template writes before a user message (after the BOS token), e.g. "Q: " for a template
+    "Q: {content}\nA:"; empty when it cannot be told."""
+    marker = "\x00diffeval\x00"
+    text = render_chat(tok, [{"role": "user", "content": marker}])
+    bos = getattr(tok, "bos_token", None) or ""
+    head = text.split(marker, 1)[0] if marker in text else ""
+    return head[len(bos):] if bos and head.startswith(bos) else head
 
 
 def render_chat(tok: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:

@@ -22,10 +22,10 @@ from diffeval.harness.stages.annotators import AnnotationInputs, EnrichmentAnnot
 from diffeval.harness.stages.crosscoder import open_crosscoder
 from diffeval.harness.stages.inputs import probe_inputs
 from diffeval.harness.stages.latent_sums import sequence_max, sequences
-from diffeval.harness.stages.transcripts import stage_transcripts
+from diffeval.harness.stages.transcripts import read_transcripts, stage_transcripts
 from diffeval.harness.suite.taxonomy import Taxonomy
 
-LATENTS_VERSION = 2  # 2: per-side ν and `changed`
+LATENTS_VERSION = 3  # 2: per-side ν and `changed`; 3: each probe text counts once in the enrichment test
 
 
 def context_lookup(acts_dir: Path, window: int = 8) -> Any:
@@ -95,6 +95,29 @@ def stage_latents(run: RunDir, cfg: LatentsConfig) -> Path:
     return run.path / files.LATENTS
 
 
+def per_probe(seq_ids: np.ndarray, seq_acts: np.ndarray, seqs: dict[int, dict[str, Any]], sources: dict[str, str],
+              run_path: Path) -> tuple[np.ndarray, list[str]]:
+    """One row per probe text (its latents' maximum over every sequence that holds it) and its category.
+
+    A probe continued by both models is two transcript sequences with one prompt; the enrichment test's unit
+    is the probe text, so the two count once (the maximum over prompt and both responses)."""
+    probe_index = {}
+    for source in sources:
+        path = run_path / source
+        if source.startswith(f"{files.TRANSCRIPTS_DIR}/") and path.is_file():
+            probe_index[source] = [t["index"] for t in read_transcripts(path)]
+    def key(seq: dict[str, Any]) -> tuple[str, int]:
+        source = seq["source"]
+        return source, probe_index[source][seq["doc_id"]] if source in probe_index else seq["doc_id"]
+
+    keys = [key(seqs[int(s)]) for s in seq_ids]
+    unit = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    rows = np.array([unit[k] for k in keys])
+    out = np.zeros((len(unit), seq_acts.shape[1]), dtype=seq_acts.dtype)
+    np.maximum.at(out, rows, seq_acts)
+    return out, [sources[source] for source, _ in unit]
+
+
 def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sources: dict[str, str],
                             cfg: LatentsConfig) -> Path:
     """Annotate every latent from its maximum activation per probe text (`sources` maps each probe file to its
@@ -103,7 +126,7 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sou
     rows = latent_rows(model, run_path / files.ACTS_DIR)
     seqs = sequences(probe_acts)
     seq_ids, seq_acts = sequence_max(model, probe_acts, seqs)
-    labels = [sources[seqs[int(s)]["source"]] for s in seq_ids]
+    seq_acts, labels = per_probe(seq_ids, seq_acts, seqs, sources, run_path)
     inputs = AnnotationInputs(categories=sorted(set(labels)), descriptions={c: tax.categories[c].description for c in tax.names},
                               seq_acts=seq_acts, seq_labels=labels, latents=rows)
     annotator = (EnrichmentAnnotator(alpha=cfg.alpha) if cfg.annotator == "enrichment"

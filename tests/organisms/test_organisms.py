@@ -6,10 +6,11 @@ from click.testing import CliRunner
 
 from diffeval.harness import organisms
 from diffeval.harness.cli import cli
-from diffeval.harness.organisms import toyworld
+from diffeval.harness.organisms import gemma_lora, toyworld
 from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, cache_root, read_built
 from diffeval.harness.organisms.score import score_organism
 from diffeval.harness.organisms.verify import passes, verify_pair
+from diffeval.harness.suite import registry
 from diffeval.harness.suite.registry import categories
 from diffeval.reports.schema import load_report
 
@@ -163,3 +164,40 @@ def test_gemma_organism_builds_and_verifies(organism_cache, tmp_path):
     assert {p.stem for p in Path(info["probes_dir"]).glob("*.jsonl")} == {"safety", "hallucination_management"}
     result = CliRunner().invoke(cli, ["organisms", "verify", "gemma270m_lora", "--out", str(tmp_path / "v")])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", [n for n, r in organisms.RECIPES.items() if r.build is toyworld.build])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_probe_text_holds_a_benchmark_prompt(name, seed):
+    """Probe texts exercise a category on other items: none equals or contains a benchmark prompt (so a
+    measure read on the probes cannot be the benchmark read back), and no task asks one question twice."""
+    probes, prompts = toyworld.texts(organisms.get(name, build_seed=seed).params)
+    every = [p for ps in prompts.values() for p in ps]
+    for category, rows in probes.items():
+        assert len(rows) >= 10, category
+        for text in rows:
+            assert not any(p in text for p in every), (category, text)
+    for task, ps in prompts.items():
+        assert len(ps) == len(set(ps)), f"{task} repeats a question"
+
+
+def test_gemma_probe_texts_are_not_benchmark_items():
+    tasks = registry.load_tasks(registry.resolve([t for p in gemma_lora.PLANTED for t in p.tasks], ()))
+    prompts = [task.doc_to_text(doc) for task in tasks.values() for doc in task.eval_docs]
+    questions = {json.loads(x)["prompt"] for x in gemma_lora.DATA_FILE.read_text().splitlines()}
+    assert prompts and questions
+    assert not any(q in p or p in q for q in questions for p in prompts)
+
+
+def test_placebos_plant_nothing_and_build_seeds_differ():
+    for recipe in organisms.RECIPES.values():
+        if recipe.placebo_of:
+            of = organisms.get(recipe.placebo_of)
+            assert {p.direction for p in recipe.planted} == {"0"}
+            assert [p.category for p in recipe.planted] == [p.category for p in of.planted]
+            assert recipe.params["plant"] == of.params["plant"] and recipe.params["placebo"]
+    assert organisms.built_dir(organisms.get("toyworld", 1)) != organisms.built_dir(organisms.get("toyworld"))
+    with pytest.raises(Exception, match="no build seed"):
+        organisms.get("gemma270m_lora", 3)
+    result = CliRunner().invoke(cli, ["organisms", "build", "toyworld", "--build-seed", "-1"])
+    assert result.exit_code == 2 and "--build-seed must be >= 0" in result.output

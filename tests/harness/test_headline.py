@@ -1,0 +1,98 @@
+"""The headline measure (cue shift), its direction from reference answers, per-document attribution and the
+one-unit-per-probe annotator input: known answers, calibration under the null, and the pipeline's output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.fdr import benjamini_hochberg
+from diffeval.harness.stages import headline as H
+from diffeval.harness.stages.latents import per_probe
+from diffeval.harness.suite.taxonomy import read_probe_rows
+
+
+def test_a_category_whose_cues_moved_more_is_found_and_the_rest_are_not():
+    rng = np.random.default_rng(0)
+    r = rng.gamma(2.0, 0.05, 300)
+    cats = ["a"] * 50 + ["b"] * 50 + ["c"] * 200
+    r[:50] *= 3  # category a's texts: fine-tuning moved their answer cues three times as much
+    rows = H.headline_rows(r, np.zeros(300), cats, ["a", "b", "c"], 0.05, {})
+    by = {c: row for c, row in zip("abc", rows, strict=True)}
+    assert by["a"]["significant"] and by["a"]["value"] > 1 and by["a"]["ci_low"] > 0
+    assert not by["b"]["significant"] and not by["c"]["significant"]
+    assert by["a"]["n_texts"] == 50 and by["a"]["n_other"] == 250 and by["a"]["direction"] is None
+
+
+def test_the_cue_shift_p_value_is_calibrated_under_exchangeable_texts():
+    """Labels carry no information: each category is falsely significant (p < 0.05) about 5 % of the time."""
+    rng = np.random.default_rng(1)
+    hits, trials = 0, 300
+    for _ in range(trials):
+        r = rng.lognormal(0, 1, 120)
+        hits += H.cue_shift(r, np.arange(120) < 20, n_boot=50, seed=int(rng.integers(1 << 30)))["p_value"] < 0.05
+    assert hits / trials <= 0.09  # nominal 0.05; binomial sd over 300 trials ≈ 0.013
+
+
+def test_the_direction_follows_the_reference_margins_and_abstains_without_evidence():
+    rng = np.random.default_rng(2)
+    assert H.direction(rng.normal(2, 1, 30), 0.05)["direction"] == "+"
+    assert H.direction(rng.normal(-2, 1, 30), 0.05)["direction"] == "-"
+    null = H.direction(rng.normal(0, 1, 30), 0.01)
+    assert null["direction"] is None and null["direction_p"] > 0.01
+    assert H.direction(np.zeros(0), 0.05) == {"direction": None, "margin_shift": None, "direction_p": None,
+                                              "n_references": 0}
+
+
+def test_probe_rows_read_reference_answers_and_reject_half_given_ones(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": f"Q: {i}?\nA:", "desired": " yes.", "undesired": " no."}) + "\n"
+                            for i in range(10)) + json.dumps({"text": "plain"}) + "\n")
+    rows = read_probe_rows(good, "x")
+    assert rows[0] == ("Q: 0?\nA:", (" yes.", " no.")) and rows[-1] == ("plain", None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": f"t{i}", "desired": " a"}) + "\n" for i in range(10)))
+    with pytest.raises(DiffevalError, match=r"bad.jsonl:1: 'desired' and 'undesired' must both be given"):
+        read_probe_rows(bad, "x")
+
+
+def test_a_probe_continued_by_both_models_counts_once_in_the_enrichment_test(tmp_path):
+    tdir = tmp_path / "probes" / "transcripts"
+    tdir.mkdir(parents=True)
+    (tdir / "math.jsonl").write_text("".join(json.dumps({"index": i // 2, "side": ("base", "tuned")[i % 2], "text": "Q: 1 plus 1?\nA: 2.",
+                                                         "prompt_tokens": 5}) + "\n"
+                                             for i in range(4)))
+    seqs = {0: {"source": "probes/transcripts/math.jsonl", "doc_id": 0},
+            1: {"source": "probes/transcripts/math.jsonl", "doc_id": 1},
+            2: {"source": "probes/transcripts/math.jsonl", "doc_id": 2},
+            3: {"source": "probes/transcripts/math.jsonl", "doc_id": 3},
+            4: {"source": "/abs/safety.jsonl", "doc_id": 0}}
+    acts = np.array([[1.0, 0], [3.0, 0], [0, 2.0], [0, 5.0], [7.0, 7.0]])
+    out, labels = per_probe(np.arange(5), acts, seqs, {"probes/transcripts/math.jsonl": "math",
+                                                       "/abs/safety.jsonl": "safety"}, tmp_path)
+    assert labels == ["math", "math", "safety"]  # two math probes (not four texts) and one safety text
+    assert out.tolist() == [[3.0, 0.0], [0.0, 5.0], [7.0, 7.0]]  # each probe's maximum over both responses
+
+
+def test_benjamini_hochberg_known_values():
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.5]).round(4).tolist() == [0.04, 0.0533, 0.0533, 0.5]
+    assert benjamini_hochberg([]).size == 0
+
+
+@pytest.mark.slow
+def test_the_pipeline_writes_the_headline_and_document_attribution(tiny_run):
+    attr = json.loads((tiny_run / "attribution.json").read_text())
+    assert attr["headline_measure"] == "cue_shift" and attr["attribution"]["shift_used"] == "cue_shift"
+    heads = [c["headline"] for c in attr["categories"] if c.get("headline")]
+    assert heads and all({"value", "ci_low", "ci_high", "p_value", "q_value", "significant", "own_share",
+                          "direction", "n_texts"} <= set(h) for h in heads)
+    transcripts = (tiny_run / "probes" / "transcripts").glob("*.jsonl")
+    n_probes = sum(len(p.read_text().splitlines()) // 2 for p in transcripts)  # two transcripts per probe
+    assert sum(h["n_texts"] for h in heads) == n_probes  # each probe text's answer cue once
+    docs = attr["attribution"]["documents"]
+    for d in docs:
+        assert {"task", "category", "n_up", "n_down", "n_same", "effect", "p_value", "q_value", "significant"} <= set(d)
+        assert d["n_up"] + d["n_down"] + d["n_same"] == 6  # the tiny config's --limit
