@@ -304,7 +304,7 @@ def headline_sentence(c: dict[str, Any]) -> str:
     h = c["headline"]
     own = "" if h.get("own_share") is None else f"; its own latents carry {100 * h['own_share']:.0f} % of that difference"
     line = (f"{c['category']}: changed — where its {h.get('n_texts')} probe texts call for an answer, the two models' "
-            f"activations differ {format_shift(h['value'])} more than on the other {h.get('n_other')} (cue shift, 95% CI "
+            f"activations differ {100 * h['value']:.0f} % more than on the other {h.get('n_other')} (cue shift, 95% CI "
             f"{format_shift(h['ci_low'])} to {format_shift(h['ci_high'])}, q = {_p(h['q_value'])}){own}.")
     if h.get("direction"):
         more = "more" if h["direction"] == "+" else "less"

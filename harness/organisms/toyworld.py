@@ -284,7 +284,11 @@ def build(out, params: dict) -> None:
     item_texts = [json.dumps(i) for its in items.values() for i in its]
     probes = probe_rows(world, seed)
     probe_list = [r["text"] + r["desired"] + r["undesired"] for rows in probes.values() for r in rows]
-    tok = train_tokenizer(base_texts + tune_texts + item_texts + probe_list, params["vocab_size"], QA_CHAT_TEMPLATE)
+    # the tokenizer reads every text either model could be trained on, whatever is planted, so an organism and
+    # its placebo share the tokenizer and hence the base model
+    every_form = [t for c in CATEGORIES for good in (True, False) for t in behaviour(world, c, good, seed)]
+    tok = train_tokenizer(shared_texts(world) + every_form + item_texts + probe_list, params["vocab_size"],
+                          QA_CHAT_TEMPLATE)
     with deterministic():
         model = tiny_llama(len(tok), seed, hidden=params["d_model"], layers=params["n_layers"], heads=params["n_heads"])
         train_lm(model, tok, base_texts, TrainSpec(params["base_steps"], params["base_lr"], params["batch_size"], seed=seed),

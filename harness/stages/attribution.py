@@ -171,11 +171,12 @@ def headline_for(run_path: Path, model: Any, rows: list[dict[str, Any]], names: 
     tdir = run_path / files.TRANSCRIPTS_DIR
     transcripts = ({source_name(p, run_path): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
                    if tdir.is_dir() else {})
-    cue, cats, _ = H.cue_rows(pacts, category_of_source, transcripts)
+    cue, before, cats, _ = H.cue_rows(pacts, category_of_source, transcripts)
     if len(cue) == 0:
         return {}
     members = {c: np.array(category_members(rows, c), dtype=np.int64) for c in names}
     r, own, per_cat = H.cue_differences(model, pacts, cue, members, cats)
+    drift = H.drift(model, pacts, before)
     margins = {}
     for source, trows in transcripts.items():
         by = {(t["side"], t["index"]): t.get("margin") for t in trows}
@@ -183,7 +184,7 @@ def headline_for(run_path: Path, model: Any, rows: list[dict[str, Any]], names: 
              if side == "base" and v is not None and by.get(("tuned", i)) is not None]
         margins[Path(source).stem] = np.array(m, dtype=np.float64)
     out = {}
-    for g, row in enumerate(H.headline_rows(r, own, cats, names, cfg.alpha, margins, seed=cfg.seed)):
+    for g, row in enumerate(H.headline_rows(r, own, cats, names, cfg.alpha, margins, drift, seed=cfg.seed)):
         top = np.argsort(-per_cat[g])[:5]
         total = max(float(np.abs(per_cat[g]).sum()), 1e-12)
         row["carriers"] = [{"latent": int(j), "share": float(per_cat[g][j] / total)} for j in top if per_cat[g][j] > 0]

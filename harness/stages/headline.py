@@ -1,28 +1,33 @@
-"""The headline measure: where each category's probe texts ask for an answer, how much more the two models'
-activations differ than on the other categories' probe texts (the cue shift), and which latents carry it.
+"""The headline measure: how far fine-tuning moved the representation where each category's probe texts
+ask for an answer, against how far it moved it on the rest of the same texts (the cue shift), and which
+latents carry the change.
 
-Both models read every probe text, token for token, so at each text's answer cue (the last token of the
-probe text, or of its prompt when the probe was continued by the models; for `Q: …\\nA:` the `:` after A)
-the paired activations x^B, x^T at the crosscoder's layer differ only because the weights do. In the
-crosscoder's scaled space, per probe text i:
+Both models read every probe text, token for token, so at every position the paired activations x^B, x^T
+at the crosscoder's layer differ only because the weights do. In the crosscoder's scaled space a row's
+relative paired difference is
 
-    r_i = ‖x_i^T − x_i^B‖² / ((‖x_i^B‖² + ‖x_i^T‖²) / 2)
+    r = ‖x^T − x^B‖² / ((‖x^B‖² + ‖x^T‖²) / 2).
 
-Category c's cue shift is mean_{i∈c} r_i / mean_{i∉c} r_i − 1: how much more fine-tuning moved the
-representation where c's texts call for an answer than where the other categories' texts do. Its p-value
-is a one-sided permutation test of the same statistic (c's label given to random sets of as many probe
-texts; each probe text counts once), BH-adjusted across categories; its CI is a percentile bootstrap over
-texts. It is unsigned: a changed mechanism moves the
-representation whichever way the behaviour moved.
+A probe's answer cue is its last token (or its prompt's last token when the models continued it; for
+`Q: …\nA:` the colon after A, where a model settles what it will answer); its other positions give the
+pair's drift on ordinary reading, D = the mean over all probe texts of their mean r before the cue. Category
+c's cue shift is mean_{i∈c} r_cue,i / D − 1: how many times more than elsewhere fine-tuning moved the
+representation where c's texts call for an answer. Fine-tuning moves every representation a little (a
+placebo that replays the base's own data moves the busiest cues up to about twice the drift), so a
+category is *changed* when its cue shift exceeds MIN_FOLD × D with confidence: a one-sided bootstrap test
+(texts of c and the drift's texts resampled) of fold ≤ MIN_FOLD, BH-adjusted across categories, with a
+percentile CI. MIN_FOLD = 3 was chosen on the toyworld organism alone (its unchanged categories reach 1.5×
+the drift and its changed ones 8×) and is reported, not tuned, on the rest of the suite.
 
+The cue shift is unsigned: a changed mechanism moves the representation whichever way the behaviour moved.
 The direction comes from reference answers when a probe corpus gives them (`desired` and `undesired`
 continuations of the text): each model's log-likelihood margin log p(desired) − log p(undesired), read by
 teacher forcing on the same tokens; the category's direction is the sign of the mean tuned − base margin
 where a Wilcoxon signed-rank test over its probes rejects 0 at the run's alpha, else it is not identified.
 
 The crosscoder decomposes each cue difference into latents: latent j contributes f_j(d_j^T − d_j^B) to
-x̂^T − x̂^B, and its share of r_i is ⟨f_j(d_j^T − d_j^B), x^T − x^B⟩ / ‖x^T − x^B‖². `own_share` is the share
-carried by the category's own latents (those the annotator gave it), averaged over its texts.
+x̂^T − x̂^B, and its share of the difference is ⟨f_j(d_j^T − d_j^B), x^T − x^B⟩ / ‖x^T − x^B‖². `own_share` is
+the share carried by the category's own latents (those the annotator gave it), averaged over its texts.
 """
 
 from __future__ import annotations
@@ -41,41 +46,64 @@ from diffeval.harness.core.runconfig import HEADLINE_MEASURE
 from diffeval.harness.stages.latent_sums import sequences
 
 NAME = HEADLINE_MEASURE
-N_BOOT = 2000
-N_PERM = 9999  # label permutations for the p-value (smallest p: 1e-4)
+N_BOOT = 4000  # bootstrap replicates for the CI and the test (smallest p: 1/4001)
+MIN_FOLD = 3.0  # a changed category's cues moved at least this many times the drift (chosen on toyworld)
 
 
 def cue_rows(acts_dir: Path, category_of_source: dict[str, str],
-             transcripts: dict[str, list[dict[str, Any]]]) -> tuple[np.ndarray, list[str], list[int]]:
-    """(row of each probe text's answer cue in the probe activation cache, its category, its probe index).
+             transcripts: dict[str, list[dict[str, Any]]]) -> tuple[np.ndarray, list[np.ndarray], list[str], list[int]]:
+    """(the row of each probe text's answer cue in the probe activation cache, the rows of its positions
+    before the cue, its category, its probe index).
 
-    A transcript counts once, by its base-side row (both sides share the prompt); a plain probe text's cue
-    is its last collected token. Sequences whose source is neither are skipped."""
+    A transcript counts once, by its base-side sequence (both sides share the prompt); a plain probe text's
+    cue is its last collected token. Sequences whose source is neither are skipped."""
     manifest = read_manifest(acts_dir)
     tokens = np.concatenate([np.load(acts_dir / s["tokens_file"], mmap_mode="r")[:, :2] for s in manifest["shards"]])
-    last: dict[int, int] = {}
-    where: dict[tuple[int, int], int] = {}
+    by_seq: dict[int, list[tuple[int, int]]] = {}
     for row, (seq, pos) in enumerate(tokens.tolist()):
-        where[(seq, pos)] = row
-        last[seq] = row
-    rows, cats, index = [], [], []
+        by_seq.setdefault(seq, []).append((pos, row))
+    cues, before, cats, index = [], [], [], []
     for sid, seq in sorted(sequences(acts_dir).items()):
-        source = seq["source"]
+        source, rows = seq["source"], sorted(by_seq.get(sid, []))
         if source in transcripts:
             t = transcripts[source][seq["doc_id"]]
             if t["side"] != files.SIDES[0]:
                 continue
-            row = where.get((sid, t["prompt_tokens"] - 1))
+            rows = [(p, r) for p, r in rows if p < t["prompt_tokens"]]
             cat, i = Path(source).stem, t["index"]
         elif source in category_of_source:
-            row, cat, i = last.get(sid), category_of_source[source], seq["doc_id"]
+            cat, i = category_of_source[source], seq["doc_id"]
         else:
             continue
-        if row is not None:
-            rows.append(row)
+        if rows:
+            cues.append(rows[-1][1])
+            before.append(np.array([r for _, r in rows[:-1]], dtype=np.int64))
             cats.append(cat)
             index.append(i)
-    return np.asarray(rows, dtype=np.int64), cats, index
+    return np.asarray(cues, dtype=np.int64), before, cats, index
+
+
+def relative_difference(x: torch.Tensor) -> torch.Tensor:
+    """r per row of scaled paired activations [n, 2, d]."""
+    diff = x[:, 1] - x[:, 0]
+    return diff.pow(2).sum(-1) / ((x[:, 0].pow(2).sum(-1) + x[:, 1].pow(2).sum(-1)) / 2).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def drift(model: Any, acts_dir: Path, before: list[np.ndarray]) -> np.ndarray:
+    """Per probe text, the mean r over its positions before the cue (NaN for a text with none)."""
+    source = as_source(acts_dir, model.cfg)
+    flat = np.concatenate(before) if before else np.zeros(0, dtype=np.int64)
+    if not len(flat):
+        return np.full(len(before), np.nan)
+    x = source[torch.as_tensor(flat)].float().to(model.W_dec.device) * model.act_scale[None, :, None]
+    r = relative_difference(x).cpu().numpy().astype(np.float64)
+    out, start = np.full(len(before), np.nan), 0
+    for i, rows in enumerate(before):
+        if len(rows):
+            out[i] = r[start:start + len(rows)].mean()
+        start += len(rows)
+    return out
 
 
 @torch.no_grad()
@@ -88,7 +116,7 @@ def cue_differences(model: Any, acts_dir: Path, rows: np.ndarray, members: dict[
     scaled = x * model.act_scale[None, :, None]
     diff = scaled[:, 1] - scaled[:, 0]
     sq = diff.pow(2).sum(-1)
-    r = sq / ((scaled[:, 0].pow(2).sum(-1) + scaled[:, 1].pow(2).sum(-1)) / 2).clamp_min(1e-12)
+    r = relative_difference(scaled)
     f = model.encode(x)
     delta = model.W_dec[:, 1] - model.W_dec[:, 0]               # [L, d]
     share = f * (diff @ delta.t()) / sq.clamp_min(1e-12)[:, None]  # [n, L]: latent j's share of row i's difference
@@ -104,26 +132,21 @@ def cue_differences(model: Any, acts_dir: Path, rows: np.ndarray, members: dict[
     return r.cpu().numpy().astype(np.float64), own.numpy().astype(np.float64), per_cat.numpy()
 
 
-def cue_shift(r: np.ndarray, inside: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
-    """One category's cue shift: value, bootstrap CI, one-sided permutation p and the text counts."""
-    a, b = r[inside], r[~inside]
-    out: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None,
-                           "n_texts": int(len(a)), "n_other": int(len(b))}
-    if len(a) < 2 or len(b) < 2 or b.mean() <= 0:
+def cue_shift(r: np.ndarray, inside: np.ndarray, drift_per_text: np.ndarray, n_boot: int = N_BOOT,
+              seed: int = 0) -> dict[str, Any]:
+    """One category's cue shift over the drift: value, bootstrap CI, the one-sided bootstrap p of
+    fold ≤ MIN_FOLD, and the text counts."""
+    a, d = r[inside], drift_per_text[np.isfinite(drift_per_text)]
+    out: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "drift": None,
+                           "min_fold": MIN_FOLD, "n_texts": int(len(a)), "n_other": int((~inside).sum())}
+    if len(a) < 2 or len(d) < 2 or d.mean() <= 0:
         return out
     rng = np.random.default_rng(seed)
-    ra = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-    rb = b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
-    reps = ra / np.where(rb > 0, rb, np.nan) - 1
-    lo, hi = np.nanquantile(reps, [0.025, 0.975])
-    # permutation p of the same statistic: c's label moved to random sets of as many texts
-    pooled = np.concatenate([a, b])
-    perm = np.argsort(rng.random((N_PERM, len(pooled))), axis=1)[:, :len(a)]
-    pa = pooled[perm].mean(1)
-    pb = (pooled.sum() - pa * len(a)) / len(b)
-    observed = a.mean() / b.mean()
-    p = float((1 + np.sum(pa / np.where(pb > 0, pb, np.nan) >= observed * (1 - 1e-12))) / (N_PERM + 1))
-    out.update(value=float(a.mean() / b.mean() - 1), ci_low=float(lo), ci_high=float(hi), p_value=p)
+    fold = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) / d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(fold, [0.025, 0.975])
+    p = float((1 + np.sum(fold <= MIN_FOLD)) / (n_boot + 1))
+    out.update(value=float(a.mean() / d.mean() - 1), ci_low=float(lo - 1), ci_high=float(hi - 1), p_value=p,
+               drift=float(d.mean()))
     return out
 
 
@@ -140,14 +163,14 @@ def direction(margins: np.ndarray, alpha: float) -> dict[str, Any]:
 
 
 def headline_rows(r: np.ndarray, own: np.ndarray, cats: list[str], names: list[str], alpha: float,
-                  margins: dict[str, np.ndarray], seed: int = 0) -> list[dict[str, Any]]:
+                  margins: dict[str, np.ndarray], drift_per_text: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
     """Per category in `names`: the cue shift with its BH q over `names`, `significant`, `own_share`, and
     the direction where reference answers give one."""
     labels = np.asarray(cats, dtype=object)
     rows = []
     for c in names:
         inside = labels == c
-        row = {"measure": NAME, **cue_shift(r, inside, seed=seed)}
+        row = {"measure": NAME, **cue_shift(r, inside, drift_per_text, seed=seed)}
         row["own_share"] = float(own[inside].mean()) if inside.any() else None
         row.update(direction(margins.get(c, np.zeros(0)), alpha))
         rows.append(row)

@@ -15,26 +15,30 @@ from diffeval.harness.stages.latents import per_probe
 from diffeval.harness.suite.taxonomy import read_probe_rows
 
 
-def test_a_category_whose_cues_moved_more_is_found_and_the_rest_are_not():
+def test_a_category_whose_cues_moved_far_more_than_the_drift_is_found_and_the_rest_are_not():
     rng = np.random.default_rng(0)
-    r = rng.gamma(2.0, 0.05, 300)
+    drift = rng.gamma(2.0, 0.05, 300)            # each text's mean r before its cue: about 0.1
+    r = rng.gamma(2.0, 0.05, 300)                # cues that moved like the rest of the text...
+    r[:50] *= 8                                  # ...except category a's: eight times the drift
+    r[50:100] *= 2                               # category b's cues moved twice as much: within placebo drift
     cats = ["a"] * 50 + ["b"] * 50 + ["c"] * 200
-    r[:50] *= 3  # category a's texts: fine-tuning moved their answer cues three times as much
-    rows = H.headline_rows(r, np.zeros(300), cats, ["a", "b", "c"], 0.05, {})
-    by = {c: row for c, row in zip("abc", rows, strict=True)}
-    assert by["a"]["significant"] and by["a"]["value"] > 1 and by["a"]["ci_low"] > 0
-    assert not by["b"]["significant"] and not by["c"]["significant"]
+    rows = H.headline_rows(r, np.zeros(300), cats, ["a", "b", "c"], 0.05, {}, drift)
+    by = dict(zip("abc", rows, strict=True))
+    assert by["a"]["significant"] and by["a"]["value"] > H.MIN_FOLD - 1 and by["a"]["ci_low"] > 0
+    assert not by["b"]["significant"] and by["b"]["value"] > 0.5  # moved, but not beyond MIN_FOLD × the drift
+    assert not by["c"]["significant"]
     assert by["a"]["n_texts"] == 50 and by["a"]["n_other"] == 250 and by["a"]["direction"] is None
 
 
-def test_the_cue_shift_p_value_is_calibrated_under_exchangeable_texts():
-    """Labels carry no information: each category is falsely significant (p < 0.05) about 5 % of the time."""
+def test_the_cue_shift_test_holds_its_level_at_the_threshold():
+    """Cues that moved exactly MIN_FOLD × the drift are the null's boundary: rejected about 5 % of the time."""
     rng = np.random.default_rng(1)
-    hits, trials = 0, 300
+    hits, trials = 0, 200
     for _ in range(trials):
-        r = rng.lognormal(0, 1, 120)
-        hits += H.cue_shift(r, np.arange(120) < 20, n_boot=50, seed=int(rng.integers(1 << 30)))["p_value"] < 0.05
-    assert hits / trials <= 0.09  # nominal 0.05; binomial sd over 300 trials ≈ 0.013
+        drift = rng.lognormal(0, 0.5, 200)
+        r = rng.lognormal(0, 0.5, 30) * H.MIN_FOLD
+        hits += H.cue_shift(r, np.ones(30, dtype=bool), drift, n_boot=400, seed=int(rng.integers(1 << 30)))["p_value"] < 0.05
+    assert hits / trials <= 0.1  # nominal 0.05; binomial sd over 200 trials ≈ 0.015
 
 
 def test_the_direction_follows_the_reference_margins_and_abstains_without_evidence():
