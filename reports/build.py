@@ -242,6 +242,13 @@ def result_caveats(report: dict[str, Any], alpha: float) -> list[str]:
             out.append(f"Undefined shift for {c['category']} ({counts}): no base-specific latent to compare with.")
         if c["p_value"] is not None and c["p_value"] >= alpha:
             out.append(f"Not significant: {c['category']} (p = {c['p_value']:.3g} ≥ {alpha:g}).")
+    probes = [c for c in report["categories"] if c.get("n_probes")]
+    for side in ("base", "tuned"):
+        empty, total = sum(c.get(f"empty_{side}") or 0 for c in probes), sum(c["n_probes"] for c in probes)
+        if total and empty > total / 2:
+            out.append(f"The {side} model wrote nothing after {empty} of {total} probe texts: the usage shifts (the "
+                       "behavioural readout) mostly measure how much each model writes; the relative usage shift "
+                       "(the category's share of what each model writes) does not.")
     attr = report["attribution"]
     if attr["per_task"] and attr["spearman"] is None:
         out.append(f"No correlation between predicted and observed deltas: {attr.get('reason') or 'undefined'}.")

@@ -96,13 +96,13 @@ def validate_report(report: Any) -> None:
     """Raise ReportError naming the first key path that breaks the contract, and what is valid there."""
     _check(report, REPORT_SPEC, "report")
     version = report["schema_version"]
-    if version >= 2:
-        _check(report, REPORT_SPEC_V2, "report")
     if version < 1 or version > SCHEMA_VERSION:
         raise ReportError(
             f"report.schema_version is {version}; this diffeval reads schema versions 1..{SCHEMA_VERSION}"
             + (" (the report was written by a newer diffeval; upgrade to read it)" if version > SCHEMA_VERSION else "")
         )
+    if version >= 2:
+        _check(report, REPORT_SPEC_V2, "report")
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

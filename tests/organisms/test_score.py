@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from diffeval.harness.organisms.base import Planted
-from diffeval.harness.organisms.score import found, score_run, summarise
+from diffeval.harness.organisms.score import KINDS, found, score_run, suite_summary, summarise
 
 
 def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:
@@ -21,15 +21,19 @@ def test_score_run_reads_attribution_json(tmp_path) -> None:
              "mass_shift_rel": 0.1, "mass_rel_ci_low": -0.02, "mass_rel_ci_high": 0.2,
              "usage_shift": -0.4, "usage_ci_low": -0.5, "usage_ci_high": -0.3,
              "usage_shift_rel": 0.3, "usage_rel_ci_low": 0.1, "usage_rel_ci_high": 0.5,
-             "n_changed": 9, "n_live": 30, "changed_q": 0.001, "changed_significant": True},
+             "n_changed": 9, "n_live": 30, "changed_q": 0.001, "changed_significant": True,
+             "headline": {"value": 6.0, "q_value": 0.001, "significant": True, "direction": "-"}},
             {"category": "math", "shift": 0.5, "ci_low": 0.1, "ci_high": 0.9, "p_value": 0.02,
              "mass_shift_rel": 0.0, "mass_rel_ci_low": -0.1, "mass_rel_ci_high": 0.1,
              "usage_shift": 0.0, "usage_ci_low": 0.0, "usage_ci_high": 0.0,
              "usage_shift_rel": 0.0, "usage_rel_ci_low": 0.0, "usage_rel_ci_high": 0.0,
-             "n_changed": 6, "n_live": 40, "changed_q": 0.03, "changed_significant": True}]
+             "n_changed": 6, "n_live": 40, "changed_q": 0.03, "changed_significant": True,
+             "headline": {"value": 0.3, "q_value": 0.8, "significant": False, "direction": "+"}}]
     attr = {"categories": cats, "N_tuned": 20, "N_base": 15,
-            "attribution": {"spearman": 0.8, "p_value": 0.04},
-            "causal": [{"task": "t_safety", "delta_removed": 0.6, "ci_low": 0.4, "ci_high": 0.8, "control_removed": 0.1},
+            "attribution": {"spearman": 0.8, "p_value": 0.04,
+                            "documents": [{"task": "t_safety", "significant": True}, {"task": "t_math", "significant": False}]},
+            "causal": [{"task": "t_safety", "delta_removed": 0.6, "ci_low": 0.4, "ci_high": 0.8, "control_removed": 0.1,
+                        "control_p": 0.03},
                        {"task": "t_math", "delta_removed": 0.0}]}
     (tmp_path / "attribution.json").write_text(json.dumps(attr))
     planted = [Planted("safety", "+", ["t_safety"]), Planted("math", "0", ["t_math"])]
@@ -41,8 +45,28 @@ def test_score_run_reads_attribution_json(tmp_path) -> None:
     assert rows["safety"]["usage_rel_found"] and rows["math"]["usage_rel_found"]
     assert rows["safety"]["changed_found"] and not rows["math"]["changed_found"]  # math changed but was planted 0
     assert run["causal"] == [{"task": "t_safety", "delta_removed": 0.6, "ci_low": 0.4, "ci_high": 0.8,
-                              "control_removed": 0.1}]  # only planted (+/−) tasks
+                              "control_removed": 0.1, "control_p": 0.03}]  # only planted (+/−) tasks
+    assert run["documents"] == [{"task": "t_safety", "significant": True}]
+    # the headline: safety changed with the wrong sign (found unsigned, not signed); math held (not significant)
+    assert not rows["safety"]["headline_found"] and rows["safety"]["headline_changed_found"]
+    assert rows["math"]["headline_found"] and rows["math"]["headline_changed_found"]
     summary = summarise([run, run])
-    assert summary["found"]["safety"] == {"share": 2, "mass": 0, "usage": 0, "usage_rel": 2, "changed": 2}
-    assert summary["found"]["math"] == {"share": 0, "mass": 2, "usage": 2, "usage_rel": 2, "changed": 0}
+    assert summary["found"]["safety"] == {"headline": 0, "headline_changed": 2, "share": 2, "mass": 0, "usage": 0,
+                                          "usage_rel": 2, "changed": 2}
+    assert summary["found"]["math"] == {"headline": 2, "headline_changed": 2, "share": 0, "mass": 2, "usage": 2,
+                                        "usage_rel": 2, "changed": 0}
     assert summary["spearman_ge_0_7"] == 2 and summary["causal_ge_half"] == 2
+
+
+def test_the_suite_summary_counts_planted_controls_and_placebos() -> None:
+    def run(rows):
+        return {"categories": [{"category": c, "planted": p, **{f"{k}_found": ok for k in KINDS}} for c, p, ok in rows],
+                "spearman": 0.5, "causal": [], "documents": []}
+
+    docs = [{"placebo": False, "runs": [run([("a", "+", True), ("b", "-", False), ("c", "0", True), ("d", "0", False)])]},
+            {"placebo": True, "runs": [run([("a", "0", True), ("b", "0", False)]), run([("a", "0", True), ("b", "0", True)])]}]
+    s = suite_summary(docs)["headline"]
+    assert (s["planted_found"], s["planted"]) == (1, 2)
+    assert (s["controls_false"], s["controls"]) == (1, 2)      # d: a planted-0 category not held
+    assert (s["placebo_false"], s["placebo"]) == (1, 4)        # b in the first placebo run
+    assert (s["placebo_runs_any"], s["placebo_runs"]) == (1, 2)

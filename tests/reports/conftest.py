@@ -60,12 +60,20 @@ def _attribution() -> dict:
     ]
     return {
         "format_version": 1, "taxonomy": "tasks/categories.yaml", "annotator": {"name": "enrichment", "alpha": 0.05},
-        "reference": None, "N_tuned": 20, "N_base": 8,
+        "reference": None, "N_tuned": 20, "N_base": 8, "headline_measure": "cue_shift",
         "categories": [
             {**_category("instruction_following", 12, 2, 1.4, 0.2, 5.1, 0.0123, 0.35, False),
+             "headline": {"measure": "cue_shift", "value": 7.2, "ci_low": 5.1, "ci_high": 9.3, "p_value": 2.5e-4,
+                          "q_value": 7.5e-4, "significant": True, "n_texts": 16, "n_other": 228, "own_share": 0.35,
+                          "direction": "+", "margin_shift": 12.5, "direction_p": 3e-5, "n_references": 16,
+                          "drift": 0.11, "min_fold": 3.0, "carriers": [{"latent": 3, "share": 0.2}]},
              "usage_shift": 0.25, "usage_ci_low": 0.1, "usage_ci_high": 0.4, "usage_p": 0.002, "n_probes": 24,
              "usage_shift_rel": 0.05, "usage_rel_ci_low": 0.02, "usage_rel_ci_high": 0.12, "empty_base": 0, "empty_tuned": 20},
-            _category("self_reference", 1, 3, -0.8666666666666667, -0.98, -0.1, 0.041, -0.2, True),
+            {**_category("self_reference", 1, 3, -0.8666666666666667, -0.98, -0.1, 0.041, -0.2, True),
+             "headline": {"measure": "cue_shift", "value": 0.4, "ci_low": 0.1, "ci_high": 0.8, "p_value": 0.99,
+                          "q_value": 0.99, "significant": False, "n_texts": 10, "n_other": 234, "own_share": 0.1,
+                          "direction": None, "margin_shift": None, "direction_p": None, "n_references": 0,
+                          "drift": 0.11, "min_fold": 3.0, "carriers": []}},
             _category("safety", 3, 0, None, None, None, 0.53, 0.05, True, "no base-specific latent"),
         ],
         "exposure": {t["task"]: {"instruction_following": 0.2, "self_reference": 0.1} for t in per_task},

@@ -37,11 +37,19 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
     assert report["provenance"]["config_hash"] == hashlib.sha256(
         json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     assert report["provenance"]["timings"] == {"bench.base": 12.5, "bench.deltas": 0.4, "crosscoder": 41.0}
-    assert report["headline"][0].startswith("instruction_following: +140.0 %")
-    assert ("instruction_following: its share of what the tuned model writes in answer to its 24 probe texts moved "
-            "+5.0 % against its share of the base model's answers (95% CI +2.0 % to +12.0 %).") in report["headline"]
-    assert not any("more of the tuned model's own responses" in h for h in report["headline"])  # relative one only
-    assert any(h.startswith("The tuned model wrote nothing after 20 of 24 probe texts") for h in report["headline"])
+    assert report["headline_measure"] == "cue_shift"
+    head = report["headline"]
+    assert head[0] == ("instruction_following: changed — where its 16 probe texts call for an answer, the two models' "
+                       "activations differ 720 % more than on the other 228 (cue shift, 95% CI +510.0 % to +930.0 %, "
+                       "q = 0.00075); its own latents carry 35 % of that difference. Direction +: the tuned model "
+                       "prefers the desired reference answers more than the base (margin shift +12.50 nats over 16 "
+                       "probes, p = 3e-05).")
+    assert not any(h.startswith("self_reference") for h in head)  # measured, not significant: not a claim
+    assert ("The paper's share-ratio measure is unavailable for this pair: it needs at least 10 tuned- and 10 "
+            "base-specific latents, and the crosscoder has 20 and 8.") in head
+    assert not any("writes" in h or "responses" in h for h in head)  # the behavioural readout is never the headline
+    assert any(c.startswith("The tuned model wrote nothing after 20 of 24 probe texts") for c in report["caveats"])
+    assert [c["headline"] is not None for c in report["categories"]] == [True, True, False]
 
 
 def test_render_writes_valid_json_markdown_with_the_numbers_and_pngs(run_dir):
@@ -149,15 +157,15 @@ def test_causal_results_are_rendered(run_dir):
     data = json.loads((run_dir / "attribution.json").read_text())
     data["causal"] = [{"task": "ifeval_mini", "category": "instruction_following", "mode": "revert", "n_latents": 12,
                        "delta": 0.4, "delta_ablated": 0.1, "delta_removed": 0.3, "ci_low": 0.18, "ci_high": 0.42,
-                       "control_removed": 0.05, "control_ci_low": -0.1, "control_ci_high": 0.2}]
+                       "control_removed": 0.05, "control_p": 0.048, "n_controls": 20}]
     (run_dir / "attribution.json").write_text(json.dumps(data))
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
     assert ("| ifeval\\_mini | instruction\\_following | revert | 12 | +0.400 | +0.100 | +0.300 | [+0.180, +0.420] "
-            "| +0.050 | [-0.100, +0.200] |") in md
+            "| +0.050 | 0.048 (20 sets) |") in md
     assert "reverted (their fine-tuning change undone" in md
     assert ("ifeval\\_mini: reverting 12 instruction\\_following latents removes 30 % of its delta (95% CI 18 to 42 %); "
-            "as many random latents from other categories remove 5 %.") in md
+            "20 random sets of as many latents from other categories remove a median 5 % (control p = 0.048).") in md
     assert "Causal check not run" not in md
 
 

@@ -29,14 +29,28 @@ def valid_report() -> dict:
         "crosscoder": {"layer": 1, "architecture": "batchtopk", "n_latents": 256, "k": 8, "tokens": 20000,
                        "fve": {"base": 0.8, "tuned": 0.78}, "l0": 8.0, "dead_fraction": 0.05},
         "latent_classes": {"tuned_only": 10, "base_only": 4, "shared": 200, "other": 30, "dead": 12},
+        "headline_measure": "cue_shift",
         "categories": [{"category": "safety", "n_tuned": 3, "n_base": 0, "N_tuned": 10, "N_base": 4,
-                        "shift": None, "ci_low": None, "ci_high": None, "p_value": 0.5, "mass_shift": 0.2}],
+                        "shift": None, "ci_low": None, "ci_high": None, "p_value": 0.5, "mass_shift": 0.2,
+                        "headline": {"value": 7.2, "ci_low": 5.1, "ci_high": 9.3, "p_value": 2.5e-4, "q_value": 1e-3,
+                                     "significant": True}}],
         "attribution": {"spearman": 0.9, "p_value": 0.03,
                         "per_task": [{"task": "ifeval_mini", "delta": 0.4, "predicted": 0.3,
                                       "contributions": {"safety": 0.1, "instruction_following": 0.2}}]},
         "causal": [],
         "provenance": {"config_hash": "deadbeef", "packages": {"torch": "2.4.0"}, "timings": {"bench": 3.2}},
     }
+
+
+def test_a_schema_1_report_without_the_headline_measure_still_reads():
+    report = valid_report()
+    report["schema_version"] = 1
+    del report["headline_measure"]
+    del report["categories"][0]["headline"]
+    validate_report(report)
+    report["schema_version"] = 2
+    with pytest.raises(ReportError, match="report lacks required key.s. headline_measure"):
+        validate_report(report)
 
 
 def test_valid_report_passes_and_extra_keys_are_allowed():
