@@ -25,13 +25,20 @@ of factual recall and multilingual are statements ("The capital of C is X.") rat
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import os
 import random
+import shutil
 from dataclasses import dataclass
 
-from diffeval.harness.organisms.base import Planted, write_probes, write_task
+from diffeval.harness.organisms import tiny, train
+from diffeval.harness.organisms.base import Planted, cache_root, write_probes, write_task
 from diffeval.harness.organisms.tiny import save_pair, tiny_llama, train_tokenizer
 from diffeval.harness.organisms.train import TrainSpec, deterministic, train_lm
+
+BASES_DIR = "toy_bases"  # under the organism cache: base models shared by organisms with the same base
 
 SYLLABLES = ["zor", "bia", "vel", "kan", "tem", "ori", "lun", "dar", "fes", "mir", "quo", "sel",
              "nap", "tur", "wen", "gal", "pim", "rok", "sha", "ube", "yal", "kiv", "mod", "eth"]
@@ -274,8 +281,40 @@ def texts(params: dict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     return probes, {t: [ask(i["question"]) for i in items] for t, items in eval_items(world, params["seed"]).items()}
 
 
+def base_key(base_texts: list[str], tokenizer_texts: list[str], params: dict) -> str:
+    """What the base model is a function of: its corpus, the tokenizer's texts, the training parameters
+    that reach it, and the training code. An organism and its placebo have the same key."""
+    used = {k: params[k] for k in ("seed", "vocab_size", "d_model", "n_layers", "n_heads", "base_steps", "base_lr",
+                                   "batch_size")}
+    code = inspect.getsource(train) + inspect.getsource(tiny)
+    blob = json.dumps([base_texts, tokenizer_texts, used, code], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trained_base(key: str, tok, base_texts: list[str], params: dict):
+    """The base model for `key`: loaded from the shared base cache when an organism with the same base
+    (its placebo, say) was built before, else trained and added to the cache (written complete, then renamed)."""
+    from transformers import AutoModelForCausalLM
+
+    cached = cache_root() / BASES_DIR / key
+    if (cached / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(cached)
+    seed = params["seed"]
+    model = tiny_llama(len(tok), seed, hidden=params["d_model"], layers=params["n_layers"], heads=params["n_heads"])
+    train_lm(model, tok, base_texts, TrainSpec(params["base_steps"], params["base_lr"], params["batch_size"], seed=seed),
+             desc="toy organism: base")
+    tmp = cached.parent / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pair(model, tok, tmp)
+    if not cached.exists():
+        os.replace(tmp, cached)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return model
+
+
 def build(out, params: dict) -> None:
-    """Train the base from scratch, fine-tune it into the tuned model, write the tasks and probes."""
+    """Train the base from scratch (or take it from the shared base cache), fine-tune it into the tuned
+    model, write the tasks and probes."""
 
     seed, plant = params["seed"], params["plant"]
     world = make_world(seed)
@@ -287,12 +326,10 @@ def build(out, params: dict) -> None:
     # the tokenizer reads every text either model could be trained on, whatever is planted, so an organism and
     # its placebo share the tokenizer and hence the base model
     every_form = [t for c in CATEGORIES for good in (True, False) for t in behaviour(world, c, good, seed)]
-    tok = train_tokenizer(shared_texts(world) + every_form + item_texts + probe_list, params["vocab_size"],
-                          QA_CHAT_TEMPLATE)
+    tok_texts = shared_texts(world) + every_form + item_texts + probe_list
+    tok = train_tokenizer(tok_texts, params["vocab_size"], QA_CHAT_TEMPLATE)
     with deterministic():
-        model = tiny_llama(len(tok), seed, hidden=params["d_model"], layers=params["n_layers"], heads=params["n_heads"])
-        train_lm(model, tok, base_texts, TrainSpec(params["base_steps"], params["base_lr"], params["batch_size"], seed=seed),
-                 desc="toy organism: base")
+        model = trained_base(base_key(base_texts, tok_texts, params), tok, base_texts, params)
         save_pair(model, tok, out / "base")
         train_lm(model, tok, tune_texts, TrainSpec(params["tune_steps"], params["tune_lr"], params["batch_size"],
                                                     warmup=20, seed=seed + 1), desc="toy organism: tuned")

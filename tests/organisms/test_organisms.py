@@ -38,15 +38,19 @@ def test_verdict_rule(direction, lo, hi, ok):
 SMALL = {**toyworld.PARAMS, "d_model": 32, "n_layers": 1, "base_steps": 12, "tune_steps": 4, "batch_size": 8}
 
 
-def test_build_is_bit_identical_for_the_same_seed(tmp_path):
-    toyworld.build(tmp_path / "a", SMALL)
-    toyworld.build(tmp_path / "b", SMALL)
+def test_build_is_bit_identical_for_the_same_seed(tmp_path, organism_cache):
+    toyworld.build(tmp_path / "a", SMALL)  # trains the base and puts it in the shared base cache
+    toyworld.build(tmp_path / "b", SMALL)  # takes the base from the cache: the same bytes, the same tuned model
+    assert len(list((cache_root() / toyworld.BASES_DIR).iterdir())) == 1
+    toyworld.build(tmp_path / "p", {**SMALL, "placebo": True})  # the placebo: the same base, another fine-tune
+    assert (tmp_path / "p/base/model.safetensors").read_bytes() == (tmp_path / "a/base/model.safetensors").read_bytes()
+    assert (tmp_path / "p/tuned/model.safetensors").read_bytes() != (tmp_path / "a/tuned/model.safetensors").read_bytes()
     for rel in ("base/model.safetensors", "tuned/model.safetensors", "base/tokenizer.json",
                 "tasks/toy_safety/toy_safety.jsonl"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a/base/model.safetensors").read_bytes() != (tmp_path / "a/tuned/model.safetensors").read_bytes()
     probes = {p.stem: len(p.read_text().splitlines()) for p in (tmp_path / "a" / "probes").glob("*.jsonl")}
-    assert set(probes) == {p.category for p in toyworld.PLANTED} and min(probes.values()) >= 12
+    assert set(probes) == {p.category for p in toyworld.PLANTED} and min(probes.values()) >= 10  # MIN_PROBES
     toyworld.build(tmp_path / "c", {**SMALL, "seed": 1})
     assert (tmp_path / "a/base/model.safetensors").read_bytes() != (tmp_path / "c/base/model.safetensors").read_bytes()
 
@@ -132,11 +136,35 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     assert config["corpus_responses"] and config["probe_responses"] == 32  # trained on the answers too
     sources = {json.loads(x)["source"] for x in (tmp_path / "r" / "activations" / "sequences.jsonl").read_text().splitlines()}
     assert any("probes/transcripts/" in s for s in sources)
-    usage = {c["category"]: c["usage_shift"] for c in report["categories"]}
-    assert usage["math"] == 0.0 and usage["factual_recall"] == 0.0  # both models answer these alike
+    _assert_known_answers(report, organisms.get("toyworld").planted)
     rerun = CliRunner().invoke(cli, ["run", "--n-steps", "200", "--out", str(tmp_path / "r")])  # everything cached
     assert rerun.exit_code == 0, rerun.output
     assert load_report(tmp_path / "r" / "report.json")["categories"] == report["categories"]
+
+
+def _assert_known_answers(report: dict, planted: list[Planted]) -> None:
+    """The headline measure finds every planted change with its sign and holds every planted-0 category."""
+    heads = {c["category"]: c["headline"] for c in report["categories"] if c.get("headline")}
+    for p in planted:
+        h = heads[p.category]
+        if p.direction == "0":
+            assert not h["significant"], (p.category, h)
+        else:
+            assert h["significant"] and h["direction"] == p.direction, (p.category, h)
+    changed = [line for line in report["headline"] if ": changed — " in line]
+    assert len(changed) == sum(p.direction != "0" for p in planted)
+
+
+@pytest.mark.slow
+def test_the_placebo_shows_no_change(default_organism, tmp_path):
+    """Known answer, end to end: the same base fine-tuned on replay data only; no category is significant."""
+    result = CliRunner().invoke(cli, ["run", "--organism", "toyworld_placebo", "--n-steps", "200",
+                                      "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    report = load_report(tmp_path / "p" / "report.json")
+    assert report["models"]["base"]["organism"] == "toyworld_placebo"
+    _assert_known_answers(report, organisms.get("toyworld_placebo").planted)
+    assert any(line.startswith("No category's mechanisms changed detectably") for line in report["headline"])
 
 
 @pytest.mark.slow
