@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 from markupsafe import Markup
 from tabulate import tabulate
 
+from diffeval.harness.core.fdr import benjamini_hochberg
 from diffeval.harness.core.files import REPORT_JSON, REPORT_MD
 from diffeval.harness.core.io import atomic_write_text, read_json
 from diffeval.leaderboards.board import (
@@ -30,7 +32,7 @@ from diffeval.reports.schema import load_report
 
 TEMPLATES = Path(__file__).parent / "templates"
 TOP_SHIFTS = 3  # category shifts shown per pair, largest |shift| first
-ALPHA = 0.05  # a shift with Fisher's p below this is marked significant ('*')
+ALPHA = 0.05  # a shift whose Fisher p, BH-adjusted across the entry's categories, is below this gets '*'
 
 
 def entry_rows(board: Path) -> list[dict[str, Any]]:
@@ -46,7 +48,9 @@ def entry_rows(board: Path) -> list[dict[str, Any]]:
 
 def _row(entry_id: str, report: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     models = report["models"]
-    shifts = [_shift(c) for c in report["categories"] if c["shift"] is not None]
+    defined = [c for c in report["categories"] if c["shift"] is not None]
+    qs = benjamini_hochberg([np.nan if c["p_value"] is None else c["p_value"] for c in defined])
+    shifts = [_shift(c, None if c["p_value"] is None else float(q)) for c, q in zip(defined, qs, strict=True)]
     shifts.sort(key=lambda s: (-abs(s["shift"]), s["category"]))
     attribution = report["attribution"]
     return {
@@ -67,11 +71,12 @@ def _row(entry_id: str, report: dict[str, Any], meta: dict[str, Any]) -> dict[st
     }
 
 
-def _shift(c: dict[str, Any]) -> dict[str, Any]:
+def _shift(c: dict[str, Any], q: float | None) -> dict[str, Any]:
+    """One category's share-ratio shift; `q` is its p BH-adjusted across the entry's categories."""
     p = c["p_value"]
     return {
-        "category": c["category"], "shift": c["shift"], "p_value": p,
-        "significant": p is not None and p < ALPHA,
+        "category": c["category"], "shift": c["shift"], "p_value": p, "q_value": q,
+        "significant": q is not None and q < ALPHA,
         "counts": f"{c['n_tuned']}/{c['N_tuned']} vs {c['n_base']}/{c['N_base']}",
     }
 
@@ -86,16 +91,17 @@ def fmt_num(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:+.{digits}f}"
 
 
-def fmt_p(p: float | None) -> str:
+def fmt_p(p: float | None, q: float | None = None) -> str:
+    """'p=0.01*': the p-value, starred when its BH-adjusted q (the p itself when no q is given) is below ALPHA."""
     if p is None:
         return "p n/a"
     text = f"{p:.1e}" if p < 1e-3 else f"{p:.2g}"
-    return f"p={text}" + ("*" if p < ALPHA else "")
+    return f"p={text}" + ("*" if (p if q is None else q) < ALPHA else "")
 
 
 def shift_text(s: dict[str, Any]) -> str:
-    """'safety +32.8% (p=0.01*)': the category, the paper-compatible percentage, its significance."""
-    return f"{s['category']} {fmt_pct(s['shift'])} ({fmt_p(s['p_value'])})"
+    """'safety +32.8% (p=0.01*)': the category, the paper-compatible percentage, its significance (* = BH q < ALPHA)."""
+    return f"{s['category']} {fmt_pct(s['shift'])} ({fmt_p(s['p_value'], s.get('q_value'))})"
 
 
 def _environment(html: bool) -> Any:

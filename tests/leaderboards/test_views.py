@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from diffeval.leaderboards import publish, render, show
 from diffeval.leaderboards.views import entry_rows, fmt_p
 
@@ -17,10 +19,12 @@ def test_rows_carry_top_shifts_by_magnitude_with_significance(tmp_path, make_run
                                    "multilingual": (0.1, 0.9), "empty": (None, None)}), board)
     (row,) = entry_rows(board)
     assert [s["category"] for s in row["top_shifts"]] == ["math", "code", "safety"]
-    assert [s["significant"] for s in row["top_shifts"]] == [True, True, False]
+    # BH over the entry's four p-values: math's 0.04 becomes q = 0.08, not significant; code's 1e-4 stays
+    assert [s["significant"] for s in row["top_shifts"]] == [False, True, False]
+    assert row["top_shifts"][0]["q_value"] == pytest.approx(0.08)
     assert "empty" not in [s["category"] for s in row["shifts"]]
     md = (board / "LEADERBOARD.md").read_text()
-    assert "math +100.0 % (p=0.04\\*)<br>code -95.0 % (p=1.0e-04\\*)<br>safety +30.0 % (p=0.5)" in md
+    assert "math +100.0 % (p=0.04)<br>code -95.0 % (p=1.0e-04\\*)<br>safety +30.0 % (p=0.5)" in md
 
 
 def test_leaderboard_md_has_one_row_per_pair_with_link(tmp_path, make_run):
