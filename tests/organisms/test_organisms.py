@@ -229,3 +229,9 @@ def test_placebos_plant_nothing_and_build_seeds_differ():
         organisms.get("gemma270m_lora", 3)
     result = CliRunner().invoke(cli, ["organisms", "build", "toyworld", "--build-seed", "-1"])
     assert result.exit_code == 2 and "--build-seed must be >= 0" in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["toyworld", "--suite"], ["toyworld", "--seeds", "0"], ["--suite", "--build-seeds", "0"]])
+def test_score_needs_one_organism_or_the_suite(args):
+    result = CliRunner().invoke(cli, ["organisms", "score", *args])
+    assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
