@@ -285,9 +285,9 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
     changed = sorted((c for c in measured if c["headline"]["significant"]), key=lambda c: c["headline"]["q_value"])
     lines = [headline_sentence(c) for c in changed]
     if measured and not changed:
-        lines.append(f"No category's mechanisms changed detectably: at every category's answer cues the two models' "
-                     f"activations differ no more than on the other categories' probe texts (cue shift, every BH "
-                     f"q ≥ {alpha:g}).")
+        lines.append(f"No category's mechanisms changed detectably: at no category's answer cues did fine-tuning move "
+                     f"the models' activations clearly beyond its threshold times the drift on the rest of the probe "
+                     f"texts (cue shift, every BH q ≥ {alpha:g}).")
     elif cats and not measured:
         lines.append("The headline measure is unavailable: the run has no probe activations to read it on.")
     if not cats:
@@ -310,9 +310,11 @@ def headline_sentence(c: dict[str, Any]) -> str:
     """One changed category, in words, with its numbers."""
     h = c["headline"]
     own = "" if h.get("own_share") is None else f"; its own latents carry {100 * h['own_share']:.0f} % of that difference"
-    line = (f"{c['category']}: changed — where its {h.get('n_texts')} probe texts call for an answer, the two models' "
-            f"activations differ {100 * h['value']:.0f} % more than on the other {h.get('n_other')} (cue shift, 95% CI "
-            f"{format_shift(h['ci_low'])} to {format_shift(h['ci_high'])}, q = {_p(h['q_value'])}){own}.")
+    fold = f"{h['min_fold']:g}" if h.get("min_fold") else "the threshold"
+    line = (f"{c['category']}: changed — where its {h.get('n_texts')} probe texts call for an answer, fine-tuning moved "
+            f"the models' activations {h['value'] + 1:.1f}× as much as it moved them on the rest of the probe texts "
+            f"(cue shift {format_shift(h['value'])}, 95% CI {format_shift(h['ci_low'])} to {format_shift(h['ci_high'])}; "
+            f"above {fold}× at q = {_p(h['q_value'])}){own}.")
     if h.get("direction"):
         more = "more" if h["direction"] == "+" else "less"
         line += (f" Direction {h['direction']}: the tuned model prefers the desired reference answers {more} than the "

@@ -39,9 +39,10 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
     assert report["provenance"]["timings"] == {"bench.base": 12.5, "bench.deltas": 0.4, "crosscoder": 41.0}
     assert report["headline_measure"] == "cue_shift"
     head = report["headline"]
-    assert head[0] == ("instruction_following: changed — where its 16 probe texts call for an answer, the two models' "
-                       "activations differ 720 % more than on the other 228 (cue shift, 95% CI +510.0 % to +930.0 %, "
-                       "q = 0.00075); its own latents carry 35 % of that difference. Direction +: the tuned model "
+    assert head[0] == ("instruction_following: changed — where its 16 probe texts call for an answer, fine-tuning "
+                       "moved the models' activations 8.2× as much as it moved them on the rest of the probe texts (cue "
+                       "shift +720.0 %, 95% CI +510.0 % to +930.0 %; above 3× at q = 0.00075); its own latents carry "
+                       "35 % of that difference. Direction +: the tuned model "
                        "prefers the desired reference answers more than the base (margin shift +12.50 nats over 16 "
                        "probes, p = 3e-05).")
     assert not any(h.startswith("self_reference") for h in head)  # measured, not significant: not a claim
