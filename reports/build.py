@@ -298,6 +298,12 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
     q = benjamini_hochberg([t["p_value"] for t in tasks])
     lines.append(f"{sum(1 for x in q if x < alpha)} of {len(report['tasks'])} benchmark deltas are significant "
                  f"(BH-adjusted q < {alpha:g}).")
+    heads = {c["category"]: c["headline"] for c in measured}
+    unexplained = [t for t, x in zip(tasks, q, strict=True) if x < alpha and t.get("category") in heads
+                   and not heads[t["category"]]["significant"]]
+    for t in unexplained:
+        lines.append(f"{t['task']} moved {t['delta']:+.3f}, but the headline measure finds no change in its category "
+                     f"({t['category']}): no evidence at the answer cues for the mechanism behind this delta.")
     attr = report["attribution"]
     if attr["spearman"] is not None:
         sure = "significant" if attr["p_value"] is not None and attr["p_value"] < alpha else "not significant"
