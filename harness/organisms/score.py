@@ -36,6 +36,8 @@ from diffeval.harness.organisms.base import Planted
 
 REUSED = ("bench", "activations", "transcripts", "probes")
 KINDS = ("headline", "headline_changed", "share", "mass", "usage", "usage_rel", "changed")
+VALUE_OF = {"headline": "headline", "headline_changed": "headline", "share": "share_shift", "mass": "mass_shift_rel",
+            "usage": "usage_shift", "usage_rel": "usage_rel_shift", "changed": "changed_q"}  # None: no estimate
 KIND_NAMES = ("headline (signed)", "headline (changed)", "share shift", "mass shift", "usage shift",
               "relative usage shift", "changed latents")
 
@@ -133,33 +135,33 @@ def score_suite(seeds: int, build_seeds: int, out: Path, causal: bool = False, i
 
 
 def suite_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per measure: planted changes found (right sign), controls and placebo categories falsely significant."""
+    """Per measure: planted changes found (right sign), controls and placebo categories falsely significant
+    (a measure with no estimate for a category is counted under `no_estimate`, never as found nor as false)."""
     out: dict[str, Any] = {}
     for kind in KINDS:
-        planted = controls = placebo = 0
-        n_planted = n_controls = n_placebo = 0
-        placebo_runs_hit = n_placebo_runs = 0
+        n = {k: 0 for k in ("planted_found", "planted", "controls_false", "controls", "placebo_false", "placebo",
+                            "placebo_runs_any", "placebo_runs", "no_estimate", "estimates")}
         for d in docs:
             for r in d["runs"]:
                 hit = False
                 for c in r["categories"]:
-                    ok = bool(c[f"{kind}_found"])
+                    ok, known = bool(c[f"{kind}_found"]), c.get(VALUE_OF[kind]) is not None
+                    n["estimates"] += 1
+                    n["no_estimate"] += not known
                     if d["placebo"]:
-                        n_placebo += 1
-                        placebo += not ok
-                        hit |= not ok
+                        n["placebo"] += 1
+                        n["placebo_false"] += known and not ok
+                        hit |= known and not ok
                     elif c["planted"] == "0":
-                        n_controls += 1
-                        controls += not ok
+                        n["controls"] += 1
+                        n["controls_false"] += known and not ok
                     else:
-                        n_planted += 1
-                        planted += ok
+                        n["planted"] += 1
+                        n["planted_found"] += ok
                 if d["placebo"]:
-                    n_placebo_runs += 1
-                    placebo_runs_hit += hit
-        out[kind] = {"planted_found": planted, "planted": n_planted, "controls_false": controls, "controls": n_controls,
-                     "placebo_false": placebo, "placebo": n_placebo, "placebo_runs_any": placebo_runs_hit,
-                     "placebo_runs": n_placebo_runs}
+                    n["placebo_runs"] += 1
+                    n["placebo_runs_any"] += hit
+        out[kind] = n
     real = [r for d in docs if not d["placebo"] for r in d["runs"]]
     causal = [c for r in real for c in r["causal"] if c.get("delta_removed") is not None]
     out["spearman"] = [r["spearman"] for r in real]
@@ -179,12 +181,15 @@ def suite_table(doc: dict[str, Any]) -> str:
         return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "—"
 
     rows = [[name, frac(s[k]["planted_found"], s[k]["planted"]), frac(s[k]["controls_false"], s[k]["controls"]),
-             frac(s[k]["placebo_false"], s[k]["placebo"]), frac(s[k]["placebo_runs_any"], s[k]["placebo_runs"])]
+             frac(s[k]["placebo_false"], s[k]["placebo"]), frac(s[k]["placebo_runs_any"], s[k]["placebo_runs"]),
+             frac(s[k]["no_estimate"], s[k]["estimates"])]
             for k, name in zip(KINDS, KIND_NAMES, strict=True)]
-    text = (f"Suite: {len(doc['organisms'])} organism builds × {doc['seeds']} crosscoder seeds "
-            f"({doc['build_seeds']} build seeds per toy organism).\n\n")
+    builds = sorted({(d["organism"], d["build_seed"]) for d in doc["organisms"]})
+    text = (f"Suite: {len(builds)} organism builds ({', '.join(f'{o} seed {b}' for o, b in builds)}) × "
+            f"{doc['seeds']} crosscoder seed(s).\n\n")
     text += tabulate(rows, headers=["measure", "planted found (right sign)", "controls falsely significant",
-                                    "placebo categories falsely significant", "placebo runs with any"], tablefmt="github")
+                                    "placebo categories falsely significant", "placebo runs with any", "no estimate"],
+                     tablefmt="github")
     per = []
     for d in doc["organisms"]:
         for i, r in enumerate(d["runs"]):

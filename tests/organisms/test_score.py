@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from diffeval.harness.organisms.base import Planted
-from diffeval.harness.organisms.score import KINDS, found, score_run, suite_summary, summarise
+from diffeval.harness.organisms.score import KINDS, VALUE_OF, found, score_run, suite_summary, summarise
 
 
 def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:
@@ -60,7 +60,8 @@ def test_score_run_reads_attribution_json(tmp_path) -> None:
 
 def test_the_suite_summary_counts_planted_controls_and_placebos() -> None:
     def run(rows):
-        return {"categories": [{"category": c, "planted": p, **{f"{k}_found": ok for k in KINDS}} for c, p, ok in rows],
+        return {"categories": [{"category": c, "planted": p, **{f"{k}_found": ok for k in KINDS},
+                                **{v: 1.0 for v in VALUE_OF.values()}} for c, p, ok in rows],
                 "spearman": 0.5, "causal": [], "documents": []}
 
     docs = [{"placebo": False, "runs": [run([("a", "+", True), ("b", "-", False), ("c", "0", True), ("d", "0", False)])]},
@@ -70,3 +71,6 @@ def test_the_suite_summary_counts_planted_controls_and_placebos() -> None:
     assert (s["controls_false"], s["controls"]) == (1, 2)      # d: a planted-0 category not held
     assert (s["placebo_false"], s["placebo"]) == (1, 4)        # b in the first placebo run
     assert (s["placebo_runs_any"], s["placebo_runs"]) == (1, 2)
+    docs[0]["runs"][0]["categories"][3]["headline"] = None  # no estimate: not counted as a false positive
+    assert suite_summary(docs)["headline"]["controls_false"] == 0
+    assert suite_summary(docs)["headline"]["no_estimate"] == 1
