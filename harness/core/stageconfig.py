@@ -69,7 +69,8 @@ class ActivationsStageConfig:
 
 @dataclass(frozen=True)
 class CrosscoderStageConfig:
-    """The crosscoder's training settings; `build` completes them from the activation cache it reads."""
+    """The crosscoder's training settings; the stage completes them into a CrossCoderConfig with the hidden
+    sizes of the activation cache it reads (crosscoders.data.crosscoder_config)."""
 
     n_latents: int  # 0 = EXPANSION × the hidden size
     k: int

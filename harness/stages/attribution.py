@@ -92,7 +92,8 @@ def compute_attribution(run_path: Path, cfg: AttributionConfig) -> dict[str, Any
     for row in shifts:
         row.update(changed[named.index(row["category"])] if row["category"] in named else
                    {"n_changed": None, "n_live": None, "changed_p": None, "changed_q": None, "changed_significant": None})
-    head = headline_for(run_path, model, rows, [c for c in named if c in shifted], cfg)
+    members = {c: g for c, g in zip(cats, groups, strict=True) if c != "unassigned"}  # each category's latents
+    head = headline_for(run_path, model, members, [c for c in named if c in shifted], cfg)
     for row in shifts:
         row["headline"] = head.get(row["category"])
     task_of_seq = [seqs[int(s)]["source"] if seqs[int(s)].get("kind") in ("task", "chat") else None for s in sums.seq_ids]
@@ -114,7 +115,6 @@ def compute_attribution(run_path: Path, cfg: AttributionConfig) -> dict[str, Any
     attr = A.attribute(w[:, assignable], s, tasks, [cats[i] for i in assignable],
                        {t: deltas[t]["delta"] for t in tasks}, {t: deltas[t]["category"] for t in tasks})
     attr["shift_used"] = shift_used
-    members = {c: np.array(category_members(rows, c), dtype=np.int64) for c in named}
     attr["documents"] = document_attribution(run_path, model, seqs, {t: deltas[t]["category"] for t in deltas
                                                                       if deltas[t].get("category") in members},
                                              members, cfg.alpha)
@@ -160,22 +160,22 @@ def usage_rows(run_path: Path, model: Any, cats: list[str], groups: list[Any], s
     return out
 
 
-def headline_for(run_path: Path, model: Any, rows: list[dict[str, Any]], names: list[str],
+def headline_for(run_path: Path, model: Any, members: dict[str, np.ndarray], names: list[str],
                  cfg: AttributionConfig) -> dict[str, dict[str, Any]]:
-    """The headline measure (stages/headline.py) per category in `names`, on the run's probe activations."""
+    """The headline measure (stages/headline.py) per category in `names` (`members`: each category's latents),
+    on the run's probe activations."""
     pacts = run_path / files.PROBE_ACTS_DIR
     if not (pacts / files.SEQUENCES).is_file():
         return {}
-    tax, probes, probe_files = probe_inputs(cfg.probes)
+    _, probes, probe_files = probe_inputs(cfg.probes)
     category_of_source = {source_name(p, run_path): c for p, c in zip(probe_files, probes, strict=True)}
     tdir = run_path / files.TRANSCRIPTS_DIR
     transcripts = ({source_name(p, run_path): read_transcripts(p) for p in sorted(tdir.glob("*.jsonl"))}
                    if tdir.is_dir() else {})
-    cue, before, cats, _ = H.cue_rows(pacts, category_of_source, transcripts)
+    cue, before, cats = H.cue_rows(pacts, category_of_source, transcripts)
     if len(cue) == 0:
         return {}
-    members = {c: np.array(category_members(rows, c), dtype=np.int64) for c in names}
-    r, own, per_cat = H.cue_differences(model, pacts, cue, members, cats)
+    r, own, per_cat = H.cue_differences(model, pacts, cue, {c: members[c] for c in names}, cats)
     drift = H.drift(model, pacts, before)
     margins = {}
     for source, trows in transcripts.items():

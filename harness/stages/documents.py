@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from diffeval.crosscoders.data import as_source, read_manifest
+from diffeval.crosscoders.data import read_manifest
 from diffeval.harness.core import files
 from diffeval.harness.core.fdr import benjamini_hochberg
 from diffeval.harness.core.io import read_json
 from diffeval.harness.stages.bench import headline_metric, per_doc_scores
+from diffeval.harness.stages.headline import pair_energy, scaled_pairs
 
 MIN_GROUP = 2  # documents per side of a test
 
@@ -55,9 +56,8 @@ def prompt_cues(acts_dir: Path, seqs: dict[int, dict[str, Any]], tasks: list[str
 @torch.no_grad()
 def category_change(model: Any, acts_dir: Path, rows: list[int], groups: list[np.ndarray]) -> np.ndarray:
     """a [n_rows, n_groups]: each latent group's decoded paired change at each row, relative to the activations."""
-    x = as_source(acts_dir, model.cfg)[torch.as_tensor(rows, dtype=torch.long)].float().to(model.W_dec.device)
-    scaled = x * model.act_scale[None, :, None]
-    norm = ((scaled[:, 0].pow(2).sum(-1) + scaled[:, 1].pow(2).sum(-1)) / 2).clamp_min(1e-12)
+    x, scaled = scaled_pairs(model, acts_dir, rows)
+    norm = pair_energy(scaled)
     f = model.encode(x)
     delta = model.W_dec[:, 1] - model.W_dec[:, 0]  # [L, d]
     out = torch.zeros(len(rows), len(groups))

@@ -51,9 +51,9 @@ MIN_FOLD = 3.0  # a changed category's cues moved at least this many times the d
 
 
 def cue_rows(acts_dir: Path, category_of_source: dict[str, str],
-             transcripts: dict[str, list[dict[str, Any]]]) -> tuple[np.ndarray, list[np.ndarray], list[str], list[int]]:
+             transcripts: dict[str, list[dict[str, Any]]]) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     """(the row of each probe text's answer cue in the probe activation cache, the rows of its positions
-    before the cue, its category, its probe index).
+    before the cue, its category).
 
     A transcript counts once, by its base-side sequence (both sides share the prompt); a plain probe text's
     cue is its last collected token. Sequences whose source is neither are skipped."""
@@ -62,7 +62,7 @@ def cue_rows(acts_dir: Path, category_of_source: dict[str, str],
     by_seq: dict[int, list[tuple[int, int]]] = {}
     for row, (seq, pos) in enumerate(tokens.tolist()):
         by_seq.setdefault(seq, []).append((pos, row))
-    cues, before, cats, index = [], [], [], []
+    cues, before, cats = [], [], []
     for sid, seq in sorted(sequences(acts_dir).items()):
         source, rows = seq["source"], sorted(by_seq.get(sid, []))
         if source in transcripts:
@@ -70,34 +70,41 @@ def cue_rows(acts_dir: Path, category_of_source: dict[str, str],
             if t["side"] != files.SIDES[0]:
                 continue
             rows = [(p, r) for p, r in rows if p < t["prompt_tokens"]]
-            cat, i = Path(source).stem, t["index"]
+            cat = Path(source).stem
         elif source in category_of_source:
-            cat, i = category_of_source[source], seq["doc_id"]
+            cat = category_of_source[source]
         else:
             continue
         if rows:
             cues.append(rows[-1][1])
             before.append(np.array([r for _, r in rows[:-1]], dtype=np.int64))
             cats.append(cat)
-            index.append(i)
-    return np.asarray(cues, dtype=np.int64), before, cats, index
+    return np.asarray(cues, dtype=np.int64), before, cats
+
+
+def scaled_pairs(model: Any, acts_dir: Path, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, crosscoder-scaled) paired activations [n, 2, d] of cache rows `rows`."""
+    x = as_source(acts_dir, model.cfg)[torch.as_tensor(rows, dtype=torch.long)].float().to(model.W_dec.device)
+    return x, x * model.act_scale[None, :, None]
+
+
+def pair_energy(x: torch.Tensor) -> torch.Tensor:
+    """(‖x^B‖² + ‖x^T‖²) / 2 per row of scaled paired activations [n, 2, d] (floored away from 0)."""
+    return ((x[:, 0].pow(2).sum(-1) + x[:, 1].pow(2).sum(-1)) / 2).clamp_min(1e-12)
 
 
 def relative_difference(x: torch.Tensor) -> torch.Tensor:
     """r per row of scaled paired activations [n, 2, d]."""
-    diff = x[:, 1] - x[:, 0]
-    return diff.pow(2).sum(-1) / ((x[:, 0].pow(2).sum(-1) + x[:, 1].pow(2).sum(-1)) / 2).clamp_min(1e-12)
+    return (x[:, 1] - x[:, 0]).pow(2).sum(-1) / pair_energy(x)
 
 
 @torch.no_grad()
 def drift(model: Any, acts_dir: Path, before: list[np.ndarray]) -> np.ndarray:
     """Per probe text, the mean r over its positions before the cue (NaN for a text with none)."""
-    source = as_source(acts_dir, model.cfg)
     flat = np.concatenate(before) if before else np.zeros(0, dtype=np.int64)
     if not len(flat):
         return np.full(len(before), np.nan)
-    x = source[torch.as_tensor(flat)].float().to(model.W_dec.device) * model.act_scale[None, :, None]
-    r = relative_difference(x).cpu().numpy().astype(np.float64)
+    r = relative_difference(scaled_pairs(model, acts_dir, flat)[1]).cpu().numpy().astype(np.float64)
     out, start = np.full(len(before), np.nan), 0
     for i, rows in enumerate(before):
         if len(rows):
@@ -111,9 +118,7 @@ def cue_differences(model: Any, acts_dir: Path, rows: np.ndarray, members: dict[
                     cats: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(r_i per cue row, the share of r_i carried by row i's own category's latents, per-latent share summed
     over each category's rows [n_categories, n_latents] in the order of `members`)."""
-    source = as_source(acts_dir, model.cfg)
-    x = source[torch.as_tensor(rows)].float().to(model.W_dec.device)
-    scaled = x * model.act_scale[None, :, None]
+    x, scaled = scaled_pairs(model, acts_dir, rows)
     diff = scaled[:, 1] - scaled[:, 0]
     sq = diff.pow(2).sum(-1)
     r = relative_difference(scaled)

@@ -167,13 +167,13 @@ def stage_transcripts(run: RunDir, cfg: TranscriptsConfig) -> list[str]:
     the transcript files, one per category with probes."""
 
     tax, probes, probe_files = probe_inputs(cfg.probes)
-    references = {c: [refs for _, refs in read_probe_rows(tax.categories[c].probes, c)] for c in probes}
     specs = [models.describe(models.resolve_spec(s)) for s in (cfg.base, cfg.tuned)]
     key = stage_key(cfg, TRANSCRIPTS_VERSION, probe_files, [file_stamp(f) for f in probe_files], specs)
     out = run.path / files.TRANSCRIPTS_DIR
     if not run.is_done("transcripts", key):
         fresh_stage_dir(out, key)
         with run.stage("transcripts", key) as rec:
+            references = {c: [refs for _, refs in read_probe_rows(tax.categories[c].probes, c)] for c in probes}
             rec["outputs"] = write_transcripts(cfg.base, cfg.tuned, probes, out, cfg.max_new_tokens,
                                                dtype=cfg.dtype, device=cfg.device, references=references)
     return [str(out / f"{c}.jsonl") for c in probes]
