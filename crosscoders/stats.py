@@ -45,7 +45,7 @@ class StatsConfig:
     nu_eps_max: float = field(default=0.2, metadata={"help": "ν_ε below which a tail latent is model-specific"})
     nu_r_max: float = field(default=0.5, metadata={"help": "ν_r below which a tail latent is model-specific"})
     batch_size: int = field(default=4096, metadata={"help": "rows per batch while computing statistics"})
-    top_contexts: int = field(default=5, metadata={"help": "top-activating rows kept per latent"})
+    top_contexts: int = field(default=8, metadata={"help": "top-activating rows kept per latent"})
 
 
 def delta_norm(W_dec: torch.Tensor) -> torch.Tensor:

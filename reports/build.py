@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CROSSCODER_CFG = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_CFG}"
 CROSSCODER_METRICS = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_METRICS}"
 
+VALIDATION_FILE = Path(__file__).parent / "validation.json"  # the headline measure on the organism suite
 CLASSES = ("tuned_only", "base_only", "shared", "other", "dead")
 ALPHA = 0.05  # significance level used for caveats when the annotator does not record its own
 
@@ -66,6 +67,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     alpha = float(((attribution or {}).get("annotator") or {}).get("alpha", ALPHA))
     report["caveats"] = caveats + result_caveats(report, alpha)
     report["headline"] = headline(report, alpha)
+    report["answer"] = answer(report, alpha, read_validation())
     validate_report(report)
     return report
 
@@ -150,7 +152,13 @@ def tasks_section(deltas: dict[str, Any]) -> list[dict[str, Any]]:
         raise ReportError(f"{files.DELTAS} holds no tasks; re-run the bench stage")
     keys = ("task", "category", "metric", "n", "base", "tuned", "delta", "ci_low", "ci_high", "p_value",
             "test", "source")
-    return [{k: row.get(k) for k in keys} for row in rows]
+    out = [{k: row.get(k) for k in keys} for row in rows]
+    with_p = [t for t in out if t["p_value"] is not None]
+    for t, q in zip(with_p, benjamini_hochberg([t["p_value"] for t in with_p]), strict=True):
+        t["q_value"] = float(q)
+    for t in out:
+        t.setdefault("q_value", None)
+    return out
 
 
 def crosscoder_section(acts: dict | None, cc_cfg: dict | None, metrics: list[dict] | None) -> dict[str, Any]:
@@ -357,3 +365,129 @@ def format_shift(shift: float | None) -> str:
 
 def _p(p: float | None) -> str:
     return "—" if p is None else f"{p:.2g}"
+
+
+# -- the answer: what the first screen says -----------------------------------------------------------------
+def read_validation(path: Path = VALIDATION_FILE) -> dict[str, Any] | None:
+    """The headline measure's error rates as measured on the organism suite (None when not shipped)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def answer(report: dict[str, Any], alpha: float, validation: dict[str, Any] | None) -> dict[str, Any]:
+    """report.answer: one entry per benchmark task whose delta is significant after BH adjustment, naming the
+    changed categories (headline measure) that account for it; what did not change; how sure we are.
+
+    A changed category accounts for a task when its signed contribution to the task's predicted delta has the
+    delta's sign, or, when its direction is not identified, when it is the task's own category.
+    """
+    cats = {c["category"]: c for c in report["categories"] if c["category"] != "unassigned"}
+    heads = {n: c["headline"] for n, c in cats.items() if (c.get("headline") or {}).get("value") is not None}
+    changed = {n for n, h in heads.items() if h.get("significant")}
+    tasks = [t for t in report["tasks"] if t["p_value"] is not None]
+    q = benjamini_hochberg([t["p_value"] for t in tasks])
+    per_task = {r["task"]: r for r in report["attribution"]["per_task"]}
+    docs = {d["task"]: d for d in report["attribution"].get("documents") or []}
+    causal = {c["task"]: c for c in report["causal"]}
+    rows = []
+    for t, qt in zip(tasks, q, strict=True):
+        if qt >= alpha:
+            continue
+        contrib = (per_task.get(t["task"]) or {}).get("contributions") or {}
+        signed = sorted((c for c in changed if contrib.get(c, 0) * t["delta"] > 0), key=lambda c: -abs(contrib[c]))
+        unsigned = [c for c in changed if c == t.get("category") and heads[c].get("direction") is None]
+        against = [c for c in changed if c == t.get("category") and c not in signed and c not in unsigned]
+        rows.append({"task": t["task"], "delta": t["delta"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+                     "q_value": float(qt), "categories": signed + unsigned, "against": against,
+                     "documents": docs.get(t["task"]), "causal": causal.get(t["task"]),
+                     "sentence": task_sentence(t, float(qt), signed + unsigned, against, heads, docs.get(t["task"]),
+                                               causal.get(t["task"]))})
+    quiet = [t["task"] for t, qt in zip(tasks, q, strict=True) if qt >= alpha]
+    explained = {c for r in rows for c in r["categories"]}
+    not_changed = sorted(set(heads) - changed, key=lambda c: heads[c]["value"])
+    lines = []
+    if not_changed:
+        lines.append("Not changed (cue shift not clearly above the threshold): " + ", ".join(
+            f"{c} {heads[c]['value'] + 1:.1f}×" for c in not_changed) + ".")
+    if quiet:
+        lines.append(f"No significant benchmark delta (BH q ≥ {alpha:g}): " + ", ".join(
+            f"{t['task']} {t['delta']:+.3f}" for t in tasks if t["task"] in quiet) + ".")
+    silent = sorted(changed - explained)
+    if silent:
+        lines.append("Changed but behind no significant task delta: " + ", ".join(silent) + ".")
+    if not heads:
+        lines.append("The headline measure is unavailable for this run (no probe activations), so no category "
+                     "is named as changed or unchanged.")
+    return {"tasks": rows, "not_changed": lines, "sure": sure_lines(report, cats, validation)}
+
+
+def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[str], heads: dict[str, Any],
+                  docs: dict[str, Any] | None, causal: dict[str, Any] | None) -> str:
+    """One benchmark task's answer, in words with its numbers."""
+    verb = "rose" if t["delta"] > 0 else "fell"
+    ci = "" if t["ci_low"] is None else f", 95% CI {t['ci_low']:+.3f} to {t['ci_high']:+.3f}"
+    line = f"{t['task']} {verb} {t['delta']:+.3f}{ci}, q = {_p(q)}: "
+    if named:
+        line += "; ".join(category_clause(c, heads[c]) for c in named)
+    else:
+        line += "no category the headline measure finds changed accounts for it (unexplained)"
+    if against:
+        line += "; " + ", ".join(against) + " changed in the opposite direction"
+    if docs and docs.get("category") in named and docs.get("effect") is not None:
+        flipped = docs["n_up"] + docs["n_down"]
+        sure = "significant" if docs.get("significant") else "not significant"
+        than = "the task's unchanged ones" if docs.get("against") == "task" else "other tasks' unchanged ones"
+        line += (f". Per document: the {flipped} documents whose outcome flipped carry on average {docs['effect'] + 1:.1f}× "
+                 f"as much of {docs['category']}'s change as {than} (q = {_p(docs.get('q_value'))}, {sure})")
+    if causal and causal.get("delta_removed") is not None:
+        verb = "reverting" if causal.get("mode") == "revert" else "ablating"
+        notes = []
+        if causal.get("ci_low") is not None:
+            notes.append(f"95% CI {100 * causal['ci_low']:.0f}–{100 * causal['ci_high']:.0f} %")
+        if causal.get("control_p") is not None:
+            notes.append(f"{causal['n_controls']} random sets of as many latents remove a median "
+                         f"{100 * causal['control_removed']:.0f} %, control p = {_p(causal['control_p'])}")
+        line += (f". Causal: {verb} its {causal.get('n_latents', '?')} {causal['category']} latents removes "
+                 f"{100 * causal['delta_removed']:.0f} % of the delta" + (f" ({'; '.join(notes)})" if notes else ""))
+    return line + "."
+
+
+def category_clause(name: str, h: dict[str, Any]) -> str:
+    direction = {"+": ", direction +", "-": ", direction −"}.get(h.get("direction"), ", direction not identified")
+    return (f"{name} changed (cue shift {h['value'] + 1:.1f}× the drift, 95% CI {h['ci_low'] + 1:.1f}–"
+            f"{h['ci_high'] + 1:.1f}×, q = {_p(h['q_value'])}{direction})")
+
+
+def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[str, Any] | None) -> list[str]:
+    """How far to trust the answer: the measure's measured error rates, the crosscoder's fit, small counts."""
+    out = []
+    measure = report.get("headline_measure")
+    if validation and validation.get("measure") == measure:
+        v = validation
+        out.append(f"The headline measure ({measure}) on diffeval's organism suite ({v['command']}): it flagged "
+                   f"{v['placebo_false']} of {v['placebo']} placebo categories and {v['controls_false']} of "
+                   f"{v['controls']} planted-unchanged controls, and found {v['planted_found']} of {v['planted']} "
+                   f"planted changes with the right sign.")
+    cc = report["crosscoder"]
+    fve = [x for x in (cc["fve"]["base"], cc["fve"]["tuned"]) if x is not None]
+    if fve:
+        line = (f"Crosscoder: it reconstructs {100 * fve[0]:.0f} % (base) and {100 * fve[-1]:.0f} % (tuned) of the "
+                f"models' activation variance" + (f", {100 * cc['dead_fraction']:.0f} % of its latents dead" if cc["dead_fraction"] is not None else ""))
+        if min(fve) < 0.9 or (cc["dead_fraction"] or 0) > 0.5:
+            line += " — under-trained: train longer or on more tokens before trusting the latent-level numbers"
+        out.append(line + ".")
+    few = [f"{n} ({c['headline']['n_texts']} probe texts)" for n, c in cats.items()
+           if (c.get("headline") or {}).get("n_texts") is not None and c["headline"]["n_texts"] < 20]
+    if few:
+        out.append("Few probe texts, wide intervals: " + ", ".join(few) + ".")
+    unsigned = [n for n, c in cats.items() if (c.get("headline") or {}).get("significant")
+                and not c["headline"].get("n_references")]
+    if unsigned:
+        out.append("No reference answers, so no direction: " + ", ".join(unsigned) + " (add `desired`/`undesired` "
+                   "to its probe rows).")
+    out += share_ratio_lines(list(cats.values()), ALPHA)
+    if not report["causal"]:
+        out.append("Not checked causally (--causal reverts each category's latents and re-scores its task).")
+    return out

@@ -47,3 +47,16 @@ def md_code(text: object) -> str:
 def html_escape(text: object) -> str:
     """`text` safe inside an HTML element or a quoted attribute value."""
     return html.escape(str(text), quote=True)
+
+
+def visible(piece: object) -> str:
+    """A decoded token as a reader sees it on one line: line breaks as ⏎, tabs as →."""
+    return _LINE_BREAKS.sub("⏎", str(piece)).replace("\t", "→")
+
+
+def md_context(pieces: list[str], at: int) -> str:
+    """A context as literal markdown with its activating token (pieces[at]) between ⟦ ⟧ (not bold: a token
+    that starts with a space cannot be emphasised in CommonMark)."""
+    token = pieces[at] if 0 <= at < len(pieces) else ""
+    head, tail = "".join(pieces[:at]), "".join(pieces[at + 1:])
+    return f"{md_escape(visible(head))}⟦{md_escape(visible(token))}⟧{md_escape(visible(tail))}"

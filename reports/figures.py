@@ -21,7 +21,8 @@ MASS_SHIFTS = "mass_shifts.png"
 USAGE_SHIFTS = "usage_shifts.png"
 PREDICTED_VS_OBSERVED = "predicted_vs_observed.png"
 CONTRIBUTIONS = "contributions.png"
-ALL_FIGURES = (DELTA_NORM_HIST, CATEGORY_SHIFTS, MASS_SHIFTS, USAGE_SHIFTS, PREDICTED_VS_OBSERVED, CONTRIBUTIONS)
+SUMMARY = "summary.png"
+ALL_FIGURES = (SUMMARY, DELTA_NORM_HIST, CATEGORY_SHIFTS, MASS_SHIFTS, USAGE_SHIFTS, PREDICTED_VS_OBSERVED, CONTRIBUTIONS)
 
 
 def _pyplot() -> Any:
@@ -154,10 +155,59 @@ def contributions(per_task: list[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def summary(report: dict[str, Any], path: Path) -> Path | None:
+    """The report's one-look figure: left, each task's Δ with its CI (filled when BH-significant) and the
+    changed categories its answer names; right, each category's cue fold with its CI and the threshold."""
+    tasks = [t for t in report["tasks"] if t.get("ci_low") is not None]
+    cats = [c for c in report["categories"] if (c.get("headline") or {}).get("value") is not None]
+    if not tasks:
+        log.info("figure %s skipped: no task deltas with CIs", path.name)
+        return None
+    named = {r["task"]: r["categories"] for r in (report.get("answer") or {}).get("tasks", [])}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2 if cats else 1, figsize=(11 if cats else 6.4, 0.42 * max(len(tasks), len(cats)) + 1.6),
+                             squeeze=False)
+    ax = axes[0][0]
+    y = list(range(len(tasks)))
+    for i, t in enumerate(tasks):
+        sig = t.get("q_value") is not None and t["q_value"] < 0.05
+        colour = "#55a868" if t["delta"] > 0 else "#c44e52"
+        ax.errorbar(t["delta"], i, xerr=[[t["delta"] - t["ci_low"]], [t["ci_high"] - t["delta"]]], fmt="o",
+                    color=colour, mfc=colour if sig else "white", capsize=3)
+        if named.get(t["task"]):
+            ax.annotate(" ← " + ", ".join(_label(c) for c in named[t["task"]]), (t["ci_high"], i), fontsize=7,
+                        va="center")
+    ax.set_yticks(y, [_label(t["task"]) for t in tasks])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Δ = tuned − base, 95% CI (filled: BH q < 0.05)")
+    ax.set_title("benchmark deltas and the changed categories behind them", fontsize=9)
+    if cats:
+        ax = axes[0][1]
+        y = list(range(len(cats)))
+        fold = [c["headline"]["value"] + 1 for c in cats]
+        lo = [f - (c["headline"]["ci_low"] + 1) for f, c in zip(fold, cats, strict=True)]
+        hi = [(c["headline"]["ci_high"] + 1) - f for f, c in zip(fold, cats, strict=True)]
+        ax.barh(y, fold, xerr=[lo, hi], capsize=3,
+                color=["#4c72b0" if c["headline"].get("significant") else "#bbbbbb" for c in cats])
+        threshold = cats[0]["headline"].get("min_fold")
+        if threshold:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
+        ax.axvline(1, color="grey", linewidth=0.6)
+        ax.set_yticks(y, [_label(c["category"]) + {"+": " (+)", "-": " (−)"}.get(c["headline"].get("direction"), "")
+                          for c in cats])
+        ax.invert_yaxis()
+        ax.set_xlabel("cue shift: answer-cue change over drift (×), 95% CI; dashed: threshold")
+        ax.set_title("categories (blue: changed, BH q < 0.05)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def render_figures(report: dict[str, Any], latents: list[dict[str, Any]] | None, out: Path) -> dict[str, Path]:
     """Every figure whose data exists, as {name: path}."""
     folder = out / FIGURES_DIR
     made = {
+        "summary": summary(report, folder / SUMMARY),
         "delta_norm_hist": delta_norm_histogram(latents, folder / DELTA_NORM_HIST),
         "category_shifts": category_shifts(report["categories"], folder / CATEGORY_SHIFTS),
         "mass_shifts": mass_shifts(report["categories"], folder / MASS_SHIFTS),

@@ -13,12 +13,13 @@ from typing import Any
 
 import jinja2
 
-from diffeval.harness.core.files import FIGURES_DIR, LATENTS, REPORT_JSON, REPORT_MD
+from diffeval.harness.core.files import FIGURES_DIR, LATENTS, REPORT_HTML, REPORT_JSON, REPORT_MD
 from diffeval.harness.core.io import atomic_write_text
 from diffeval.reports import figures
 from diffeval.reports.build import build_report, format_shift, read_jsonl
-from diffeval.reports.escape import md_code, md_escape
+from diffeval.reports.escape import md_code, md_context, md_escape
 from diffeval.reports.figures import render_figures
+from diffeval.reports.html import render_html
 from diffeval.reports.schema import write_report_json
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,25 @@ def _p(p: Any) -> Safe:
     return Safe("< 0.0001" if p < 1e-4 else format(p, ".2g"))
 
 
+def _context(ctx: dict[str, Any]) -> Safe:
+    """A top context as markdown: decoded pieces with the activating token marked (older runs: raw text)."""
+    if ctx.get("pieces") is not None:
+        return Safe(md_context(ctx["pieces"], int(ctx.get("at", len(ctx["pieces"]) - 1))))
+    return Safe(f"{md_code(ctx.get('context') or '')} → {md_code(ctx.get('token') or '')}")
+
+
+def context_act(ctx: dict[str, Any]) -> float | None:
+    """The latent's activation at a context's activating token."""
+    acts, at = ctx.get("acts"), ctx.get("at")
+    return acts[at] if acts and at is not None and 0 <= at < len(acts) else None
+
+
+def _writes(act: float | None, norms: list[float] | None) -> Safe:
+    if act is None or not norms:
+        return Safe("—")
+    return Safe(" / ".join(f"{act * n:.2f}" for n in norms))
+
+
 def template_env() -> Any:
     """The Jinja2 environment with the report's filters (`md`, `code`, `num`, `ci`, `pct`, `pct_ci`, `p`)."""
 
@@ -66,6 +86,7 @@ def template_env() -> Any:
     env.filters.update({
         "md": lambda s: Safe(md_escape(s)), "code": lambda s: Safe("—" if s is None else md_code(s)),
         "num": _num, "ci": _ci, "pct": lambda s: Safe(format_shift(s)), "pct_ci": _pct_ci, "p": _p,
+        "context": _context, "act": context_act, "writes": _writes,
     })
     return env
 
@@ -77,7 +98,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, Path], out: Path)
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Write report.json, figures/*.png and report.md for `run_dir` into `out` (default: the run directory)."""
+    """Write report.json, figures/*.png, report.md and report.html for `run_dir` into `out` (default: the run directory)."""
     run = Path(run_dir)
     report = build_report(run)
     out = Path(out) if out is not None else run
@@ -86,7 +107,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pa
     _remove_stale_figures(out)
     figures = render_figures(report, read_jsonl(run, LATENTS), out)
     md_path = atomic_write_text(out / REPORT_MD, render_markdown(report, figures, out))
-    return [md_path, json_path, *figures.values()]
+    html_path = atomic_write_text(out / REPORT_HTML, render_html(run, report, figures))
+    return [md_path, html_path, json_path, *figures.values()]
 
 
 def report_main(run_dir: str | Path) -> list[Path]:

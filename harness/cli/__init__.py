@@ -12,6 +12,7 @@ import os
 import click
 
 from diffeval import __version__
+from diffeval.harness.core import progress
 
 # command name -> (module under diffeval.harness.cli, attribute, one-line help shown by `diffeval --help`)
 COMMANDS = {
@@ -59,6 +60,7 @@ def cli(verbose: int) -> None:
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
         if verbose == 0:  # lm-eval warns about every model passed as an object; that is how we call it
             logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    progress.configure(verbose)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -92,5 +93,12 @@ def attribute(run_dir: str, **flags: Any) -> None:
 
 
 def _show_summary(run_dir: Path) -> None:
+    """The benchmark table, then the report's answer (its first lines, word for word), then where to read more."""
     click.echo(pipeline.deltas_table(pipeline.load_deltas(run_dir)["tasks"], "simple"))
-    click.echo(f"\nreport: {run_dir / files.REPORT_MD}\nrun directory: {run_dir}")
+    answer = read_json(run_dir / files.REPORT_JSON).get("answer") or {}
+    lines = [t["sentence"] for t in answer.get("tasks", [])] + answer.get("not_changed", [])
+    if lines:
+        click.echo("\nAnswer:")
+        for line in lines:
+            click.echo(textwrap.fill(line, width=110, initial_indent="- ", subsequent_indent="  "))
+    click.echo(f"\nreport: {run_dir / files.REPORT_MD}\n        {run_dir / files.REPORT_HTML}\nrun directory: {run_dir}")

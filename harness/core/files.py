@@ -46,6 +46,7 @@ ATTRIBUTION = "attribution.json"
 CAUSAL_DIR = "causal"
 REFERENCE_DIRS = {"tuned": "reference/tuned_vs_reference", "base": "reference/base_vs_reference"}
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 FIGURES_DIR = "figures"
 STAGE_KEY = ".stage_key"  # inside a stage's folder: the key of the inputs its partial output belongs to

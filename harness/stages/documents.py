@@ -106,3 +106,35 @@ def document_attribution(run_path: Path, model: Any, seqs: dict[int, dict[str, A
         r["q_value"] = None if r["p_value"] is None else float(q)
         r["significant"] = r["p_value"] is not None and bool(q < alpha)
     return rows
+
+
+@torch.no_grad()
+def latent_documents(run_path: Path, model: Any, seqs: dict[int, dict[str, Any]], tasks: list[str],
+                     top: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """Per live latent: the benchmark documents where its decoded paired change is largest.
+
+    The change of latent j at a document's answer cue is f_j² ‖d_j^T − d_j^B‖² over the activations' energy
+    (its term of a_{d,c} above, alone). {latent id: [{task, doc_id, outcome, change}, …]}, largest first;
+    latents that change nowhere are left out.
+    """
+    acts_dir = run_path / files.ACTS_DIR
+    cues = prompt_cues(acts_dir, seqs, tasks)
+    if not cues:
+        return {}
+    keys = sorted(cues)
+    outcome = {}
+    for t in tasks:
+        outcome.update({(t, d): o for d, o in outcomes(run_path, t).items()})
+    x, scaled = scaled_pairs(model, acts_dir, [cues[k] for k in keys])
+    f = model.encode(x).float()
+    delta = (model.W_dec[:, 1] - model.W_dec[:, 0]).float().pow(2).sum(-1)  # [L]
+    change = (f.pow(2) * delta[None, :] / pair_energy(scaled)[:, None]).cpu()  # [docs, L]
+    k = min(top, len(keys))
+    vals, idx = change.topk(k, dim=0)  # [k, L]
+    out = {}
+    for j in range(change.shape[1]):
+        docs = [{"task": keys[i][0], "doc_id": keys[i][1], "outcome": outcome.get(keys[i]), "change": round(float(v), 6)}
+                for v, i in zip(vals[:, j].tolist(), idx[:, j].tolist(), strict=True) if v > 0]
+        if docs:
+            out[str(j)] = docs
+    return out

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from diffeval.crosscoders.data import read_manifest
+from diffeval.crosscoders.data import as_source, read_manifest
 from diffeval.crosscoders.stats import latent_stats
 from diffeval.harness.core import files
 from diffeval.harness.core.errors import RunDirError
@@ -25,12 +25,20 @@ from diffeval.harness.stages.latent_sums import sequence_max, sequences
 from diffeval.harness.stages.transcripts import read_transcripts, stage_transcripts
 from diffeval.harness.suite.taxonomy import Taxonomy
 
-LATENTS_VERSION = 3  # 2: per-side ν and `changed`; 3: each probe text counts once in the enrichment test
+LATENTS_VERSION = 4  # 2: per-side ν and `changed`; 3: each probe text counts once in the enrichment test;
+# 4: decoded, deduplicated contexts with per-token activations
 
 
-def context_lookup(acts_dir: Path, window: int = 8) -> Any:
-    """A function row -> {text, token} using the cache's tokens shards and sequences.jsonl."""
+CONTEXT_BEFORE, CONTEXT_AFTER = 10, 4  # tokens shown around a latent's activating token
 
+
+def context_lookup(acts_dir: Path, before: int = CONTEXT_BEFORE, after: int = CONTEXT_AFTER) -> Any:
+    """A function row -> the context of that activation-cache row, from the cache's tokens and sequences.jsonl.
+
+    A context is {source, task, doc_id, token, context, pieces, at, rows}: `pieces` are the decoded tokens
+    around the row's token (`at` its index), `context` the text up to and including it, and `rows` the cache
+    row of each piece (-1 where the cache has none: special tokens, dropped outliers), for per-token activations.
+    """
     manifest = read_manifest(acts_dir)
     tokens = np.concatenate([np.load(acts_dir / s["tokens_file"]) for s in manifest["shards"]])
     seqs = {}
@@ -41,10 +49,13 @@ def context_lookup(acts_dir: Path, window: int = 8) -> Any:
     def lookup(row: int) -> dict[str, Any]:
         seq_id, pos, _ = (int(v) for v in tokens[row])
         seq = seqs.get(seq_id, {})
-        pieces = seq.get("tokens", [])
+        pieces = seq.get("pieces") or seq.get("tokens", [])  # a cache from before SEQUENCES_VERSION 2: raw tokens
+        lo, hi = max(0, pos - before), min(len(pieces), pos + after + 1)
+        near = range(max(0, row - before - 2), min(len(tokens), row + after + 3))
+        at_pos = {int(tokens[r][1]): r for r in near if int(tokens[r][0]) == seq_id}
         return {"source": seq.get("kind"), "task": seq.get("source"), "doc_id": seq.get("doc_id"),
-                "token": pieces[pos] if pos < len(pieces) else None,
-                "context": "".join(pieces[max(0, pos - window):pos + 1])}
+                "token": pieces[pos] if pos < len(pieces) else None, "context": "".join(pieces[lo:pos + 1]),
+                "pieces": pieces[lo:hi], "at": pos - lo, "rows": [at_pos.get(q, -1) for q in range(lo, hi)]}
 
     return lookup
 
@@ -54,11 +65,45 @@ def write_latents(model: Any, acts: str | Path, out: Path) -> Path:
 
 
 def latent_rows(model: Any, acts: str | Path) -> list[dict[str, Any]]:
-    """latents.jsonl rows (statistics and top contexts) before annotation."""
+    """latents.jsonl rows (statistics and top contexts, deduplicated, with per-token activations) before
+    annotation."""
 
     acts = Path(acts)
     table = latent_stats(model, acts, contexts=context_lookup(acts))
-    return [{"format_version": LATENTS_VERSION, **r} for r in table.to_dict(orient="records")]
+    rows = [{"format_version": LATENTS_VERSION, **r} for r in table.to_dict(orient="records")]
+    context_activations(model, acts, rows)
+    return rows
+
+
+def context_activations(model: Any, acts: Path, rows: list[dict[str, Any]], batch: int = 4096) -> None:
+    """Give each top context the latent's activation at every piece (`acts`, None where the cache has no row),
+    keep one context per distinct text (`count` says how many top rows it stood for), and give each latent
+    its decoder norm per model (`decoder_norms`, base then tuned: a piece's activation in model m is its
+    activation times that norm, what the latent writes into m)."""
+    import torch
+
+    needed = sorted({r for row in rows for c in row.get("top_contexts") or [] for r in c["rows"] if r >= 0})
+    source = as_source(acts, model.cfg)
+    values: dict[int, Any] = {}
+    with torch.no_grad():
+        for i in range(0, len(needed), batch):
+            chunk = needed[i: i + batch]
+            f = model.encode(source[torch.tensor(chunk)].to(model.W_dec.device)).float().cpu()
+            values.update(zip(chunk, f, strict=True))
+    norms = model.W_dec.detach().float().norm(dim=-1).cpu()  # [n_latents, n_models]
+    for row in rows:
+        j = int(row["latent"])
+        row["decoder_norms"] = [round(float(v), 4) for v in norms[j]]
+        seen: dict[str, dict[str, Any]] = {}
+        for c in row.get("top_contexts") or []:
+            text = "".join(c["pieces"])
+            if text in seen:
+                seen[text]["count"] += 1
+                continue
+            c["acts"] = [None if r < 0 else round(float(values[r][j]), 4) for r in c.pop("rows")]
+            c["count"] = 1
+            seen[text] = c
+        row["top_contexts"] = list(seen.values())
 
 
 def annotate_rows(rows: list[dict[str, Any]], labels: list[Any], annotator: str) -> None:

@@ -203,3 +203,32 @@ def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pai
     again = json.loads((moved / "manifest.json").read_text())
     assert {k: v.get("ended") for k, v in again["stages"].items()} == {k: v.get("ended") for k, v in manifest["stages"].items()}
     assert json.loads((moved / "attribution.json").read_text())["categories"] == before["categories"]
+
+
+BYTE_MARKERS = ("Ġ", "Ċ", "▁")  # byte-level BPE and SentencePiece spellings of space and newline
+
+
+def test_contexts_are_decoded_deduplicated_and_carry_their_activations(tiny_run) -> None:
+    """Top contexts read as text: each token decoded (no byte-level markers), one context per distinct text,
+    and the latent's activation at the activating token equal to the activation the statistics recorded."""
+    seqs = [json.loads(x) for x in (tiny_run / "activations/sequences.jsonl").read_text().splitlines()]
+    assert all(s["text"].startswith("".join(s["pieces"]).lstrip()) for s in seqs)
+    assert any(any(m in "".join(s["tokens"]) for m in BYTE_MARKERS) for s in seqs)  # the raw tokens have them
+    rows = read_latents(tiny_run / "latents.jsonl")
+    checked = 0
+    for r in rows:
+        ctxs = r["top_contexts"]
+        texts = ["".join(c["pieces"]) for c in ctxs]
+        assert len(texts) == len(set(texts)), r["latent"]
+        assert sum(c["count"] for c in ctxs) == len(r["top_rows"])
+        assert len(r["decoder_norms"]) == 2
+        for c in ctxs:
+            assert not any(m in "".join(c["pieces"]) for m in BYTE_MARKERS)
+            assert len(c["acts"]) == len(c["pieces"]) and c["pieces"][c["at"]] == c["token"]
+        if ctxs:
+            assert ctxs[0]["acts"][ctxs[0]["at"]] == pytest.approx(r["top_acts"][0], abs=2e-3)
+            checked += 1
+    assert checked > 10
+    for name in ("report.md", "report.html"):
+        text = (tiny_run / name).read_text()
+        assert not any(m in text for m in BYTE_MARKERS), name

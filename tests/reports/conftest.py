@@ -18,6 +18,9 @@ import pytest
 
 TUNED_NAME = "[evil](http://x.example) <img src=x onerror=alert(1)> | col"
 EVIL_CONTEXT = "<script>alert(1)</script> | `tick` **bold**"
+# a context as the latents stage writes it: decoded pieces, the activating one at `at`, per-piece activations
+DECODED_CONTEXT = {"source": "task", "task": "ifeval_mini", "doc_id": 7, "token": " Sure", "at": 2, "count": 3,
+                   "pieces": ["Reply", ":", " Sure", " <script>alert(2)</script>", " |\n"], "acts": [0.0, 0.5, 2.0, 1.0, None]}
 
 
 def _dump(path: Path, obj) -> None:
@@ -40,6 +43,8 @@ def _latents() -> list[dict]:
                          "top_contexts": [] if dead else [{"source": "text", "task": None, "doc_id": None,
                                                             "token": "▁do", "context": "please▁do"}],
                          "category": "unassigned", "categories": []})
+    rows[4].update({"top_contexts": [DECODED_CONTEXT], "decoder_norms": [0.5, 2.0], "category": "instruction_following",
+                    "categories": ["instruction_following"]})
     return rows
 
 
@@ -82,7 +87,10 @@ def _attribution() -> dict:
         "top_latents": {"instruction_following": [
             {"latent": 3, "class": "tuned_only", "delta_norm": 0.96, "enrichment": 4.25, "q_value": 0.001,
              "contexts": [{"token": "▁Sure", "context": EVIL_CONTEXT}, {"token": "▁list", "context": "Answer in a list"}]},
+            {"latent": 4, "class": "tuned_only", "delta_norm": 0.93, "enrichment": 3.5, "q_value": 0.002,
+             "decoder_norms": [0.5, 2.0], "contexts": [DECODED_CONTEXT]},
         ]},
+        "latent_documents": {"4": [{"task": "ifeval_mini", "doc_id": 7, "outcome": 1, "change": 0.25}]},
     }
 
 

@@ -55,7 +55,7 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
 
 def test_render_writes_valid_json_markdown_with_the_numbers_and_pngs(run_dir):
     paths = report_main(run_dir)
-    assert {p.name for p in paths} == {"report.md", "report.json", *FIGURES}
+    assert {p.name for p in paths} == {"report.md", "report.html", "report.json", "summary.png", *FIGURES}
     assert load_report(run_dir / "report.json")["categories"][0]["n_tuned"] == 12
     md = (run_dir / "report.md").read_text()
     for expected in [
@@ -70,7 +70,7 @@ def test_render_writes_valid_json_markdown_with_the_numbers_and_pngs(run_dir):
         "**+0.80** (permutation p = 0.33, 3 tasks)",                                       # attribution
         "| ifeval\\_mini | +0.400 | +0.310 | instruction\\_following +0.280; self\\_reference +0.030 |",
         "Not run (opt-in with `--causal`).",
-        "| 3 | tuned\\_only | 0.960 | 4.25 | 0.001 |",                                    # top latents
+        "| 3 | tuned\\_only | 0.960 | 4.25 |",                                              # top latents
         "Not significant: safety (p = 0.53 ≥ 0.05).",                                     # caveats
         "Causal check not run",
         "(config-sha256:aaaa1111bbbb2222, 2 layers, d_model 64)",                          # provenance
@@ -140,8 +140,9 @@ def test_partial_run_renders_with_caveats_and_skips_figures(run_dir):
         (run_dir / rel).unlink()
     shutil.rmtree(run_dir / "crosscoder")
     paths = report_main(run_dir)
-    assert {p.name for p in paths} == {"report.md", "report.json"}
-    assert not list((run_dir / "figures").glob("*.png"))
+    # the summary figure needs only the benchmark deltas; every latent-level figure is gone
+    assert {p.name for p in paths} == {"report.md", "report.html", "report.json", "summary.png"}
+    assert [p.name for p in (run_dir / "figures").glob("*.png")] == ["summary.png"]
     report = load_report(run_dir / "report.json")
     assert report["categories"] == [] and report["causal"] == [] and report["attribution"]["spearman"] is None
     assert report["latent_classes"]["tuned_only"] is None and report["crosscoder"]["fve"]["base"] is None
@@ -162,11 +163,11 @@ def test_causal_results_are_rendered(run_dir):
     (run_dir / "attribution.json").write_text(json.dumps(data))
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
-    assert ("| ifeval\\_mini | instruction\\_following | revert | 12 | +0.400 | +0.100 | +0.300 | [+0.180, +0.420] "
+    assert ("| ifeval\\_mini | instruction\\_following (revert) | 12 | +0.400 → +0.100 | +0.300 | [+0.180, +0.420] "
             "| +0.050 | 0.048 (20 sets) |") in md
     assert "reverted (their fine-tuning change undone" in md
-    assert ("ifeval\\_mini: reverting 12 instruction\\_following latents removes 30 % of its delta (95% CI 18 to 42 %); "
-            "20 random sets of as many latents from other categories remove a median 5 % (control p = 0.048).") in md
+    assert ("Causal: reverting its 12 instruction\\_following latents removes 30 % of the delta (95% CI 18–42 %; "
+            "20 random sets of as many latents remove a median 5 %, control p = 0.048).") in md.split("## How sure")[0]
     assert "Causal check not run" not in md
 
 
@@ -189,3 +190,41 @@ def test_a_pair_that_is_not_an_organism_is_titled_by_its_specs(run_dir):
     first = (run_dir / "report.md").read_text().splitlines()[0]
     assert first.startswith("# diffeval report: toy-base → ") and "\\[evil\\]" in first
     assert "organism" not in load_report(run_dir / "report.json")["models"]["base"]
+
+
+def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(run_dir):
+    report = build_report(run_dir)
+    tasks = {t["task"]: t for t in report["answer"]["tasks"]}
+    assert set(tasks) == {"ifeval_mini", "admit_unknown"}       # BH q < 0.05; refusal_mini (p = 0.29) is not
+    assert tasks["ifeval_mini"]["categories"] == ["instruction_following"]
+    assert tasks["ifeval_mini"]["sentence"].startswith(
+        "ifeval_mini rose +0.400, 95% CI +0.240 to +0.560, q = 6e-05: instruction_following changed (cue shift 8.2× "
+        "the drift, 95% CI 6.1–10.3×, q = 0.00075, direction +)")
+    # its only negative contribution comes from a category that did not change: nothing explains it
+    assert tasks["admit_unknown"]["categories"] == []
+    assert "no category the headline measure finds changed accounts for it (unexplained)" in tasks["admit_unknown"]["sentence"]
+    assert report["answer"]["not_changed"][0] == "Not changed (cue shift not clearly above the threshold): self_reference 1.4×."
+    assert any(line.startswith("The headline measure (cue_shift) on diffeval's organism suite") for line in report["answer"]["sure"])
+    report_main(run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert md.index("## Answer") < md.index("## How sure") < md.index("## Benchmark deltas") < md.index("## Appendix")
+    assert "ifeval\\_mini rose +0.400" in md.split("## How sure")[0]
+    body = md.split("## Appendix")[0]
+    widths = {line.count("|") - 1 for line in body.splitlines() if line.startswith("|")}
+    assert max(widths) <= 8  # every table of the body has at most 8 columns; the full ones are in the appendix
+
+
+def test_decoded_contexts_mark_the_activating_token_and_show_both_models(run_dir):
+    report_main(run_dir)
+    md = (run_dir / "report.md").read_text()
+    # decoded text, the token between ⟦ ⟧, escaped model-written text, ×count, and what it writes into each model
+    assert "| Reply:⟦ Sure⟧ \\<script\\>alert(2)\\</script\\> \\|⏎ ×3 | 2.00 | 1.00 / 4.00 |" in md
+
+
+def test_report_html_escapes_names_and_contexts(run_dir):
+    report_main(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert "<img src=x" not in page and "<script>alert" not in page
+    assert "[evil](http://x.example) &lt;img src=x onerror=alert(1)&gt; | col" in page
+    assert "http" not in page.split("<script")[0].split("</head>")[0]  # no external resource is loaded
+    assert 'src="data:image/png;base64,' in page                         # figures travel inside the page
