@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CROSSCODER_CFG = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_CFG}"
 CROSSCODER_METRICS = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_METRICS}"
 
+NO_DELTA = "No benchmark delta is significant after BH adjustment, so there is no score change to explain."
 VALIDATION_FILE = Path(__file__).parent / "validation.json"  # the headline measure on the organism suite
 CLASSES = ("tuned_only", "base_only", "shared", "other", "dead")
 ALPHA = 0.05  # significance level used for caveats when the annotator does not record its own

@@ -18,7 +18,7 @@ import jinja2
 
 from diffeval.harness.core import files
 from diffeval.harness.stages.documents import outcomes
-from diffeval.reports.build import format_shift, read_jsonl
+from diffeval.reports.build import NO_DELTA, format_shift, read_jsonl
 
 TEMPLATE = "report.html.j2"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -74,7 +74,7 @@ def render_html(run: Path, report: dict[str, Any], figures: dict[str, Path]) -> 
     images = {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
               for name, path in figures.items()}
     data = json.dumps(browser_data(run, report), allow_nan=False, separators=(",", ":"))
-    return env.get_template(TEMPLATE).render(r=report, images=images, data=script_json(data))
+    return env.get_template(TEMPLATE).render(r=report, images=images, data=script_json(data), no_delta=NO_DELTA)
 
 
 def script_json(text: str) -> str:

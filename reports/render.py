@@ -16,7 +16,7 @@ import jinja2
 from diffeval.harness.core.files import FIGURES_DIR, LATENTS, REPORT_HTML, REPORT_JSON, REPORT_MD
 from diffeval.harness.core.io import atomic_write_text
 from diffeval.reports import figures
-from diffeval.reports.build import build_report, format_shift, read_jsonl
+from diffeval.reports.build import NO_DELTA, build_report, format_shift, read_jsonl
 from diffeval.reports.escape import md_code, md_context, md_escape
 from diffeval.reports.figures import render_figures
 from diffeval.reports.html import render_html
@@ -94,7 +94,7 @@ def template_env() -> Any:
 def render_markdown(report: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
     """report.md's text for a built report; figure links are relative to `out`."""
     links = {name: Safe(path.relative_to(out).as_posix()) for name, path in figures.items()}  # our own names
-    return template_env().get_template(TEMPLATE).render(r=report, figures=links)
+    return template_env().get_template(TEMPLATE).render(r=report, figures=links, no_delta=NO_DELTA)
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:

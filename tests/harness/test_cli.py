@@ -94,3 +94,27 @@ def test_the_options_page_is_the_help_text():
     `python -m diffeval.harness.cli.reference docs/options.md` when an option changes."""
     page = Path(__file__).resolve().parents[2] / "docs" / "options.md"
     assert page.read_text(encoding="utf-8") == options_markdown()
+
+
+@pytest.mark.slow
+def test_run_ends_with_the_answer_and_says_only_its_stages_on_stderr(tiny_pair, tmp_path):
+    """The terminal of `diffeval run` at the default level: stage lines on stderr and nothing from the libraries
+    (their bars and warnings land in the run's lm-eval.log); stdout ends with the report's answer and both paths."""
+    base, tuned = tiny_pair
+    out = tmp_path / "run"
+    args = ["run", "--base", str(base), "--tuned", str(tuned), "--tasks", "diffeval_factual,diffeval_multilingual",
+            "--limit", "6", "--tokens", "3000", "--seq-len", "32", "--n-latents", "64", "--k", "4", "--n-steps", "40",
+            "--bootstrap-iters", "200", "--probe-responses", "4", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "diffeval", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("diffeval: ")]
+    assert not noise, noise
+    said = done.stderr.splitlines()
+    assert "diffeval: bench.base: running" in said and any(s.startswith("diffeval: crosscoder: done in ") for s in said)
+    assert (out / "bench" / "base" / "lm-eval.log").stat().st_size > 0  # what lm-eval said is kept, not shown
+    answer = json.loads((out / "report.json").read_text())["answer"]
+    tail = done.stdout.split("\nAnswer:\n")[1]
+    first = (answer["tasks"][0]["sentence"] if answer["tasks"] else "No benchmark delta is significant")[:60]
+    assert tail.startswith("- " + first)
+    assert tail.rstrip().splitlines()[-3:] == [f"report: {out / 'report.md'}", f"        {out / 'report.html'}",
+                                               f"run directory: {out}"]
