@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -51,13 +52,18 @@ def slugify(text: str, max_len: int = _SLUG_MAX) -> str:
     return slug[:max_len].rstrip("-.") or "model"
 
 
-def entry_id_for(base: str, tuned: str, reference: str | None, tasks: list[str]) -> str:
-    """The entry id of a (base, tuned, reference) pair on a task set: readable slugs + a short hash.
+def entry_id_for(base: str, tuned: str, reference: str | None, tasks: list[str],
+                 run_config: dict[str, Any] | None = None) -> str:
+    """The entry id of a (base, tuned, reference) pair on a task set and run configuration: readable slugs +
+    a short hash.
 
     Model specs are often local paths: only their last two components go into the slug, the full
-    spec goes into the hash. The task set is order-free.
+    spec goes into the hash. The task set is order-free. Runs of one pair at another layer, seed or
+    crosscoder size are other entries (the configuration is part of the hash); re-publishing the same
+    configuration replaces its entry.
     """
-    key = "\n".join([base, tuned, reference or "", ",".join(sorted(set(tasks)))])
+    config = json.dumps(run_config, sort_keys=True) if run_config else ""
+    key = "\n".join([base, tuned, reference or "", ",".join(sorted(set(tasks)))] + ([config] if config else []))
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
     parts = [_short(base), "vs", _short(tuned)]
     if reference:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diffeval.harness.core.files import FIGURES_DIR, REPORT_JSON, REPORT_MD
+from diffeval.harness.core.files import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD
 from diffeval.harness.core.io import atomic_write_json, atomic_write_text
 from diffeval.leaderboards.board import (
     ENTRIES_DIR,
@@ -50,6 +50,7 @@ class Submission:
     report: dict[str, Any]
     report_md: str
     figures: dict[str, bytes]  # file name -> PNG bytes
+    report_html: str | None  # the self-contained report.html, when the run has one
     source: str  # the run folder's name (not its path: a public board should not show the publisher's disk)
 
     def summary(self) -> dict[str, Any]:
@@ -87,12 +88,17 @@ def read_submission(run_dir: str | Path, entry_id: str | None = None) -> Submiss
         models["tuned"]["spec"],
         (models["reference"] or {}).get("spec"),
         [t["task"] for t in report["tasks"]],
+        report.get("run_config"),
     )
+    html_path = run_dir / REPORT_HTML
+    if html_path.is_symlink():
+        raise BoardError(f"{html_path} is a symbolic link (a link could publish a file from outside the run)")
     return Submission(
         entry_id=check_entry_id(entry_id) if entry_id is not None else derived,
         report=report,
         report_md=md_path.read_text(encoding="utf-8"),
         figures=figures,
+        report_html=html_path.read_text(encoding="utf-8") if html_path.is_file() else None,
         source=run_dir.resolve().name,
     )
 
@@ -129,6 +135,8 @@ def _stage_entry(board: Path, sub: Submission, version: int) -> Path:
     report_text = json.dumps(sub.report, indent=2) + "\n"
     atomic_write_text(stage / REPORT_JSON, report_text)
     atomic_write_text(stage / REPORT_MD, sub.report_md)
+    if sub.report_html is not None:
+        atomic_write_text(stage / REPORT_HTML, sub.report_html)
     if sub.figures:
         (stage / FIGURES_DIR).mkdir()
         for name, data in sub.figures.items():

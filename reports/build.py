@@ -65,6 +65,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "top_latents": (attribution or {}).get("top_latents") or {},
         "provenance": provenance_section(run, config, manifest),
     }
+    report["run_config"] = run_config_section(config, report["crosscoder"])
     alpha = float(((attribution or {}).get("annotator") or {}).get("alpha", ALPHA))
     report["caveats"] = caveats + result_caveats(report, alpha)
     report["headline"] = headline(report, alpha)
@@ -218,6 +219,13 @@ def attribution_section(attribution: dict | None) -> dict[str, Any]:
 
 def causal_section(attribution: dict | None) -> list[dict[str, Any]]:
     return list((attribution or {}).get("causal") or [])
+
+
+def run_config_section(config: dict[str, Any], cc: dict[str, Any]) -> dict[str, Any]:
+    """What tells two runs of one pair apart on a leaderboard: layer, seeds, activation tokens, crosscoder size."""
+    return {"layer": cc["layer"], "seed": config.get("seed"),
+            "bench_seed": config.get("bench_seed") if config.get("bench_seed") is not None else config.get("seed"),
+            "tokens": cc["tokens"], "n_latents": cc["n_latents"], "k": cc["k"], "n_steps": config.get("n_steps")}
 
 
 def provenance_section(run: Path, config: dict, manifest: dict) -> dict[str, Any]:

@@ -23,12 +23,18 @@ def build_report(
     tasks: dict[str, float] | None = None,
     shifts: dict[str, tuple[float | None, float | None]] | None = None,
     spearman: float | None = 0.8,
+    headline: dict[str, tuple[float, float, str | None]] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A report.json following the report.json contract (reports/schema.py).
 
     `shifts` maps a category to (shift, p) with placeholder counts, or to (n_tuned, N_tuned, n_base,
-    N_base, p) with the shift computed from the counts as in the paper.
+    N_base, p) with the shift computed from the counts as in the paper. `headline` maps a category to the
+    headline measure's (fold, q, direction); changed when q < 0.05. `config` is the run configuration.
     """
+    headline = {"instruction following": (8.0, 0.001, "+"), "safety": (1.3, 0.9, None)} if headline is None else headline
+    config = {"layer": 1, "seed": 0, "bench_seed": 0, "tokens": 1000, "n_latents": 64, "k": 4, "n_steps": 100} \
+        if config is None else config
     tasks = {"ifeval_lite": 0.12, "gsm_lite": -0.03} if tasks is None else tasks
     shifts = {"instruction following": (1.517, 0.002), "safety": (0.328, 0.2), "self-reference": (-0.441, 0.04)} \
         if shifts is None else shifts
@@ -37,7 +43,7 @@ def build_report(
         return {"spec": spec, "revision": None, "n_layers": 2, "d_model": 16}
 
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "created": "2025-01-01T00:00:00+00:00",
         "diffeval_version": "0.1.0",
         "models": {"base": model(base), "tuned": model(tuned), "reference": model(reference) if reference else None},
@@ -49,7 +55,10 @@ def build_report(
         "crosscoder": {"layer": 1, "architecture": "batchtopk", "n_latents": 64, "k": 4, "tokens": 1000,
                        "fve": {"base": 0.9, "tuned": 0.88}, "l0": 4.0, "dead_fraction": 0.1},
         "latent_classes": {"tuned_only": 10, "base_only": 8, "shared": 30, "other": 10, "dead": 6},
-        "categories": [_category(c, spec) for c, spec in shifts.items()],
+        "headline_measure": "cue_shift",
+        "run_config": config,
+        "categories": [{**_category(c, spec), "headline": _headline(headline.get(c))} for c, spec in shifts.items()]
+        + [{**_category(c, (None, None)), "headline": _headline(h)} for c, h in headline.items() if c not in shifts],
         "attribution": {
             "spearman": spearman, "p_value": 0.1 if spearman is not None else None,
             "per_task": [{"task": t, "delta": d, "predicted": d / 2, "contributions": {"safety": d / 2}}
@@ -58,6 +67,14 @@ def build_report(
         "causal": [],
         "provenance": {"config_hash": "abc", "packages": {"diffeval": "0.1.0"}, "timings": {"bench": 1.0}},
     }
+
+
+def _headline(spec: tuple[float, float, str | None] | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    fold, q, direction = spec
+    return {"value": fold - 1, "ci_low": fold - 1.5, "ci_high": fold - 0.5, "p_value": q / 2, "q_value": q,
+            "significant": q < 0.05, "direction": direction}
 
 
 def _category(category: str, spec: tuple) -> dict[str, Any]:

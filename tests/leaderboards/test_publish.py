@@ -24,7 +24,8 @@ def test_publish_writes_entry_index_and_views(tmp_path, make_run):
     board = tmp_path / "board"
     entry_id = publish(make_run("a"), board)
 
-    assert entry_id == entry_id_for("org/base-1b", "org/base-1b-simpo", None, ["ifeval_lite", "gsm_lite"])
+    assert entry_id == entry_id_for("org/base-1b", "org/base-1b-simpo", None, ["ifeval_lite", "gsm_lite"],
+                                    build_report()["run_config"])
     entry = board / "entries" / entry_id
     assert json.loads((entry / "report.json").read_text()) == build_report()
     assert (entry / "report.md").read_text().endswith("planted text\n")
@@ -180,8 +181,8 @@ def test_eight_concurrent_publishes_keep_every_entry(tmp_path, make_run):
     for entry_id in ids:
         json.loads((board / "entries" / entry_id / "report.json").read_text())
     md = (board / "LEADERBOARD.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| org/base")]
-    assert sorted(line.split(" | ")[1] for line in rows) == [f"org/tuned-{i}" for i in range(8)]
+    rows = [line for line in md.splitlines() if line.startswith("| org-base")]
+    assert sorted(line.split(" | ")[1] for line in rows) == [f"org/base-1b → org/tuned-{i}" for i in range(8)]
     assert not list(board.rglob("*.tmp"))
 
 
@@ -196,3 +197,6 @@ def test_publishes_a_report_rendered_by_the_reports_package(tmp_path):
     assert json.loads((entry / "report.json").read_text()) == json.loads((run / "report.json").read_text())
     links = re.findall(r"\]\((figures/[^)]+\.png)\)", (entry / "report.md").read_text())
     assert links and all((entry / link).is_file() for link in links)  # report.md's figures travel with it
+    # the self-contained report.html travels too, and the board links it
+    assert (entry / "report.html").read_text() == (run / "report.html").read_text()
+    assert f'href="entries/{entry.name}/report.html"' in (board / "index.html").read_text()
