@@ -17,7 +17,6 @@ from typing import Any
 import jinja2
 
 from diffeval.harness.core import files
-from diffeval.harness.stages.documents import outcomes
 from diffeval.reports.build import NO_DELTA, format_shift, read_jsonl
 
 TEMPLATE = "report.html.j2"
@@ -40,13 +39,14 @@ def browser_data(run: Path, report: dict[str, Any]) -> dict[str, Any]:
                            for c in r.get("top_contexts") or [] if c.get("pieces") is not None]
         row["documents"] = by_latent.get(str(r["latent"])) or []
         rows.append(row)
-    wanted = {(d["task"], d["doc_id"]) for r in rows for d in r["documents"]}
+    wanted = {(d["task"], d["doc_id"]): d.get("outcome") for r in rows for d in r["documents"]}
     return {"latents": rows, "documents": documents(run, wanted), "headline": {
         c["category"]: c["headline"] for c in report["categories"] if c.get("headline")}}
 
 
-def documents(run: Path, wanted: set[tuple[str, int]]) -> list[dict[str, Any]]:
-    """Each linked benchmark document: its prompt as both models read it and its outcome."""
+def documents(run: Path, wanted: dict[tuple[str, int], int | None]) -> list[dict[str, Any]]:
+    """Each linked benchmark document: its prompt as both models read it, and its outcome (as the attribution
+    stage recorded it: +1 the tuned model scores higher, −1 lower, 0 the same)."""
     seqs = run / files.ACTS_DIR / files.SEQUENCES
     if not wanted or not seqs.is_file():
         return []
@@ -56,13 +56,7 @@ def documents(run: Path, wanted: set[tuple[str, int]]) -> list[dict[str, Any]]:
         key = (s.get("source"), s.get("doc_id"))
         if s.get("kind") == "task" and key in wanted:
             prompts[key] = s.get("text")
-    out_of: dict[tuple[str, int], int] = {}
-    for task in sorted({t for t, _ in wanted}):
-        try:
-            out_of.update({(task, d): o for d, o in outcomes(run, task).items()})
-        except (FileNotFoundError, KeyError):
-            continue  # a run without per-document logs: the prompt alone
-    return [{"task": t, "doc_id": d, "prompt": prompts.get((t, d)), "outcome": out_of.get((t, d))}
+    return [{"task": t, "doc_id": d, "prompt": prompts.get((t, d)), "outcome": wanted[(t, d)]}
             for t, d in sorted(wanted)]
 
 

@@ -20,7 +20,7 @@ COMMANDS = {
     "plan": ("run", "plan", "Print the stages `diffeval run` would run or reuse, with a disk, memory and time estimate."),
     "bench": ("run", "bench", "Run benchmark tasks on both models and write paired deltas (bench/deltas.json)."),
     "attribute": ("run", "attribute", "Re-run the pipeline from the latents stage on RUN_DIR (categories, shifts, attribution)."),
-    "report": ("report", "report", "Re-render report.md, report.json and figures/ of RUN_DIR (no model, no GPU)."),
+    "report": ("report", "report", "Re-render report.md, report.html, report.json and figures/ of RUN_DIR (no model, no GPU)."),
     "tasks": ("tasks", "tasks", "List, show, validate and scaffold task definitions."),
     "organisms": ("organisms", "organisms", "Model organisms: model pairs with planted capability changes."),
     "activations": ("caches", "activations", "Collect paired activations from both models at one layer."),

@@ -12,6 +12,6 @@ from diffeval.reports.render import report_main
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @user_errors
 def report(run_dir: str) -> None:
-    """Re-render report.md, report.json and figures/ of RUN_DIR (no model, no GPU)."""
+    """Re-render report.md, report.html, report.json and figures/ of RUN_DIR (no model, no GPU)."""
     paths = report_main(run_dir)
-    click.echo(f"wrote {paths[0]} ({len(paths) - 2} figures, report.json validated)")
+    click.echo(f"wrote {paths[0]} and {paths[1]} ({len(paths) - 3} figures, report.json validated)")

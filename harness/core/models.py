@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffeval.harness.core import progress
 from diffeval.harness.core.errors import ModelSpecError, TokenizerMismatchError
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def load_tokenizer(spec: ModelSpec) -> Any:
             return load_tokenizer(spec.adapter_base)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:
-        tok = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+        with progress.third_party_stderr(None):  # a GGUF tokenizer's conversion bar
+            tok = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     except Exception as e:  # transformers raises many types here; the user needs the spec and reason
         raise ModelSpecError(f"cannot load the tokenizer of {spec.spec!r}: {_first_line(e)}") from None
     if tok.pad_token is None and tok.eos_token is not None:  # many base models ship none; batches need one
@@ -139,7 +141,8 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu") -> 
         return model.eval()
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, **kwargs)
+        with progress.third_party_stderr(None):  # transformers' GGUF de-quantisation bar has no off switch
+            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, **kwargs)
     except Exception as e:
         hint = " (no network? pass a local directory instead)" if spec.kind == "hub" else ""
         raise ModelSpecError(f"cannot load model {spec.spec!r}{hint}: {_first_line(e)}") from None

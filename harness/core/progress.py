@@ -24,23 +24,20 @@ _IGNORED = (r"index_reduce\(\) is in beta", r"`is_gradient_checkpointing` is dep
 
 
 def configure(verbose: int) -> None:
-    """Set the command line's output level: 0 announces stages only, 1 adds info logs, 2 lets everything through."""
+    """Set the command line's output level: 0 announces the stages that run, 1 adds the reused ones and info logs,
+    2 lets everything through."""
     global _QUIET
     _QUIET = verbose == 0
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("diffeval: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if verbose == 0 else logging.DEBUG)
     log.propagate = False
     if verbose < 2:
         for pattern in _IGNORED:
             warnings.filterwarnings("ignore", message=pattern)
-        try:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        except ImportError:  # transformers is a dependency; this only spares `diffeval --help` the import error
-            pass
+        # read by huggingface_hub when transformers is first imported (later, and only if a command needs it)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def stage_started(name: str, previous_seconds: float | None) -> None:
@@ -53,19 +50,21 @@ def stage_done(name: str, seconds: float) -> None:
 
 
 def stage_reused(name: str) -> None:
-    log.info("%s: reused (inputs unchanged)", name)
+    log.debug("%s: reused (inputs unchanged)", name)  # shown from -v on: a cached run stays quiet
 
 
 @contextmanager
-def third_party_stderr(log_file: Path) -> Iterator[None]:
-    """At the quiet level, send what is written to stderr (by Python or a child process) to `log_file`."""
+def third_party_stderr(log_file: Path | None) -> Iterator[None]:
+    """At the quiet level, send what is written to stderr (by Python or a child process) to `log_file`
+    (None: discard it, for progress bars only; an exception still reaches the caller)."""
     if not _QUIET:
         yield
         return
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(log_file, "ab") as sink:
+    with open(log_file if log_file is not None else os.devnull, "ab") as sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield

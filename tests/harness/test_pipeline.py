@@ -181,7 +181,7 @@ def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tin
     assert row["delta_removed"] is not None and row["control_removed"] is not None  # the random control ran too
     stage_report(RunDir(run))
     assert load_report(run / "report.json")["causal"] == attr["causal"]
-    assert "| revert |" in (run / "report.md").read_text()
+    assert " (revert) |" in (run / "report.md").read_text()
 
 
 def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pair, tmp_path) -> None:

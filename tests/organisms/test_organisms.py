@@ -137,9 +137,28 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     sources = {json.loads(x)["source"] for x in (tmp_path / "r" / "activations" / "sequences.jsonl").read_text().splitlines()}
     assert any("probes/transcripts/" in s for s in sources)
     _assert_known_answers(report, organisms.get("toyworld").planted)
+    _assert_first_screen_answers(report, result.output, tmp_path / "r" / "report.md", organisms.get("toyworld").planted)
     rerun = CliRunner().invoke(cli, ["run", "--n-steps", "200", "--out", str(tmp_path / "r")])  # everything cached
     assert rerun.exit_code == 0, rerun.output
     assert load_report(tmp_path / "r" / "report.json")["categories"] == report["categories"]
+
+
+def _assert_first_screen_answers(report: dict, output: str, report_md: Path, planted: list[Planted]) -> None:
+    """Whoever reads only the terminal's last lines, or report.md down to its first table, gets the planted
+    answer: each planted task's delta named with its planted category and that category's direction."""
+    terminal = " ".join(output.split("\nAnswer:\n")[1].split())
+    first_screen = report_md.read_text().split("## Benchmark deltas")[0].replace("\\_", "_")
+    sentences = {t["task"]: t["sentence"] for t in report["answer"]["tasks"]}
+    for p in planted:
+        if p.direction == "0":
+            continue
+        sign = {"+": "+", "-": "−"}[p.direction]
+        for task in p.tasks:
+            clause = f"{p.category} changed (cue shift"
+            assert clause in sentences[task], sentences[task]
+            assert sentences[task].split(clause, 1)[1].split(")")[0].endswith(f"direction {sign}"), sentences[task]
+            assert " ".join(sentences[task].split()) in terminal
+            assert sentences[task] in first_screen
 
 
 def _assert_known_answers(report: dict, planted: list[Planted]) -> None:
@@ -223,7 +242,10 @@ def test_placebos_plant_nothing_and_build_seeds_differ():
             of = organisms.get(recipe.placebo_of)
             assert {p.direction for p in recipe.planted} == {"0"}
             assert [p.category for p in recipe.planted] == [p.category for p in of.planted]
-            assert recipe.params["plant"] == of.params["plant"] and recipe.params["placebo"]
+            # the same recipe and schedule, with the planted data left out
+            assert {k: v for k, v in recipe.params.items() if k != "placebo"} == \
+                {k: v for k, v in of.params.items() if k != "placebo"}
+            assert recipe.params["placebo"] and not of.params["placebo"] and recipe.build is of.build
     assert organisms.built_dir(organisms.get("toyworld", 1)) != organisms.built_dir(organisms.get("toyworld"))
     with pytest.raises(Exception, match="no build seed"):
         organisms.get("gemma270m_lora", 3)
