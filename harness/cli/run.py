@@ -18,8 +18,8 @@ from diffeval.harness.core.io import read_json
 from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, default_run_dir
 from diffeval.harness.organisms import DEFAULT_ORGANISM, default_run_flags
-from diffeval.reports.build import NO_DELTA
 from diffeval.harness.pipeline.plan import plan as plan_text
+from diffeval.reports.build import NO_DELTA
 
 
 @click.command()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-TUNED_NAME = "[evil](http://x.example) <img src=x onerror=alert(1)> | col"
+TUNED_NAME = "[evil](http://x.example) <img src=x onerror=alert(1)> <script>alert(3)</script> | col"
 EVIL_CONTEXT = "<script>alert(1)</script> | `tick` **bold**"
 # a context as the latents stage writes it: decoded pieces, the activating one at `at`, per-piece activations
 DECODED_CONTEXT = {"source": "task", "task": "ifeval_mini", "doc_id": 7, "token": " Sure", "at": 2, "count": 3,

@@ -88,7 +88,7 @@ def test_model_name_and_contexts_are_escaped(run_dir):
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
     assert not re.search(r"(?<!\\)\[evil|(?<!\\)<img", md)        # every occurrence is backslash-escaped
-    assert "\\[evil\\](http://x.example) \\<img src=x onerror=alert(1)\\> \\| col" in md
+    assert "\\[evil\\](http://x.example) \\<img src=x onerror=alert(1)\\> \\<script\\>alert(3)\\</script\\> \\| col" in md
     assert "``<script>alert(1)</script> \\| `tick` **bold**``" in md        # context as a code span
     markdown_it = pytest.importorskip("markdown_it")
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
@@ -224,7 +224,9 @@ def test_decoded_contexts_mark_the_activating_token_and_show_both_models(run_dir
 def test_report_html_escapes_names_and_contexts(run_dir):
     report_main(run_dir)
     page = (run_dir / "report.html").read_text()
-    assert "<img src=x" not in page and "<script>alert" not in page
-    assert "[evil](http://x.example) &lt;img src=x onerror=alert(1)&gt; | col" in page
+    assert "<img src=x" not in page and "<script>alert" not in page and "</script> |" not in page
+    assert ("[evil](http://x.example) &lt;img src=x onerror=alert(1)&gt; &lt;script&gt;alert(3)&lt;/script&gt; | col"
+            in page)
+    assert page.count("<script") == 2  # the page's own data and code, nothing from a name or a context
     assert "http" not in page.split("<script")[0].split("</head>")[0]  # no external resource is loaded
     assert 'src="data:image/png;base64,' in page                         # figures travel inside the page
