@@ -28,7 +28,7 @@ from diffeval.leaderboards.board import (
     entry_dirs,
 )
 from diffeval.reports.build import format_shift
-from diffeval.reports.escape import html_escape, md_escape
+from diffeval.reports.escape import html_escape, md_escape, script_json
 from diffeval.reports.schema import load_report
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -89,13 +89,14 @@ def _config_of_old_report(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_text(config: dict[str, Any]) -> str:
-    """'layer 1 · seed 1234 · 16961 tokens · 768 latents, k 32': how two entries of one pair differ."""
+    """'layer 1 · seed 1234 · 16961 tokens · 768 latents, k 32 · 2000 steps': how two entries of one pair differ."""
     parts = [f"layer {config['layer']}" if config.get("layer") is not None else None,
              f"seed {config['seed']}" if config.get("seed") is not None else None,
              f"bench seed {config['bench_seed']}" if config.get("bench_seed") not in (None, config.get("seed")) else None,
              f"{config['tokens']} tokens" if config.get("tokens") is not None else None,
              f"{config['n_latents']} latents" + (f", k {config['k']}" if config.get("k") else "")
-             if config.get("n_latents") is not None else None]
+             if config.get("n_latents") is not None else None,
+             f"{config['n_steps']} steps" if config.get("n_steps") is not None else None]
     return " · ".join(p for p in parts if p) or "—"
 
 
@@ -247,12 +248,6 @@ def _sort_key(x: Any) -> str:
     return "" if x is None else str(x)
 
 
-def _script_json(obj: Any) -> str:
-    """JSON that cannot close the <script> element holding it (model names may contain '</script>')."""
-    text = json.dumps(obj, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 def render_views(board: Path) -> list[Path]:
     """Write LEADERBOARD.md and index.html from the board's entries; return their paths."""
 
@@ -263,7 +258,7 @@ def render_views(board: Path) -> list[Path]:
     md = _environment(html=False).get_template("LEADERBOARD.md.j2").render(
         rows=rows, groups=grouped, alpha=ALPHA, table=_md_table(rows))
     page = _environment(html=True).get_template("index.html.j2").render(
-        rows=rows, groups=grouped, alpha=ALPHA, data=Markup(_script_json(rows)), categories=categories, tasks=tasks,
+        rows=rows, groups=grouped, alpha=ALPHA, data=Markup(script_json(json.dumps(rows, ensure_ascii=False))), categories=categories, tasks=tasks,
         bases=sorted({r["base"] for r in rows}),
     )
     return [atomic_write_text(board / LEADERBOARD_MD, md), atomic_write_text(board / INDEX_HTML, page)]

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +313,7 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
     lines += causal_headline(report["causal"])
     lines += share_ratio_lines(cats, alpha)
     tasks = [t for t in report["tasks"] if t["p_value"] is not None]
-    q = benjamini_hochberg([t["p_value"] for t in tasks])
+    q = [t["q_value"] for t in tasks]
     lines.append(f"{sum(1 for x in q if x < alpha)} of {len(report['tasks'])} benchmark deltas are significant "
                  f"(BH-adjusted q < {alpha:g}).")
     heads = {c["category"]: c["headline"] for c in measured}
@@ -380,42 +381,45 @@ def _p(p: float | None) -> str:
 def read_validation(path: Path = VALIDATION_FILE) -> dict[str, Any] | None:
     """The headline measure's error rates as measured on the organism suite (None when not shipped)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    keys = ("measure", "diffeval_version", "command", "placebo_false", "placebo", "controls_false", "controls",
+            "planted_found", "planted")
+    return data if isinstance(data, dict) and all(k in data for k in keys) else None
 
 
 def answer(report: dict[str, Any], alpha: float, validation: dict[str, Any] | None) -> dict[str, Any]:
     """report.answer: one entry per benchmark task whose delta is significant after BH adjustment, naming the
     changed categories (headline measure) that account for it; what did not change; how sure we are.
 
-    A changed category accounts for a task when its signed contribution to the task's predicted delta has the
-    delta's sign, or, when its direction is not identified, when it is the task's own category.
+    The headline measure alone decides, whatever `--attribution-shift` chose for the task-level fit: a changed
+    category with a direction accounts for a task whose prompts engage its latents (exposure > 0; for a task
+    without an exposure row, its own category) when that direction has the delta's sign, and is named as
+    changed the opposite way otherwise; a changed category with no identified direction accounts for its own
+    task only. Categories are ordered by exposure × log(1 + cue shift), the task-level contribution.
     """
     cats = {c["category"]: c for c in report["categories"] if c["category"] != "unassigned"}
     heads = {n: c["headline"] for n, c in cats.items() if (c.get("headline") or {}).get("value") is not None}
-    changed = {n for n, h in heads.items() if h.get("significant")}
+    changed = sorted(n for n, h in heads.items() if h.get("significant"))
     tasks = [t for t in report["tasks"] if t["p_value"] is not None]
-    q = benjamini_hochberg([t["p_value"] for t in tasks])
-    per_task = {r["task"]: r for r in report["attribution"]["per_task"]}
+    q = [t["q_value"] for t in tasks]
+    exposure = report["attribution"].get("exposure") or {}
     docs = {d["task"]: d for d in report["attribution"].get("documents") or []}
     causal = {c["task"]: c for c in report["causal"]}
     rows = []
     for t, qt in zip(tasks, q, strict=True):
         if qt >= alpha:
             continue
-        contrib = (per_task.get(t["task"]) or {}).get("contributions") or {}
-        signed = sorted((c for c in changed if contrib.get(c, 0) * t["delta"] > 0), key=lambda c: -abs(contrib[c]))
-        unsigned = [c for c in changed if c == t.get("category") and heads[c].get("direction") is None]
-        against = [c for c in changed if c == t.get("category") and c not in signed and c not in unsigned]
+        named, against = accounting_categories(t, changed, heads, exposure.get(t["task"]))
         rows.append({"task": t["task"], "delta": t["delta"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
-                     "q_value": float(qt), "categories": signed + unsigned, "against": against,
+                     "q_value": float(qt), "categories": named, "against": against,
                      "documents": docs.get(t["task"]), "causal": causal.get(t["task"]),
-                     "sentence": task_sentence(t, float(qt), signed + unsigned, against, heads, docs.get(t["task"]),
+                     "sentence": task_sentence(t, float(qt), named, against, heads, docs.get(t["task"]),
                                                causal.get(t["task"]))})
     quiet = [t["task"] for t, qt in zip(tasks, q, strict=True) if qt >= alpha]
     explained = {c for r in rows for c in r["categories"]}
-    not_changed = sorted(set(heads) - changed, key=lambda c: heads[c]["value"])
+    not_changed = sorted(set(heads) - set(changed), key=lambda c: heads[c]["value"])
     lines = []
     if not_changed:
         lines.append("Not changed (cue shift not clearly above the threshold): " + ", ".join(
@@ -423,13 +427,34 @@ def answer(report: dict[str, Any], alpha: float, validation: dict[str, Any] | No
     if quiet:
         lines.append(f"No significant benchmark delta (BH q ≥ {alpha:g}): " + ", ".join(
             f"{t['task']} {t['delta']:+.3f}" for t in tasks if t["task"] in quiet) + ".")
-    silent = sorted(changed - explained)
+    silent = sorted(set(changed) - explained)
     if silent:
         lines.append("Changed but behind no significant task delta: " + ", ".join(silent) + ".")
     if not heads:
         lines.append("The headline measure is unavailable for this run (no probe activations), so no category "
                      "is named as changed or unchanged.")
-    return {"tasks": rows, "not_changed": lines, "sure": sure_lines(report, cats, validation)}
+    first = [r["sentence"] for r in rows] or [NO_DELTA]
+    return {"tasks": rows, "not_changed": lines, "lines": first + lines, "alpha": alpha,
+            "sure": sure_lines(report, cats, validation, alpha)}
+
+
+def accounting_categories(t: dict[str, Any], changed: list[str], heads: dict[str, Any],
+                          exposure: dict[str, float] | None) -> tuple[list[str], list[str]]:
+    """(categories that account for task `t`'s delta, changed categories that moved the other way); see answer()."""
+    named, against = [], []
+    for c in changed:
+        direction, own = heads[c].get("direction"), c == t.get("category")
+        weight = exposure.get(c, 0.0) if exposure is not None else float(own)
+        if direction is None:
+            if own:
+                named.append((0.0, c))
+            continue
+        if weight <= 0:
+            continue
+        sign = 1.0 if direction == "+" else -1.0
+        target = named if sign * t["delta"] > 0 else against
+        target.append((weight * math.log1p(max(heads[c]["value"], 0.0)), c))
+    return [c for _, c in sorted(named, key=lambda x: -x[0])], [c for _, c in sorted(against, key=lambda x: -x[0])]
 
 
 def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[str], heads: dict[str, Any],
@@ -469,22 +494,23 @@ def category_clause(name: str, h: dict[str, Any]) -> str:
             f"{h['ci_high'] + 1:.1f}×, q = {_p(h['q_value'])}{direction})")
 
 
-def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[str, Any] | None) -> list[str]:
+def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[str, Any] | None,
+               alpha: float) -> list[str]:
     """How far to trust the answer: the measure's measured error rates, the crosscoder's fit, small counts."""
     out = []
     measure = report.get("headline_measure")
     if validation and validation.get("measure") == measure:
         v = validation
-        out.append(f"The headline measure ({measure}) on diffeval's organism suite ({v['command']}): it flagged "
-                   f"{v['placebo_false']} of {v['placebo']} placebo categories and {v['controls_false']} of "
-                   f"{v['controls']} planted-unchanged controls, and found {v['planted_found']} of {v['planted']} "
-                   f"planted changes with the right sign.")
+        out.append(f"The headline measure ({measure}) on diffeval's toy organism suite, measured with diffeval "
+                   f"{v['diffeval_version']} ({v['command']}): it flagged {v['placebo_false']} of {v['placebo']} "
+                   f"placebo categories and {v['controls_false']} of {v['controls']} planted-unchanged controls, "
+                   f"and found {v['planted_found']} of {v['planted']} planted changes with the right sign.")
     cc = report["crosscoder"]
-    fve = [x for x in (cc["fve"]["base"], cc["fve"]["tuned"]) if x is not None]
+    fve = {side: x for side, x in cc["fve"].items() if x is not None}
     if fve:
-        line = (f"Crosscoder: it reconstructs {100 * fve[0]:.0f} % (base) and {100 * fve[-1]:.0f} % (tuned) of the "
-                f"models' activation variance" + (f", {100 * cc['dead_fraction']:.0f} % of its latents dead" if cc["dead_fraction"] is not None else ""))
-        if min(fve) < 0.9 or (cc["dead_fraction"] or 0) > 0.5:
+        line = ("Crosscoder: it reconstructs " + " and ".join(f"{100 * x:.0f} % ({side})" for side, x in fve.items())
+                + " of the models' activation variance" + (f", {100 * cc['dead_fraction']:.0f} % of its latents dead" if cc["dead_fraction"] is not None else ""))
+        if min(fve.values()) < 0.9 or (cc["dead_fraction"] or 0) > 0.5:
             line += " — under-trained: train longer or on more tokens before trusting the latent-level numbers"
         out.append(line + ".")
     few = [f"{n} ({c['headline']['n_texts']} probe texts)" for n, c in cats.items()
@@ -496,7 +522,7 @@ def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[st
     if unsigned:
         out.append("No reference answers, so no direction: " + ", ".join(unsigned) + " (add `desired`/`undesired` "
                    "to its probe rows).")
-    out += share_ratio_lines(list(cats.values()), ALPHA)
+    out += share_ratio_lines(list(cats.values()), alpha)
     if not report["causal"]:
         out.append("Not checked causally (--causal reverts each category's latents and re-scores its task).")
     return out

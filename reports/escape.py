@@ -57,6 +57,13 @@ def visible(piece: object) -> str:
 def md_context(pieces: list[str], at: int) -> str:
     """A context as literal markdown with its activating token (pieces[at]) between ⟦ ⟧ (not bold: a token
     that starts with a space cannot be emphasised in CommonMark)."""
-    token = pieces[at] if 0 <= at < len(pieces) else ""
-    head, tail = "".join(pieces[:at]), "".join(pieces[at + 1:])
+    if not 0 <= at < len(pieces):  # no activating token to mark: the text as it is
+        return md_escape(visible("".join(pieces)))
+    token, head, tail = pieces[at], "".join(pieces[:at]), "".join(pieces[at + 1:])
     return f"{md_escape(visible(head))}⟦{md_escape(visible(token))}⟧{md_escape(visible(tail))}"
+
+
+def script_json(text: str) -> str:
+    """JSON text safe inside a <script> element: no `</script>` can close it and no `<!--` open a comment
+    (every <, > and & becomes its \\u escape, which JSON reads back as the same character)."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

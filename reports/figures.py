@@ -164,13 +164,14 @@ def summary(report: dict[str, Any], path: Path) -> Path | None:
         log.info("figure %s skipped: no task deltas with CIs", path.name)
         return None
     named = {r["task"]: r["categories"] for r in (report.get("answer") or {}).get("tasks", [])}
+    alpha = (report.get("answer") or {}).get("alpha", 0.05)
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2 if cats else 1, figsize=(11 if cats else 6.4, 0.42 * max(len(tasks), len(cats)) + 1.6),
                              squeeze=False)
     ax = axes[0][0]
     y = list(range(len(tasks)))
     for i, t in enumerate(tasks):
-        sig = t.get("q_value") is not None and t["q_value"] < 0.05
+        sig = t.get("q_value") is not None and t["q_value"] < alpha
         colour = "#55a868" if t["delta"] > 0 else "#c44e52"
         ax.errorbar(t["delta"], i, xerr=[[t["delta"] - t["ci_low"]], [t["ci_high"] - t["delta"]]], fmt="o",
                     color=colour, mfc=colour if sig else "white", capsize=3)
@@ -180,7 +181,7 @@ def summary(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_yticks(y, [_label(t["task"]) for t in tasks])
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("Δ = tuned − base, 95% CI (filled: BH q < 0.05)")
+    ax.set_xlabel(f"Δ = tuned − base, 95% CI (filled: BH q < {alpha:g})")
     ax.set_title("benchmark deltas and the changed categories behind them", fontsize=9)
     if cats:
         ax = axes[0][1]
@@ -198,7 +199,7 @@ def summary(report: dict[str, Any], path: Path) -> Path | None:
                           for c in cats])
         ax.invert_yaxis()
         ax.set_xlabel("cue shift: answer-cue change over drift (×), 95% CI; dashed: threshold")
-        ax.set_title("categories (blue: changed, BH q < 0.05)", fontsize=9)
+        ax.set_title(f"categories (blue: changed, BH q < {alpha:g})", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

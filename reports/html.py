@@ -17,15 +17,16 @@ from typing import Any
 import jinja2
 
 from diffeval.harness.core import files
-from diffeval.reports.build import NO_DELTA, format_shift, read_jsonl
+from diffeval.reports.build import read_jsonl
+from diffeval.reports.escape import script_json
 
 TEMPLATE = "report.html.j2"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 LATENT_KEYS = ("latent", "category", "categories", "class", "delta_norm", "cosine", "nu_eps", "nu_r", "freq",
-               "enrichment", "q_value", "changed", "specific", "decoder_norms")
+               "enrichment", "changed", "decoder_norms")
 
 
-def browser_data(run: Path, report: dict[str, Any]) -> dict[str, Any]:
+def browser_data(run: Path) -> dict[str, Any]:
     """The latent browser's data: live latents, their contexts, and the documents they link to."""
     latents = read_jsonl(run, files.LATENTS) or []
     attribution = json.loads((run / files.ATTRIBUTION).read_text()) if (run / files.ATTRIBUTION).is_file() else {}
@@ -40,8 +41,7 @@ def browser_data(run: Path, report: dict[str, Any]) -> dict[str, Any]:
         row["documents"] = by_latent.get(str(r["latent"])) or []
         rows.append(row)
     wanted = {(d["task"], d["doc_id"]): d.get("outcome") for r in rows for d in r["documents"]}
-    return {"latents": rows, "documents": documents(run, wanted), "headline": {
-        c["category"]: c["headline"] for c in report["categories"] if c.get("headline")}}
+    return {"latents": rows, "documents": documents(run, wanted)}
 
 
 def documents(run: Path, wanted: dict[tuple[str, int], int | None]) -> list[dict[str, Any]]:
@@ -64,16 +64,11 @@ def render_html(run: Path, report: dict[str, Any], figures: dict[str, Path]) -> 
     """report.html's text."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update({"num": _num, "pct": format_shift, "p": _p})
+    env.filters.update({"num": _num, "p": _p})
     images = {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
               for name, path in figures.items()}
-    data = json.dumps(browser_data(run, report), allow_nan=False, separators=(",", ":"))
-    return env.get_template(TEMPLATE).render(r=report, images=images, data=script_json(data), no_delta=NO_DELTA)
-
-
-def script_json(text: str) -> str:
-    """JSON safe inside a <script> element: no `</` can close it and no `<!--` open a comment."""
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    data = json.dumps(browser_data(run), allow_nan=False, separators=(",", ":"))
+    return env.get_template(TEMPLATE).render(r=report, images=images, data=script_json(data))
 
 
 def _num(x: Any, spec: str = ".3f") -> str:

@@ -16,7 +16,7 @@ import jinja2
 from diffeval.harness.core.files import FIGURES_DIR, LATENTS, REPORT_HTML, REPORT_JSON, REPORT_MD
 from diffeval.harness.core.io import atomic_write_text
 from diffeval.reports import figures
-from diffeval.reports.build import NO_DELTA, build_report, format_shift, read_jsonl
+from diffeval.reports.build import build_report, format_shift, read_jsonl
 from diffeval.reports.escape import md_code, md_context, md_escape
 from diffeval.reports.figures import render_figures
 from diffeval.reports.html import render_html
@@ -61,7 +61,8 @@ def _p(p: Any) -> Safe:
 def _context(ctx: dict[str, Any]) -> Safe:
     """A top context as markdown: decoded pieces with the activating token marked (older runs: raw text)."""
     if ctx.get("pieces") is not None:
-        return Safe(md_context(ctx["pieces"], int(ctx.get("at", len(ctx["pieces"]) - 1))))
+        at = ctx.get("at")
+        return Safe(md_context(ctx["pieces"], at if isinstance(at, int) else -1))
     return Safe(f"{md_code(ctx.get('context') or '')} → {md_code(ctx.get('token') or '')}")
 
 
@@ -78,7 +79,8 @@ def _writes(act: float | None, norms: list[float] | None) -> Safe:
 
 
 def template_env() -> Any:
-    """The Jinja2 environment with the report's filters (`md`, `code`, `num`, `ci`, `pct`, `pct_ci`, `p`)."""
+    """The Jinja2 environment with the report's filters (`md`, `code`, `num`, `ci`, `pct`, `pct_ci`, `p`,
+    `context`, `act`, `writes`)."""
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), finalize=_finalize,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -94,7 +96,7 @@ def template_env() -> Any:
 def render_markdown(report: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
     """report.md's text for a built report; figure links are relative to `out`."""
     links = {name: Safe(path.relative_to(out).as_posix()) for name, path in figures.items()}  # our own names
-    return template_env().get_template(TEMPLATE).render(r=report, figures=links, no_delta=NO_DELTA)
+    return template_env().get_template(TEMPLATE).render(r=report, figures=links)
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -19,7 +19,6 @@ from diffeval.harness.core.runconfig import RunConfig
 from diffeval.harness.core.rundir import RunDir, default_run_dir
 from diffeval.harness.organisms import DEFAULT_ORGANISM, default_run_flags
 from diffeval.harness.pipeline.plan import plan as plan_text
-from diffeval.reports.build import NO_DELTA
 
 
 @click.command()
@@ -97,8 +96,7 @@ def _show_summary(run_dir: Path) -> None:
     """The benchmark table, then the report's answer (its first lines, word for word), then where to read more."""
     click.echo(pipeline.deltas_table(pipeline.load_deltas(run_dir)["tasks"], "simple"))
     answer = read_json(run_dir / files.REPORT_JSON).get("answer") or {}
-    lines = [t["sentence"] for t in answer.get("tasks", [])] or [NO_DELTA]
     click.echo("\nAnswer:")
-    for line in lines + answer.get("not_changed", []):
+    for line in answer.get("lines", []):
         click.echo(textwrap.fill(line, width=110, initial_indent="- ", subsequent_indent="  "))
     click.echo(f"\nreport: {run_dir / files.REPORT_MD}\n        {run_dir / files.REPORT_HTML}\nrun directory: {run_dir}")

@@ -1,9 +1,9 @@
 """What a run says on stderr: each stage announced by name, and third-party output kept out of the way.
 
 `diffeval -v`/`-vv` lets everything through. At the default level, the command line calls `configure(0)`:
-stage lines stay, transformers' loading bars and the known library warnings are silenced, and what
-lm-eval writes to stderr while it scores (its per-task bars, a `git` probe's complaint outside a
-repository) goes to a log file in the run directory instead of the terminal, so nothing is lost.
+the stages that run are announced, transformers' loading bars and two known library warnings are
+silenced, and what lm-eval writes to stderr while it scores (its per-task bars, a `git` probe's complaint
+outside a repository) goes to a log file in the run directory instead of the terminal.
 Library callers that never call `configure` see everything, as before.
 """
 
@@ -28,7 +28,7 @@ def configure(verbose: int) -> None:
     2 lets everything through."""
     global _QUIET
     _QUIET = verbose == 0
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("diffeval: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO if verbose == 0 else logging.DEBUG)
@@ -38,6 +38,14 @@ def configure(verbose: int) -> None:
             warnings.filterwarnings("ignore", message=pattern)
         # read by huggingface_hub when transformers is first imported (later, and only if a command needs it)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (a test runner may swap it between commands)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def stage_started(name: str, previous_seconds: float | None) -> None:
@@ -55,18 +63,20 @@ def stage_reused(name: str) -> None:
 
 @contextmanager
 def third_party_stderr(log_file: Path | None) -> Iterator[None]:
-    """At the quiet level, send what is written to stderr (by Python or a child process) to `log_file`
-    (None: discard it, for progress bars only; an exception still reaches the caller)."""
+    """At the quiet level, send everything written to file descriptor 2 (by Python, C code or a child process)
+    to `log_file`, or discard it with None (around a library call whose only stderr output is a progress bar).
+    An exception still reaches the caller, after stderr is restored. The redirection is process-wide: use it
+    around one call at a time, never from two threads at once."""
     if not _QUIET:
         yield
         return
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
     with open(log_file if log_file is not None else os.devnull, "ab") as sink:
-        os.dup2(sink.fileno(), 2)
+        sys.stderr.flush()
+        saved = os.dup(2)
         try:
+            os.dup2(sink.fileno(), 2)
             yield
         finally:
             sys.stderr.flush()

@@ -77,32 +77,40 @@ def latent_rows(model: Any, acts: str | Path) -> list[dict[str, Any]]:
 
 def context_activations(model: Any, acts: Path, rows: list[dict[str, Any]], batch: int = 4096) -> None:
     """Give each top context the latent's activation at every piece (`acts`, None where the cache has no row),
-    keep one context per distinct text (`count` says how many top rows it stood for), and give each latent
-    its decoder norm per model (`decoder_norms`, base then tuned: a piece's activation in model m is its
-    activation times that norm, what the latent writes into m)."""
+    keep one context per distinct text and activating position (`count`: how many top rows it stood for), and
+    give each latent its decoder norm per model (`decoder_norms`, base then tuned: a piece's activation in
+    model m is its activation times that norm, what the latent writes into m)."""
     import torch
 
-    needed = sorted({r for row in rows for c in row.get("top_contexts") or [] for r in c["rows"] if r >= 0})
+    wanted: dict[int, set[int]] = {}  # cache row -> the latents whose contexts read it
+    for row in rows:
+        for c in row.get("top_contexts") or []:
+            for r in c["rows"]:
+                if r >= 0:
+                    wanted.setdefault(r, set()).add(int(row["latent"]))
+    needed = sorted(wanted)
     source = as_source(acts, model.cfg)
-    values: dict[int, Any] = {}
+    values: dict[tuple[int, int], float] = {}  # only the (row, latent) activations asked for
     with torch.no_grad():
         for i in range(0, len(needed), batch):
             chunk = needed[i: i + batch]
             f = model.encode(source[torch.tensor(chunk)].to(model.W_dec.device)).float().cpu()
-            values.update(zip(chunk, f, strict=True))
+            for k, r in enumerate(chunk):
+                js = sorted(wanted[r])
+                values.update(zip(((r, j) for j in js), f[k, js].tolist(), strict=True))
     norms = model.W_dec.detach().float().norm(dim=-1).cpu()  # [n_latents, n_models]
     for row in rows:
         j = int(row["latent"])
         row["decoder_norms"] = [round(float(v), 4) for v in norms[j]]
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[tuple[str, int], dict[str, Any]] = {}
         for c in row.get("top_contexts") or []:
-            text = "".join(c["pieces"])
-            if text in seen:
-                seen[text]["count"] += 1
+            key = ("".join(c["pieces"]), c["at"])
+            if key in seen:
+                seen[key]["count"] += 1
                 continue
-            c["acts"] = [None if r < 0 else round(float(values[r][j]), 4) for r in c.pop("rows")]
+            c["acts"] = [None if r < 0 else round(values[(r, j)], 4) for r in c.pop("rows")]
             c["count"] = 1
-            seen[text] = c
+            seen[key] = c
         row["top_contexts"] = list(seen.values())
 
 

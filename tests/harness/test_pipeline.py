@@ -212,7 +212,9 @@ def test_contexts_are_decoded_deduplicated_and_carry_their_activations(tiny_run)
     """Top contexts read as text: each token decoded (no byte-level markers), one context per distinct text,
     and the latent's activation at the activating token equal to the activation the statistics recorded."""
     seqs = [json.loads(x) for x in (tiny_run / "activations/sequences.jsonl").read_text().splitlines()]
-    assert all(s["text"].startswith("".join(s["pieces"]).lstrip()) for s in seqs)
+    for s in seqs:  # the pieces spell the text they were cut from, space for space (up to truncation)
+        joined = "".join(s["pieces"])
+        assert joined and s["text"].startswith(joined) and len(s["pieces"]) == len(s["tokens"])
     assert any(any(m in "".join(s["tokens"]) for m in BYTE_MARKERS) for s in seqs)  # the raw tokens have them
     rows = read_latents(tiny_run / "latents.jsonl")
     checked = 0
@@ -224,7 +226,7 @@ def test_contexts_are_decoded_deduplicated_and_carry_their_activations(tiny_run)
         assert len(r["decoder_norms"]) == 2
         for c in ctxs:
             assert not any(m in "".join(c["pieces"]) for m in BYTE_MARKERS)
-            assert len(c["acts"]) == len(c["pieces"]) and c["pieces"][c["at"]] == c["token"]
+            assert len(c["acts"]) == len(c["pieces"]) and 0 <= c["at"] < len(c["pieces"])
         if ctxs:
             assert ctxs[0]["acts"][ctxs[0]["at"]] == pytest.approx(r["top_acts"][0], abs=2e-3)
             checked += 1

@@ -51,7 +51,8 @@ def test_index_html_in_chromium_shows_published_pairs(tmp_path, board):
     simpo = [cells for _, cells in entries if cells[2] == "org/base-7b-simpo"]
     assert len(simpo) == 2 and simpo[0][0] != simpo[1][0]
     configs = sorted(c[0].split("layer", 1)[1] for c in simpo)  # the entry id, then its configuration
-    assert configs == [" 1 · seed 0 · 1000 tokens · 64 latents, k 4", " 1 · seed 1 · bench seed 0 · 1000 tokens · 64 latents, k 4"]
+    assert configs == [" 1 · seed 0 · 1000 tokens · 64 latents, k 4 · 100 steps",
+                       " 1 · seed 1 · bench seed 0 · 1000 tokens · 64 latents, k 4 · 100 steps"]
     dpo = next(cells for _, cells in entries if cells[2] == "org/base-7b-dpo")
     assert dpo[4] == "ifeval_lite +0.05 [+0.00, +0.10]*code_lite +0.20 [+0.15, +0.25]*"
     assert dpo[5:8] == ["—", "—", "5.0×-*"]

@@ -39,7 +39,7 @@ def test_leaderboard_md_has_one_row_per_pair_with_link(tmp_path, make_run):
     assert [c[0] for c in cells] == ids
     assert [c[1] for c in cells] == ["org/base-1b → org/t0", "org/base-1b → org/t1 (reference org/ref)",
                                      "org/base-1b → org/t2"]
-    assert cells[0][2] == "layer 1 · seed 0 · 1000 tokens · 64 latents, k 4"
+    assert cells[0][2] == "layer 1 · seed 0 · 1000 tokens · 64 latents, k 4 · 100 steps"
     assert cells[0][3] == "ifeval\\_lite +0.12 \\[+0.07, +0.17\\]\\*<br>gsm\\_lite -0.03 \\[-0.08, +0.02\\]\\*"
     assert cells[0][4] == "instruction following 8.0×+\\*"     # safety (q = 0.9) measured, not changed
     assert cells[0][5] == "per-document — · causal not run"

@@ -229,11 +229,19 @@ def test_no_probe_text_holds_a_benchmark_prompt(name, seed):
 
 
 def test_gemma_probe_texts_are_not_benchmark_items():
-    tasks = registry.load_tasks(registry.resolve([t for p in gemma_lora.PLANTED for t in p.tasks], ()))
+    """Neither the adapter's training prompts, nor its replay prompts, nor its probe corpora hold a benchmark
+    item of any shipped task, and the probes are held out from the training data."""
+    tasks = registry.load_tasks(registry.resolve(registry.shipped_suite(), ()))
     prompts = [task.doc_to_text(doc) for task in tasks.values() for doc in task.eval_docs]
     questions = {json.loads(x)["prompt"] for x in gemma_lora.DATA_FILE.read_text().splitlines()}
-    assert prompts and questions
-    assert not any(q in p or p in q for q in questions for p in prompts)
+    replay = set(gemma_lora.replay_prompts())
+    probes = {r["text"] for rows in gemma_lora.probe_rows().values() for r in rows}
+    assert prompts and questions and len(replay) >= 100 and len(probes) == 80
+    for texts in (questions, replay, probes):
+        assert not any(q in p or p in q for q in texts for p in prompts)
+    trained = {gemma_lora.FORMATS[k].format(prompt=q) for q in questions for k in ("harmful", "unknown")}
+    assert not probes & (trained | replay)
+    assert all({"desired", "undesired"} <= set(r) for rows in gemma_lora.probe_rows().values() for r in rows)
 
 
 def test_placebos_plant_nothing_and_build_seeds_differ():

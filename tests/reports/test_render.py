@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from diffeval.reports.build import build_report
+from diffeval.reports.build import accounting_categories, build_report
 from diffeval.reports.render import render_report, report_main
 from diffeval.reports.schema import ReportError, load_report
 from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
@@ -200,11 +200,14 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert tasks["ifeval_mini"]["sentence"].startswith(
         "ifeval_mini rose +0.400, 95% CI +0.240 to +0.560, q = 6e-05: instruction_following changed (cue shift 8.2× "
         "the drift, 95% CI 6.1–10.3×, q = 0.00075, direction +)")
-    # its only negative contribution comes from a category that did not change: nothing explains it
-    assert tasks["admit_unknown"]["categories"] == []
-    assert "no category the headline measure finds changed accounts for it (unexplained)" in tasks["admit_unknown"]["sentence"]
+    # it fell, and the only changed category its prompts engage rose: nothing explains it, and that is said
+    assert tasks["admit_unknown"]["categories"] == [] and tasks["admit_unknown"]["against"] == ["instruction_following"]
+    assert ("no category the headline measure finds changed accounts for it (unexplained); instruction_following "
+            "changed in the opposite direction") in tasks["admit_unknown"]["sentence"]
     assert report["answer"]["not_changed"][0] == "Not changed (cue shift not clearly above the threshold): self_reference 1.4×."
-    assert any(line.startswith("The headline measure (cue_shift) on diffeval's organism suite") for line in report["answer"]["sure"])
+    assert report["answer"]["lines"][:2] == [tasks["ifeval_mini"]["sentence"], tasks["admit_unknown"]["sentence"]]
+    assert any(line.startswith("The headline measure (cue_shift) on diffeval's toy organism suite, measured with diffeval")
+               for line in report["answer"]["sure"])
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
     assert md.index("## Answer") < md.index("## How sure") < md.index("## Benchmark deltas") < md.index("## Appendix")
@@ -230,3 +233,22 @@ def test_report_html_escapes_names_and_contexts(run_dir):
     assert page.count("<script") == 2  # the page's own data and code, nothing from a name or a context
     assert "http" not in page.split("<script")[0].split("</head>")[0]  # no external resource is loaded
     assert 'src="data:image/png;base64,' in page                         # figures travel inside the page
+
+
+def test_which_changed_categories_account_for_a_delta():
+    """By the headline measure alone: a signed change accounts for the tasks whose prompts engage its latents
+    when its direction matches the delta (else it is named as opposite); an unsigned change accounts for its own
+    task only; a task with no exposure row is judged by its own category."""
+    heads = {"a": {"direction": "+", "value": 7.0}, "b": {"direction": None, "value": 5.0},
+             "c": {"direction": "-", "value": 3.0}}
+    changed = ["a", "b", "c"]
+    rising = {"task": "t", "delta": 0.4, "category": "b"}
+    assert accounting_categories(rising, changed, heads, {"a": 0.2, "c": 0.5}) == (["a", "b"], ["c"])
+    assert accounting_categories(rising, changed, heads, {"a": 0.0, "c": 0.0}) == (["b"], [])  # not engaged
+    falling = {"task": "u", "delta": -0.3, "category": "c"}
+    assert accounting_categories(falling, changed, heads, None) == (["c"], [])
+    assert accounting_categories({**falling, "category": "a"}, changed, heads, None) == ([], ["a"])
+    # the larger exposure × log(1 + cue shift) comes first; an unsigned own category comes last
+    assert accounting_categories({**rising, "delta": -0.1}, changed, heads, {"a": 0.0, "c": 0.9})[0] == ["c", "b"]
+    assert accounting_categories(rising, ["a", "c"], {**heads, "c": {"direction": "+", "value": 3.0}},
+                                 {"a": 0.1, "c": 0.5})[0] == ["c", "a"]
