@@ -53,19 +53,20 @@ def slugify(text: str, max_len: int = _SLUG_MAX) -> str:
 
 
 def entry_id_for(base: str, tuned: str, reference: str | None, tasks: list[str],
-                 run_config: dict[str, Any] | None = None) -> str:
+                 run_config: dict[str, Any] | None = None, labels: tuple[str, str] | None = None) -> str:
     """The entry id of a (base, tuned, reference) pair on a task set and run configuration: readable slugs +
     a short hash.
 
     Model specs are often local paths: only their last two components go into the slug, the full
     spec goes into the hash. The task set is order-free. Runs of one pair at another layer, seed or
     crosscoder size are other entries (the configuration is part of the hash); re-publishing the same
-    configuration replaces its entry.
+    configuration replaces its entry. `labels` replace the specs in the slug (an organism's name instead
+    of its cache path); the specs stay in the hash.
     """
     config = json.dumps(run_config, sort_keys=True) if run_config else ""
     key = "\n".join([base, tuned, reference or "", ",".join(sorted(set(tasks)))] + ([config] if config else []))
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
-    parts = [_short(base), "vs", _short(tuned)]
+    parts = [_short(labels[0] if labels else base), "vs", _short(labels[1] if labels else tuned)]
     if reference:
         parts += ["ref", _short(reference)]
     entry_id = "--".join(slugify(p) for p in parts) + f"--{digest}"

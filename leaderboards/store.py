@@ -36,7 +36,7 @@ from diffeval.leaderboards.board import (
     safe_child,
     write_board,
 )
-from diffeval.leaderboards.views import render_views
+from diffeval.leaderboards.views import display_name, render_views
 from diffeval.reports.schema import load_report
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def read_submission(run_dir: str | Path, entry_id: str | None = None) -> Submiss
         (models["reference"] or {}).get("spec"),
         [t["task"] for t in report["tasks"]],
         report.get("run_config"),
+        (display_name(models["base"], "base"), display_name(models["tuned"], "tuned")),  # an organism by its name
     )
     html_path = run_dir / REPORT_HTML
     if html_path.is_symlink():

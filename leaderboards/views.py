@@ -161,8 +161,11 @@ def groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+SIGNS = {"+": "+", "-": "−"}  # directions as printed
+
+
 def stability_text(s: dict[str, Any]) -> str:
-    sign = f", direction {'/'.join(s['directions'])}" if s["directions"] else ""
+    sign = f", direction {'/'.join(SIGNS[d] for d in s['directions'])}" if s["directions"] else ""
     return (f"{s['category']} changed in {s['changed']} of {s['n']} (fold {s['fold_min']:.1f}–{s['fold_max']:.1f}×"
             f"{sign})")
 
@@ -175,7 +178,7 @@ def delta_text(t: dict[str, Any]) -> str:
 
 def headline_text(name: str, h: dict[str, Any]) -> str:
     """'safety 4.8×+*': a changed category's fold over the drift, its direction, '*' when BH-significant."""
-    return f"{name} {h['fold']:.1f}×{h['direction'] or ''}" + ("*" if h["significant"] else "")
+    return f"{name} {h['fold']:.1f}×" + (SIGNS.get(h["direction"], "") + "*" if h["significant"] else "")
 
 
 def _shift(c: dict[str, Any], q: float | None) -> dict[str, Any]:
@@ -234,12 +237,15 @@ def _environment(html: bool) -> Any:
 
 
 def heat_style(h: dict[str, Any] | None, top: float) -> Markup:
-    """A heat-map cell's background: hue by direction (green +, red −, blue unsigned), strength by log fold."""
+    """A heat-map cell's background: a changed category's hue by direction (green +, red −, blue unsigned), its
+    strength by log fold; a category that did not change is pale grey."""
     if not h or h["fold"] <= 1:
         return Markup("")
     strength = min(1.0, math.log(h["fold"]) / math.log(max(top, 1.5)))
+    if not h["significant"]:  # a fold that is not a change: grey, whatever its references say
+        return Markup(f"background: rgba(120, 120, 120, {0.15 * strength:.2f})")
     rgb = {"+": "30, 140, 60", "-": "200, 40, 40"}.get(h["direction"], "50, 90, 200")
-    alpha = (0.15 + 0.75 * strength) if h["significant"] else 0.12 * strength
+    alpha = 0.15 + 0.75 * strength
     return Markup(f"background: rgba({rgb}, {alpha:.2f})")
 
 

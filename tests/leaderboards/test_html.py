@@ -55,7 +55,7 @@ def test_index_html_in_chromium_shows_published_pairs(tmp_path, board):
                        " 1 · seed 1 · bench seed 0 · 1000 tokens · 64 latents, k 4 · 100 steps"]
     dpo = next(cells for _, cells in entries if cells[2] == "org/base-7b-dpo")
     assert dpo[4] == "ifeval_lite +0.05 [+0.00, +0.10]*code_lite +0.20 [+0.15, +0.25]*"
-    assert dpo[5:8] == ["—", "—", "5.0×-*"]
+    assert dpo[5:8] == ["—", "—", "5.0×−*"]
     toy = next(cells for _, cells in entries if cells[2] == "a-toy/tuned")
     assert toy[5] == "12.0×*" and toy[-2] == "—"
     assert all(cells[-1] == "report.md" for _, cells in entries)  # these runs have no report.html
@@ -75,7 +75,7 @@ def test_index_html_in_chromium_shows_published_pairs(tmp_path, board):
     view = dict((cells[0], cells[1:]) for _, cells in tables.tables["base-view"])
     tuned = view["tuned model →"]
     assert [t.split("org-")[0] for t in tuned] == ["org/base-7b-dpo", "org/base-7b-simpo", "org/base-7b-simpo"]
-    assert view["safety"] == ["5.0×-*", "1.3×", "1.3×"]
+    assert view["safety"] == ["5.0×−*", "1.3×", "1.3×"]
     assert view["code_lite"] == ["+0.20*", "—", "—"]
 
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
