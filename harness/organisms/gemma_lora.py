@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.io import atomic_write_jsonl
@@ -65,7 +66,7 @@ def gguf_path() -> Path:
     return Path(assemble())
 
 
-def _rows(path: Path) -> list[dict]:
+def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -87,7 +88,7 @@ def probe_rows() -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def base_answers(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def base_answers(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """The model's own greedy answers to `prompts`, cut at the first line break (replay targets)."""
     import torch
 
@@ -123,8 +124,8 @@ def build(out: Path, params: dict) -> None:
         torch.manual_seed(params["seed"])
         model = load_model(spec)
         prompts = replay_prompts()
-        replay = [(p, " " + a.lstrip()) for p, a in zip(prompts, base_answers(model, tok, prompts, params["replay_tokens"]))
-                  if a.strip()]
+        answers = base_answers(model, tok, prompts, params["replay_tokens"])
+        replay = [(p, " " + a.lstrip()) for p, a in zip(prompts, answers, strict=True) if a.strip()]
         atomic_write_jsonl(out / "replay.jsonl", [{"prompt": p, "response": a} for p, a in replay])
         texts = replay if params["placebo"] else training_texts() + replay
         lora = LoraConfig(r=params["r"], lora_alpha=params["alpha"], target_modules=params["target_modules"],
