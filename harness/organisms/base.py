@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffeval.harness.core import progress
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from diffeval.harness.organisms import train
@@ -98,6 +99,7 @@ def build(recipe: Recipe, force: bool = False) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     log.info("building organism %s into %s", recipe.name, final)
+    progress.stage_started(f"organism {recipe.name} (build)", None)
     try:
         recipe.build(tmp, recipe.params)
         record = {
@@ -109,6 +111,7 @@ def build(recipe: Recipe, force: bool = False) -> dict[str, Any]:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        progress.stage_done(f"organism {recipe.name} (build)", time.perf_counter() - t0)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
