@@ -100,7 +100,8 @@ def launch_rank() -> tuple[int, int]:
     return rank, world
 
 
-SEQUENCES_VERSION = 2  # 2: sequences.jsonl holds each token's decoded text ("pieces") beside its raw token
+SEQUENCES_VERSION = 3  # 2: sequences.jsonl holds each token's decoded text ("pieces") beside its raw token;
+# 3: a probe's prompt tokens enter the corpus once (corpus.transcript_sequences)
 
 
 def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
@@ -173,7 +174,8 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
 
 def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], layers: list[int], tok: Any,
                    batch: list[dict[str, Any]], first: int, device: str) -> _Batch:
-    """Both models on one batch of sequences; rows for every non-BOS, non-pad position."""
+    """Both models on one batch of sequences; rows for every non-BOS, non-pad position from each sequence's
+    `skip` on."""
     import torch
 
     enc = tok([s["text"] for s in batch], return_tensors="pt", padding=True, truncation=True,
@@ -182,6 +184,8 @@ def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], la
         hs = [truncated_hidden(m, b, layer, enc["input_ids"], enc["attention_mask"]).float()
               for m, b, layer in zip(lms, blocks, layers, strict=True)]  # each [batch, seq, d_m]
     keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
+    skip = torch.tensor([s.get("skip", 0) for s in batch], device=keep.device)
+    keep &= torch.arange(keep.shape[1], device=keep.device)[None, :] >= skip[:, None]  # positions already collected
     b_idx, pos = keep.nonzero(as_tuple=True)
     per_model = [h[b_idx, pos] for h in hs]  # each [rows, d_m]
     same = len({h.shape[-1] for h in per_model}) == 1

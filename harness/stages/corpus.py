@@ -1,7 +1,9 @@
-"""The texts activations are collected on: corpus files, the shipped corpus, benchmark prompts.
+"""The texts activations are collected on: corpus files, the shipped corpus, benchmark prompts, and with
+`--corpus-responses` the probe transcripts.
 
 A corpus file is `.txt` (one text per line) or `.jsonl` (a `text` field, or chat `messages` rendered with
-the tuned model's chat template).
+the tuned model's chat template). Each text reaches the corpus once: a corpus text that is a transcript's
+prompt is left to the transcript, and a probe's second transcript row adds only its response's positions.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.files import source_name
+from diffeval.harness.stages.transcripts import read_transcripts
 from diffeval.harness.suite import CORPUS_DIR, registry
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,12 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
     def read(path: str) -> list[dict[str, Any]]:
         return [{**s, "source": source_name(path, cfg.source_root)} for s in read_corpus_file(Path(path), chat_tok)]
 
-    groups = [read(p) for p in cfg.corpus]
+    transcripts = [transcript_sequences(p, source_name(p, cfg.source_root)) for p in cfg.extra]
+    covered = {s["prompt"] for group in transcripts for s in group}
+    groups = [[s for s in read(p) if s["text"] not in covered] for p in cfg.corpus]
     if not cfg.corpus:
         groups += shipped_corpus(chat_tok)
-    groups += [read(p) for p in cfg.extra]
+    groups += transcripts
     names = cfg.tasks or (() if cfg.corpus else tuple(registry.shipped_suite()))
     defs = registry.resolve(names, cfg.tasks_dir) if names else []
     user_turn = chat_prefix(chat_tok)
@@ -42,6 +47,20 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
     seqs = _interleave(groups)
     if not seqs:
         raise DiffevalError("the activation corpus is empty: pass --corpus files and/or --tasks")
+    return seqs
+
+
+def transcript_sequences(path: str, source: str) -> list[dict[str, Any]]:
+    """A probe transcript file as corpus sequences in which every token is collected once: the first model's
+    row whole (prompt and response), each later row of the same probe from its response on (`skip` positions
+    are left out), since the prompt's tokens, and so both models' activations on them, are the same."""
+    seen: set[int] = set()
+    seqs = []
+    for row in read_transcripts(path):
+        skip = row["prompt_tokens"] if row["index"] in seen else 0
+        seen.add(row["index"])
+        seqs.append({"kind": "transcript", "source": source, "doc_id": row["index"], "side": row["side"],
+                     "text": row["text"], "prompt": row.get("prompt", ""), "skip": skip})
     return seqs
 
 

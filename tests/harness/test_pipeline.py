@@ -187,11 +187,13 @@ def test_causal_stage_reverts_each_task_category_beside_a_control(tiny_pair, tin
 def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pair, tmp_path) -> None:
     with pytest.raises(DiffevalError, match="probe_responses > 0"):
         tiny_cfg(tiny_pair, corpus_responses=True, probe_responses=0)
-    run = pipeline.run(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), tmp_path / "run")
+    cfg = tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True, seq_len=64)  # prompt and response
+    run = pipeline.run(cfg, tmp_path / "run")
     seqs = [json.loads(x) for x in (run / "activations/sequences.jsonl").read_text().splitlines()]
     sources = {s["source"] for s in seqs}
     assert "probes/transcripts/safety.jsonl" in sources  # named relative to the run
     assert any(src.startswith("shipped:") for src in sources) and "diffeval_factual" in sources  # still there
+    _check_each_probe_token_collected_once(run, seqs)
     manifest = json.loads((run / "manifest.json").read_text())
     order = list(manifest["stages"])
     assert order.index("transcripts") < order.index("activations")
@@ -199,10 +201,32 @@ def test_corpus_responses_adds_the_transcripts_to_the_crosscoder_corpus(tiny_pai
     before = json.loads((run / "attribution.json").read_text())
     assert any(c.get("n_probes") for c in before["categories"])  # usage rows were computed from the transcripts
     moved = run.rename(tmp_path / "moved")
-    pipeline.run(tiny_cfg(tiny_pair, tasks=("diffeval_factual",), corpus_responses=True), moved)
+    pipeline.run(cfg, moved)
     again = json.loads((moved / "manifest.json").read_text())
     assert {k: v.get("ended") for k, v in again["stages"].items()} == {k: v.get("ended") for k, v in manifest["stages"].items()}
     assert json.loads((moved / "attribution.json").read_text())["categories"] == before["categories"]
+
+
+def _check_each_probe_token_collected_once(run: Path, seqs: list[dict]) -> None:
+    """A probe's prompt reaches the crosscoder's corpus once: its first transcript row whole, the second from
+    its response on, and no corpus text that equals a transcript's prompt."""
+    acts = json.loads((run / "activations/manifest.json").read_text())
+    rows = np.concatenate([np.load(run / "activations" / s["tokens_file"]) for s in acts["shards"]])
+    positions: dict[int, list[int]] = {}
+    for seq_id, pos in rows[:, :2].tolist():
+        positions.setdefault(seq_id, []).append(pos)
+    transcripts = [s for s in seqs if s["kind"] == "transcript"]
+    prompts = {s["prompt"] for s in transcripts}
+    assert transcripts and not any(s["text"] in prompts for s in seqs if s["kind"] != "transcript")
+    by_probe: dict[tuple[str, int], list[dict]] = {}
+    for s in transcripts:
+        by_probe.setdefault((s["source"], s["doc_id"]), []).append(s)
+    pairs = [g for g in by_probe.values() if len(g) == 2 and all(s["id"] in positions for s in g)]
+    assert pairs, "no probe has both transcript rows collected"
+    for first, second in pairs:
+        assert first["skip"] == 0 and second["skip"] > 1
+        assert min(positions[second["id"]]) >= second["skip"]  # the prompt's tokens are not collected twice
+        assert min(positions[first["id"]]) < second["skip"]  # ... but once
 
 
 BYTE_MARKERS = ("Ġ", "Ċ", "▁")  # byte-level BPE and SentencePiece spellings of space and newline
