@@ -16,6 +16,7 @@ _API = {
     "ARCHITECTURES": "config", "CrossCoderConfig": "config",
     "CrossCoderBase": "base", "BatchTopKCrossCoder": "batchtopk", "L1CrossCoder": "l1",
     "build_crosscoder": "architectures", "load_crosscoder": "architectures", "train_crosscoder": "train",
+    "from_dictionary_learning": "interop", "to_dictionary_learning": "interop",
 }
 
 __all__ = list(_API)

@@ -11,6 +11,7 @@ from diffeval.crosscoders.base import FORMAT_VERSION, CrossCoderBase
 from diffeval.crosscoders.batchtopk import BatchTopKCrossCoder
 from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
 from diffeval.crosscoders.files import CFG_FILE, WEIGHTS_FILE
+from diffeval.crosscoders.interop import HUB_WEIGHTS, from_dictionary_learning
 from diffeval.crosscoders.l1 import L1CrossCoder
 
 CLASSES: dict[str, type[CrossCoderBase]] = dict(zip(ARCHITECTURES, (BatchTopKCrossCoder, L1CrossCoder), strict=True))
@@ -22,11 +23,16 @@ def build_crosscoder(cfg: CrossCoderConfig) -> CrossCoderBase:
 
 
 def load_crosscoder(directory: str | Path, device: str = "cpu") -> CrossCoderBase:
-    """Load any architecture saved by `CrossCoderBase.save` (the class is chosen from cfg.json).
+    """Load any architecture saved by `CrossCoderBase.save` (the class is chosen from cfg.json), or a
+    dictionary_learning crosscoder (a folder of model.safetensors + config.json, or a .pt/.safetensors state
+    dict: see crosscoders.interop), converted on the way.
 
     A missing or corrupt cfg.json or weights file, or a format version this code does not read, is a
     ValueError naming the file."""
     directory = Path(directory)
+    if directory.is_file() or (directory.is_dir() and not (directory / CFG_FILE).exists()
+                               and (directory / HUB_WEIGHTS).exists()):
+        return from_dictionary_learning(directory).to(device)
     try:
         meta = json.loads((directory / CFG_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -96,7 +96,8 @@ def config_text(config: dict[str, Any]) -> str:
              f"{config['tokens']} tokens" if config.get("tokens") is not None else None,
              f"{config['n_latents']} latents" + (f", k {config['k']}" if config.get("k") else "")
              if config.get("n_latents") is not None else None,
-             f"{config['n_steps']} steps" if config.get("n_steps") is not None else None]
+             f"{config['n_steps']} steps" if config.get("n_steps") is not None else None,
+             f"crosscoder {Path(config['crosscoder']).name}" if config.get("crosscoder") else None]
     return " · ".join(p for p in parts if p) or "—"
 
 

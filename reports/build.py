@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # the crosscoder files, relative to the run directory
 CROSSCODER_CFG = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_CFG}"
 CROSSCODER_METRICS = f"{files.CROSSCODER_DIR}/{files.CROSSCODER_METRICS}"
+CROSSCODER_SOURCE = f"{files.CROSSCODER_DIR}/source.json"  # written by the crosscoder stage for --crosscoder
 
 NO_DELTA = "No benchmark delta is significant after BH adjustment, so there is no score change to explain."
 VALIDATION_FILE = Path(__file__).parent / "validation.json"  # the headline measure on the organism suite
@@ -45,6 +46,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     manifest = _read_optional(run, files.MANIFEST) or {}
     acts = _read_optional(run, files.ACTS_MANIFEST)
     cc_cfg = _read_optional(run, CROSSCODER_CFG)
+    cc_source = _read_optional(run, CROSSCODER_SOURCE)
     metrics = read_jsonl(run, CROSSCODER_METRICS)
     latents = read_jsonl(run, files.LATENTS)
     attribution = _read_optional(run, files.ATTRIBUTION)
@@ -57,7 +59,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "run_id": run.resolve().name,
         "models": models_section(deltas, config, acts, attribution),
         "tasks": tasks_section(deltas),
-        "crosscoder": crosscoder_section(acts, cc_cfg, metrics),
+        "crosscoder": crosscoder_section(acts, cc_cfg, metrics, cc_source),
         "latent_classes": latent_classes_section(latents),
         "headline_measure": (attribution or {}).get("headline_measure"),
         "categories": categories_section(attribution),
@@ -164,7 +166,10 @@ def tasks_section(deltas: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def crosscoder_section(acts: dict | None, cc_cfg: dict | None, metrics: list[dict] | None) -> dict[str, Any]:
+def crosscoder_section(acts: dict | None, cc_cfg: dict | None, metrics: list[dict] | None,
+                       source: dict | None = None) -> dict[str, Any]:
+    """The crosscoder's size and fit; `source` (crosscoder/source.json) names one trained elsewhere
+    (`diffeval run --crosscoder`), whose fit was measured on this run's activations."""
     cfg = cc_cfg or {}
     last = (metrics or [{}])[-1]
     fve = last.get("fve") or [None, None]
@@ -180,6 +185,7 @@ def crosscoder_section(acts: dict | None, cc_cfg: dict | None, metrics: list[dic
         "steps": last.get("step"),
         "fve": {"base": _finite(fve[0]), "tuned": _finite(fve[1])},
         "l0": _finite(last.get("l0")), "dead_fraction": _finite(last.get("dead_fraction")),
+        "source": (source or {}).get("source"),
     }
 
 
@@ -226,7 +232,8 @@ def run_config_section(config: dict[str, Any], cc: dict[str, Any]) -> dict[str, 
     """What tells two runs of one pair apart on a leaderboard: layer, seeds, activation tokens, crosscoder size."""
     return {"layer": cc["layer"], "seed": config.get("seed"),
             "bench_seed": config.get("bench_seed") if config.get("bench_seed") is not None else config.get("seed"),
-            "tokens": cc["tokens"], "n_latents": cc["n_latents"], "k": cc["k"], "n_steps": config.get("n_steps")}
+            "tokens": cc["tokens"], "n_latents": cc["n_latents"], "k": cc["k"],
+            "n_steps": None if cc.get("source") else config.get("n_steps"), "crosscoder": cc.get("source")}
 
 
 def provenance_section(run: Path, config: dict, manifest: dict) -> dict[str, Any]:

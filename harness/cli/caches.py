@@ -1,10 +1,11 @@
-"""`diffeval activations collect` and `diffeval crosscoder train|stats`: the caches, outside a run.
+"""`diffeval activations collect` and `diffeval crosscoder train|stats|import|export`: the caches, outside a run.
 
 Their options and defaults come from ActivationsConfig and CrossCoderConfig, the same dataclasses `run` fills.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import click
 from diffeval import crosscoders
 from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
 from diffeval.crosscoders.data import ActivationDirError, crosscoder_config, read_manifest
+from diffeval.crosscoders.files import write_json_atomic
+from diffeval.crosscoders.interop import FORMATS, from_dictionary_learning, save_dictionary_learning
 from diffeval.harness.cli.common import UserError, apply, field_option, user_errors
 from diffeval.harness.core import files
 from diffeval.harness.core.config import ActivationsConfig
@@ -94,3 +97,47 @@ def crosscoder_stats(crosscoder_dir: str, acts: str, out: str | None) -> None:
     except (ActivationDirError, ValueError) as e:
         raise UserError(str(e)) from None
     click.echo(f"wrote {path}")
+
+
+@crosscoder.command("import")
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
+              help="the source's layout")
+@click.option("--out", required=True, type=DIR, help="new diffeval crosscoder folder (for `diffeval run --crosscoder`)")
+@user_errors
+def crosscoder_import(source: str, fmt: str, out: str) -> None:
+    """Convert a trained crosscoder (a .pt state dict, a .safetensors file, a folder of model.safetensors +
+    config.json, or a hub repository id) to diffeval's format."""
+    dest = Path(out)
+    if dest.exists() and any(dest.iterdir()):
+        raise UserError(f"--out {dest} is not empty: choose a new folder")
+    try:
+        model = from_dictionary_learning(source)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    write_json_atomic(tmp / "source.json", {"source": source, "format": fmt})
+    if dest.exists():
+        dest.rmdir()
+    tmp.replace(dest)
+    c = model.cfg
+    click.echo(f"wrote {dest}: {c.n_models} models, d_model {c.d_model}, {c.n_latents} latents, k {c.k}, "
+               f"threshold {float(model.threshold):.4g}")
+
+
+@crosscoder.command("export")
+@click.argument("crosscoder_dir", type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
+              help="the layout to write")
+@click.option("--out", required=True, type=click.Path(),
+              help="a .pt file (the state dict) or a folder (model.safetensors + config.json, the hub layout)")
+@user_errors
+def crosscoder_export(crosscoder_dir: str, fmt: str, out: str) -> None:
+    """Write a diffeval crosscoder (a run's crosscoder/ folder) in dictionary_learning's layout."""
+    try:
+        model = crosscoders.load_crosscoder(crosscoder_dir)
+        click.echo(f"wrote {save_dictionary_learning(model, out)}")
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -66,6 +66,7 @@ RUN = [
     field_option(RunConfig, "k"),
     field_option(RunConfig, "architecture", type=click.Choice(ARCHITECTURES)),
     field_option(RunConfig, "n_steps"),
+    field_option(RunConfig, "crosscoder", type=click.Path(exists=False)),
     field_option(RunConfig, "corpus_responses", "--corpus-responses/--no-corpus-responses"),
     *LATER_STAGES,
     field_option(RunConfig, "reference", type=str),

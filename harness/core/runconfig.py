@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
@@ -47,6 +48,10 @@ class RunConfig(BenchConfig):
     k: int = opt(CrossCoderConfig.k, "active latents per token on average (BatchTopK)")
     architecture: str = opt(CrossCoderConfig.architecture, "crosscoder architecture: batchtopk or l1")
     n_steps: int = opt(CrossCoderConfig.n_steps, "crosscoder training steps")
+    crosscoder: str | None = opt(None, "a trained crosscoder to use instead of training one: a diffeval crosscoder "
+                                 "folder or a dictionary_learning checkpoint (.pt, .safetensors, or a folder of "
+                                 "model.safetensors + config.json); --n-latents, --k, --architecture and --n-steps "
+                                 "are then unused, and --layer must be the layer it was trained at")
     categories: str | None = opt(None, "taxonomy YAML (replaces the shipped one, or adds to it with 'extends: shipped')")
     probes_dir: str | None = opt(None, "directory of <category>.jsonl probe corpora overriding the taxonomy's")
     probe_responses: int = opt(32, "new tokens each model writes after every probe text (one line, greedy); the annotator "
@@ -86,6 +91,9 @@ class RunConfig(BenchConfig):
             raise DiffevalError("n_latents must be >= 0 (0 = automatic), k and n_steps >= 1")
         if not 0 < self.alpha < 1:
             raise DiffevalError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.crosscoder is not None and not Path(self.crosscoder).exists():
+            raise DiffevalError(f"crosscoder {self.crosscoder} does not exist (pass a diffeval crosscoder folder or a "
+                                "dictionary_learning checkpoint: .pt, .safetensors, or model.safetensors + config.json)")
         if self.annotator not in ANNOTATORS:
             raise DiffevalError(f"annotator {self.annotator!r} must be one of {', '.join(ANNOTATORS)}")
         if self.annotator == "llm" and not (self.llm_url and self.llm_model):
@@ -120,7 +128,8 @@ class RunConfig(BenchConfig):
                 collect=self.activations(tokens=self.tokens, corpus=self.corpus, tasks=self.tasks),
                 transcripts=transcripts if self.corpus_responses else None),
             crosscoder=CrosscoderStageConfig(n_latents=self.n_latents, k=self.k, n_steps=self.n_steps,
-                                             architecture=self.architecture, seed=self.seed, device=self.device),
+                                             architecture=self.architecture, seed=self.seed, device=self.device,
+                                             source=self.crosscoder),
             latents=LatentsConfig(probes=probes, collect=self.activations(tokens=PROBE_TOKENS), transcripts=transcripts,
                                   alpha=self.alpha, annotator=self.annotator, llm_url=self.llm_url,
                                   llm_model=self.llm_model, device=self.device),

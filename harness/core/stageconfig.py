@@ -78,6 +78,7 @@ class CrosscoderStageConfig:
     architecture: str
     seed: int
     device: str = nokey("cpu")
+    source: str | None = nokey(None)  # a trained crosscoder to use (its files' hashes enter the key, not its path)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import diffeval.crosscoders.train as train
-from diffeval.crosscoders import load_crosscoder
+from diffeval.crosscoders import BatchTopKCrossCoder, CrossCoderConfig, load_crosscoder
 from diffeval.harness import pipeline
 from diffeval.harness.cli import cli
 from diffeval.harness.cli.common import build_config
@@ -258,3 +259,35 @@ def test_contexts_are_decoded_deduplicated_and_carry_their_activations(tiny_run)
     for name in ("report.md", "report.html"):
         text = (tiny_run / name).read_text()
         assert not any(m in text for m in BYTE_MARKERS), name
+
+
+def test_run_with_a_given_crosscoder_uses_it_instead_of_training(tiny_pair, tiny_run, tmp_path, monkeypatch) -> None:
+    """`--crosscoder` with a dictionary_learning checkpoint of the tiny run's crosscoder: nothing is trained,
+    the run's crosscoder encodes as the original does, its fit is measured on the run's activations, the
+    report says where it came from; a crosscoder of another hidden size is refused."""
+    from diffeval.crosscoders.interop import save_dictionary_learning
+
+    original = load_crosscoder(tiny_run / "crosscoder")
+    checkpoint = save_dictionary_learning(original, tmp_path / "given.pt")
+    run = copy_run(tiny_run, tmp_path / "run")
+    def no_training(*_args: object, **_kw: object) -> None:
+        raise AssertionError("the crosscoder stage trained although --crosscoder was given")
+
+    monkeypatch.setattr("diffeval.harness.stages.crosscoder.train_crosscoder", no_training)
+    pipeline.run(tiny_cfg(tiny_pair, crosscoder=str(checkpoint)), run)
+    used = load_crosscoder(run / "crosscoder")
+    x = torch.randn(64, 2, original.cfg.d_model) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(used.encode(x), original.encode(x), rtol=1e-5, atol=1e-5)
+    metrics = [json.loads(x) for x in (run / "crosscoder/metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["step"] == 0 and all(0 < f <= 1 for f in metrics[0]["fve"])
+    report = load_report(run / "report.json")
+    assert report["crosscoder"]["source"] == str(checkpoint.resolve())
+    assert report["run_config"]["crosscoder"] == str(checkpoint.resolve()) and report["run_config"]["n_steps"] is None
+    assert "trained elsewhere" in (run / "report.md").read_text()
+    other = tmp_path / "other"
+    BatchTopKCrossCoder(CrossCoderConfig(d_model=original.cfg.d_model + 1, n_latents=16, k=2)).save(other)
+    with pytest.raises(DiffevalError, match="hidden size"):
+        pipeline.run(tiny_cfg(tiny_pair, crosscoder=str(other)), copy_run(tiny_run, tmp_path / "run2"))
+    with pytest.raises(DiffevalError, match="does not exist"):
+        tiny_cfg(tiny_pair, crosscoder=str(tmp_path / "nowhere"))
