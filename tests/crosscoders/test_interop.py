@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from diffeval.crosscoders import BatchTopKCrossCoder, CrossCoderConfig, load_crosscoder
-from diffeval.crosscoders.interop import from_dictionary_learning, to_dictionary_learning
+from diffeval.crosscoders import BatchTopKCrossCoder, CrossCoderConfig, L1CrossCoder, load_crosscoder, train_crosscoder
+from diffeval.crosscoders.interop import from_dictionary_learning
 from diffeval.harness.cli import cli
 
 N, D, L, K = 2, 12, 40, 4
@@ -107,7 +107,6 @@ def test_ours_exported_reads_back_by_the_source_rule(tmp_path, trained_crosscode
     for out in (tmp_path / "cc.pt", tmp_path / "hub"):
         res = CliRunner().invoke(cli, ["crosscoder", "export", str(tmp_path / "ours"), "--out", str(out)])
         assert res.exit_code == 0, res.output
-        from safetensors.torch import load_file
         state = torch.load(out, weights_only=True) if out.suffix == ".pt" else load_file(str(out / "model.safetensors"))
         assert state["encoder.weight"].shape == (N, D, L) and state["decoder.weight"].shape == (N, L, D)
         # the normaliser is consistent: built again from its mean and std, the source gets the same scale
@@ -128,8 +127,6 @@ def test_ours_exported_reads_back_by_the_source_rule(tmp_path, trained_crosscode
 @pytest.fixture()
 def trained_crosscoder(tmp_path):
     """A small trained diffeval crosscoder (threshold estimated) saved at tmp_path/ours, and activations."""
-    from diffeval.crosscoders import train_crosscoder
-
     x = activations(rows=2048)
     cfg = CrossCoderConfig(d_model=D, n_models=N, n_latents=L, k=K, n_steps=60, batch_size=256, dtype="float32")
     model = train_crosscoder(cfg, x)
@@ -161,8 +158,6 @@ def test_an_sae_or_a_missing_file_is_refused(tmp_path) -> None:
 
 
 def test_export_refuses_an_l1_crosscoder(tmp_path) -> None:
-    from diffeval.crosscoders import L1CrossCoder
-
     L1CrossCoder(CrossCoderConfig(d_model=D, n_models=N, n_latents=L, architecture="l1")).save(tmp_path / "l1")
     res = CliRunner().invoke(cli, ["crosscoder", "export", str(tmp_path / "l1"), "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "only BatchTopK" in res.output and not (tmp_path / "x.pt").exists()

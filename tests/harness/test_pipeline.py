@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import diffeval.crosscoders.train as train
 from diffeval.crosscoders import BatchTopKCrossCoder, CrossCoderConfig, load_crosscoder
+from diffeval.crosscoders.interop import save_dictionary_learning
 from diffeval.harness import pipeline
 from diffeval.harness.cli import cli
 from diffeval.harness.cli.common import build_config
@@ -265,8 +266,6 @@ def test_run_with_a_given_crosscoder_uses_it_instead_of_training(tiny_pair, tiny
     """`--crosscoder` with a dictionary_learning checkpoint of the tiny run's crosscoder: nothing is trained,
     the run's crosscoder encodes as the original does, its fit is measured on the run's activations, the
     report says where it came from; a crosscoder of another hidden size is refused."""
-    from diffeval.crosscoders.interop import save_dictionary_learning
-
     original = load_crosscoder(tiny_run / "crosscoder")
     checkpoint = save_dictionary_learning(original, tmp_path / "given.pt")
     run = copy_run(tiny_run, tmp_path / "run")
