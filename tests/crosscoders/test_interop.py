@@ -11,7 +11,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from diffeval.crosscoders import BatchTopKCrossCoder, CrossCoderConfig, L1CrossCoder, load_crosscoder, train_crosscoder
+from diffeval.crosscoders import (
+    BatchTopKCrossCoder,
+    CrossCoderConfig,
+    L1CrossCoder,
+    load_crosscoder,
+    train_crosscoder,
+)
 from diffeval.crosscoders.interop import from_dictionary_learning
 from diffeval.harness.cli import cli
 
