@@ -14,9 +14,18 @@ Subpackages: `diffeval.harness` (configuration, stages, pipeline, CLI, organisms
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenMP worker threads that spin after each parallel region take the cores from the main thread's
+# sequential work (a sort of the active latents, an embedding_bag backward) whenever other processes share
+# the machine; workers that sleep at once do not (benches/bench_omp_wait.py measures both, idle and busy;
+# docs/development.md has the numbers). Set before torch loads OpenMP, and never over a user's own setting.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # public name -> module that defines it
 _API = {
