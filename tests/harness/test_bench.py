@@ -1,10 +1,13 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import lm_eval
 import pytest
+import yaml
 from lm_eval.tasks import TaskManager
+from transformers import AutoTokenizer
 
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.errors import DiffevalError, TokenizerMismatchError
@@ -13,6 +16,8 @@ from diffeval.harness.core.io import atomic_write_text
 from diffeval.harness.core.rundir import RunDir
 from diffeval.harness.stages import bench as bench_mod
 from diffeval.harness.stages.bench import run_bench
+from diffeval.harness.stages.corpus import chat_prefix
+from diffeval.harness.suite import registry
 from diffeval.harness.suite.authoring import new_task
 from diffeval.tasks import TASKS_DIR
 
@@ -188,3 +193,43 @@ def test_chat_template_run(tiny_pair, tmp_path):
 def test_bad_settings_are_rejected(kw, msg):
     with pytest.raises(DiffevalError, match=msg):
         BenchConfig(base="a", tuned="b", **kw)
+
+
+STANDARD = {"ifeval": "instruction_following", "gsm8k": "math", "mmlu": "factual_recall",
+            "truthfulqa_mc2": "hallucination_management", "xnli_fr": "multilingual", "humaneval": "code"}
+
+
+def test_standard_benchmarks_resolve_by_name_offline_with_their_categories():
+    """lm-eval's own tasks resolve by name from its installed catalogue (no hub), each with its category."""
+    defs = registry.resolve(list(STANDARD))
+    assert {d.name: d.category for d in defs} == STANDARD
+    assert all(d.path is None for d in defs)  # lm-eval's, not a local copy
+    with pytest.raises(DiffevalError, match="did you mean gsm8k"):
+        registry.resolve(["gsm8kk"])
+
+
+def test_a_local_copy_of_gsm8k_runs_the_whole_bench_with_the_chat_template(tiny_pair, tmp_path):
+    """lm-eval's gsm8k YAML, pointed at local data, through the bench with --apply-chat-template: the task
+    keeps its name, category (math), metric and filters, and both models are scored on every document."""
+    source = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k.yaml").read_text())
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a} + {b} = {a + b} apples.\n#### {a + b}"} for a, b in ((2, 3), (4, 5), (1, 6), (7, 2))]
+    for split in ("train", "test"):
+        (task_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source.pop("dataset_name")
+    source |= {"dataset_path": "json", "num_fewshot": 1,
+               "dataset_kwargs": {"data_files": {"train": str(task_dir / "train.jsonl"), "test": str(task_dir / "test.jsonl")}},
+               "generation_kwargs": {**source["generation_kwargs"], "max_gen_toks": 8}}
+    (task_dir / "gsm8k.yaml").write_text(yaml.safe_dump(source))
+    run_bench(cfg(*tiny_pair, tasks=("gsm8k",), tasks_dir=(str(task_dir),), apply_chat_template=True), tmp_path / "run")
+    (row,) = json.loads((tmp_path / "run" / DELTAS).read_text())["tasks"]
+    assert (row["task"], row["category"], row["n"]) == ("gsm8k", "math", 4)
+    assert row["metric"].startswith("exact_match")
+    user_turn = chat_prefix(AutoTokenizer.from_pretrained(str(tiny_pair[1])))
+    assert user_turn
+    for side in ("base", "tuned"):
+        logged = [json.loads(x) for x in next((tmp_path / "run" / "bench" / side).rglob("*gsm8k*.jsonl")).read_text().splitlines()]
+        assert {r["doc_id"] for r in logged} == {0, 1, 2, 3}  # one row per document and filter
+        assert all(user_turn in r["arguments"][0][0] for r in logged)  # the prompt is in the chat template
