@@ -7,6 +7,7 @@ import click
 from diffeval.crosscoders.config import ARCHITECTURES
 from diffeval.harness.cli.common import apply, field_option
 from diffeval.harness.core.config import BenchConfig
+from diffeval.harness.core.presets import PRESETS
 from diffeval.harness.core.runconfig import (
                            ANNOTATORS,
                            ATTRIBUTION_SHIFTS,
@@ -66,6 +67,7 @@ RUN = [
     field_option(RunConfig, "k"),
     field_option(RunConfig, "architecture", type=click.Choice(ARCHITECTURES)),
     field_option(RunConfig, "n_steps"),
+    field_option(RunConfig, "preset", type=click.Choice(PRESETS)),
     field_option(RunConfig, "crosscoder", type=click.Path(exists=False)),
     field_option(RunConfig, "corpus_responses", "--corpus-responses/--no-corpus-responses"),
     *LATER_STAGES,

@@ -12,12 +12,15 @@ import click
 from diffeval.harness import pipeline
 from diffeval.harness.cli.common import build_config, field_option, user_errors
 from diffeval.harness.cli.options import bench_options, later_stage_options, run_options
-from diffeval.harness.core import files
+from diffeval.harness.core import files, models, progress
 from diffeval.harness.core.config import BenchConfig, from_dict, load_config_file
 from diffeval.harness.core.io import read_json
-from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.presets import FIELDS as PRESET_FIELDS
+from diffeval.harness.core.presets import apply_preset, auto_preset
+from diffeval.harness.core.runconfig import RunConfig, n_latents_for
 from diffeval.harness.core.rundir import RunDir, default_run_dir
 from diffeval.harness.organisms import DEFAULT_ORGANISM, default_run_flags
+from diffeval.harness.pipeline.plan import model_size
 from diffeval.harness.pipeline.plan import plan as plan_text
 
 
@@ -48,7 +51,26 @@ def run_config(config_file: str | None, flags: dict[str, Any]) -> RunConfig:
             name = DEFAULT_ORGANISM
             click.echo(f"no --base/--tuned given: using the default model organism '{name}'")
         flags.update(default_run_flags(name, flags))
-    return build_config(RunConfig, config_file, **flags)
+    return build_config(RunConfig, config_file, **sized(flags, in_file))
+
+
+def sized(flags: dict[str, Any], in_file: dict[str, Any]) -> dict[str, Any]:
+    """`flags` with the preset's budget filled in where neither the flags nor the config file set it: the
+    named --preset, or the one the pair's size and the device call for (presets.auto_preset). Says which."""
+    given = {k: flags.get(k) if flags.get(k) is not None else in_file.get(k) for k in (*PRESET_FIELDS, "preset")}
+    device = flags.get("device") or in_file.get("device") or "cpu"
+    tuned = flags.get("tuned") or in_file.get("tuned")
+    d_model, n_params = model_size(models.resolve_spec(tuned)) if tuned else (0, 0)
+    name = given["preset"] or auto_preset(device, n_params)
+    out = {**flags, **apply_preset(name, {k: given[k] for k in PRESET_FIELDS}, d_model)}
+    how = "--preset" if given["preset"] else (f"chosen for {n_params / 1e6:.1f} M parameters per model on {device}"
+                                              if n_params else f"chosen on {device}; the model size is unknown")
+    latents = n_latents_for(out["n_latents"], d_model) if d_model else "automatic"
+    shown = {"tokens": f"{out['tokens']} tokens", "n_latents": f"{latents} latents", "k": f"k {out['k']}",
+             "n_steps": f"{out['n_steps']} steps"}
+    set_here = [shown[k] for k in PRESET_FIELDS if given[k] is None]
+    progress.note(f"preset {name} ({how})" + (f": {', '.join(set_here)}" if set_here else ""))
+    return out
 
 
 @click.command()

@@ -48,6 +48,11 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def note(message: str) -> None:
+    """One line of what the run decided for the user (a preset, its budget), shown like a stage's."""
+    log.info("%s", message)
+
+
 def stage_started(name: str, previous_seconds: float | None) -> None:
     hint = f" (it took {previous_seconds:.0f} s last time)" if previous_seconds else ""
     log.info("%s: running%s", name, hint)

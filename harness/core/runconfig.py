@@ -10,6 +10,7 @@ from typing import Any
 from diffeval.crosscoders.config import ARCHITECTURES, CrossCoderConfig
 from diffeval.harness.core.config import ActivationsConfig, BenchConfig, opt
 from diffeval.harness.core.errors import DiffevalError
+from diffeval.harness.core.presets import EXPANSION, PRESETS
 from diffeval.harness.core.stageconfig import (
     PROBE_TOKENS,
     ActivationsStageConfig,
@@ -28,7 +29,6 @@ ATTRIBUTION_SHIFTS = ("auto", HEADLINE_MEASURE, "share", "usage", "mass")
 CAUSAL_MODES = ("ablate", "revert")
 ANNOTATORS = ("enrichment", "llm")
 MIN_SPECIFIC = 10  # N^T or N^B below this: too few model-specific latents for share ratios
-EXPANSION = 8  # n_latents = EXPANSION × the hidden size when not given
 
 
 def n_latents_for(n_latents: int, d_model: int) -> int:
@@ -48,6 +48,9 @@ class RunConfig(BenchConfig):
     k: int = opt(CrossCoderConfig.k, "active latents per token on average (BatchTopK)")
     architecture: str = opt(CrossCoderConfig.architecture, "crosscoder architecture: batchtopk or l1")
     n_steps: int = opt(CrossCoderConfig.n_steps, "crosscoder training steps")
+    preset: str | None = opt(None, "crosscoder budget: quick, standard or paper (sets --tokens, --n-latents, --k and "
+                             "--n-steps where they are not given; docs/real-pairs.md); none = quick on a CPU or "
+                             "for models under 100 M parameters, standard on a GPU")
     crosscoder: str | None = opt(None, "a trained crosscoder to use instead of training one: a diffeval crosscoder "
                                  "folder or a dictionary_learning checkpoint (.pt, .safetensors, or a folder of "
                                  "model.safetensors + config.json); --n-latents, --k, --architecture and --n-steps "
@@ -91,6 +94,8 @@ class RunConfig(BenchConfig):
             raise DiffevalError("n_latents must be >= 0 (0 = automatic), k and n_steps >= 1")
         if not 0 < self.alpha < 1:
             raise DiffevalError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise DiffevalError(f"preset {self.preset!r} must be one of {', '.join(PRESETS)}")
         if self.crosscoder is not None and not Path(self.crosscoder).exists():
             raise DiffevalError(f"crosscoder {self.crosscoder} does not exist (pass a diffeval crosscoder folder or a "
                                 "dictionary_learning checkpoint: .pt, .safetensors, or model.safetensors + config.json)")

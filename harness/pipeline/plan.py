@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,39 +16,105 @@ STAGE_NAMES = ("bench.base", "bench.tuned", "bench.deltas", "activations", "cros
                "latents", "attribution", "causal", "report")
 
 
+@dataclass(frozen=True)
+class Rates:
+    """What a device does per second, measured on this project's machines (benches/bench_plan.py compares the
+    estimates they give with finished runs; docs/development.md has the ratios)."""
+
+    forward_flops: float      # model forward, FLOP/s (2 FLOPs per non-embedding parameter per token)
+    gguf_load_s: float        # seconds per parameter to de-quantise a GGUF model
+    step_fixed_s: float       # crosscoder step cost that does not grow with its size (data, selection, aux loss, Adam)
+    step_flops: float         # the dense encoder forward that selects the active latents, FLOP/s
+    aux_pair_s: float         # the auxiliary loss' sparse encode + decode, per (row, dead latent) pair and dimension
+
+
+RATES = {
+    # 2 CPU cores: the quick start's crosscoder (78 ms a step at d 96), benches/bench_crosscoder.py (d 576,
+    # 4096 latents), the Gemma-3-270M organism's collection and de-quantisation
+    "cpu": Rates(forward_flops=20e9, gguf_load_s=1.3e-7, step_fixed_s=0.07, step_flops=150e9, aux_pair_s=1.5e-9),
+    # one H200: benches/bench_crosscoder.py --device cuda (d 576 and 2304); the forward and auxiliary-loss rates
+    # are round figures that no measurement here has checked
+    "cuda": Rates(forward_flops=100e12, gguf_load_s=1.3e-7, step_fixed_s=0.004, step_flops=20e12, aux_pair_s=1e-12),
+}
+BATCH, AUX_K = 1024, 256  # crosscoder rows per step and auxiliary-loss latents per row (CrossCoderConfig)
+
+
+@dataclass(frozen=True)
+class Size:
+    d_model: int
+    n_params: int       # all parameters of one model
+    body_params: int    # without the embedding matrices (what a forward multiplies by)
+    n_layers: int
+    gguf: bool
+
+
+def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
+    """Seconds for the activation collection and the crosscoder training, and bytes for the cache and memory."""
+    rates = RATES["cpu" if cfg.device == "cpu" else "cuda"]
+    n_latents = n_latents_for(cfg.n_latents, size.d_model)
+    depth = (cfg.layer if 0 < cfg.layer < 1 else (cfg.layer + 1) / max(size.n_layers, 1)) if size.n_layers else 1.0
+    load_s = 2 * size.n_params * (rates.gguf_load_s if size.gguf else 0.0)
+    forward_s = cfg.tokens * 2 * 2 * size.body_params * depth / rates.forward_flops
+    step_s = rates.step_fixed_s + 2 * BATCH * 2 * size.d_model * n_latents / rates.step_flops
+    # while latents are dead the auxiliary loss adds up to aux_k pairs a row (CrossCoderConfig.aux_k)
+    aux_s = BATCH * min(AUX_K, n_latents) * 2 * size.d_model * rates.aux_pair_s
+    steps = 0 if cfg.crosscoder else cfg.n_steps
+    return {"activations_s": load_s + forward_s, "crosscoder_s": steps * step_s, "crosscoder_max_s": steps * (step_s + aux_s),
+            "cache_bytes": cfg.tokens * 2 * size.d_model * 4, "models_bytes": 2 * size.n_params * DTYPE_BYTES.get(cfg.dtype, 4),
+            "crosscoder_bytes": 4 * 2 * n_latents * 2 * size.d_model * 4, "n_latents": n_latents}
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 def plan(cfg: RunConfig, run_dir: Path) -> str:
-    """A table of stages (reuse or run) and a rough disk, memory and time estimate, touching no model weights."""
+    """A table of stages (reuse or run) and a disk, memory and time estimate, touching no model weights."""
 
     manifest_path = run_dir / files.MANIFEST
     done = {}
     if manifest_path.exists():
         done = {k: v.get("status") for k, v in read_json(manifest_path).get("stages", {}).items()}
-    d_model, n_params = _model_size(models.resolve_spec(cfg.tuned))
-    n_latents = n_latents_for(cfg.n_latents, d_model)
-    act_bytes = cfg.tokens * 2 * d_model * 4
-    cc_bytes = n_latents * 2 * d_model * 4 * 2 * 4  # W_enc + W_dec, fp32, with Adam's two moments
-    model_bytes = 2 * n_params * 4
+    size = pair_size(cfg.tuned)
+    est = estimates(cfg, size)
     rows = []
     for name in STAGE_NAMES:
         if (name == "causal" and not cfg.causal) or (name == "transcripts" and not cfg.probe_responses):
             continue
         state = done.get(name)
         rows.append([name, "reuse if inputs unchanged" if state == "done" else f"run ({state})" if state else "run"])
-    # rough CPU throughput from this project's benches: a forward of ~2·params FLOPs per token at ~20 GFLOP/s
-    fwd_s = 2 * (cfg.tokens * 2) * 2 * n_params / 20e9
-    # crosscoder step on 2 CPU cores (benches/bench_crosscoder.py, a 96-wide organism): ~30 ms of fixed
-    # cost plus the dense encoder selection at ~150 GFLOP/s
-    train_s = cfg.n_steps * (0.03 + 1024 * 2 * d_model * n_latents * 2 / 150e9)
-    estimate = [["disk: activation cache", _gb(act_bytes)], ["memory: both models (fp32)", _gb(model_bytes)],
-                ["memory: crosscoder training", _gb(cc_bytes)], ["time: collection (CPU, rough)", f"{fwd_s / 60:.1f} min"],
-                ["time: crosscoder training (CPU, rough)", f"{train_s / 60:.1f} min"]]
+    where = "CPU" if cfg.device == "cpu" else "GPU"
+    estimate = [["disk: activation cache", _gb(est["cache_bytes"])],
+                [f"memory: both models ({cfg.dtype})", _gb(est["models_bytes"])],
+                ["memory: crosscoder training", _gb(est["crosscoder_bytes"])],
+                [f"time: activation collection ({where})", _minutes(est["activations_s"])],
+                [f"time: crosscoder training ({where})", "none (--crosscoder given)" if cfg.crosscoder else
+                 f"{_minutes(est['crosscoder_s'])} to {_minutes(est['crosscoder_max_s'])} (no latent dead to "
+                 f"{AUX_K}+ dead: the auxiliary loss)"]]
+    preset = f"preset {cfg.preset}: " if cfg.preset else ""
     return (f"run directory: {run_dir}\n" + tabulate(rows, headers=["stage", "plan"]) + "\n\n"
-            + tabulate(estimate, headers=["estimate", "value"]) + f"\n(hidden size {d_model}, {n_latents} latents, "
-            f"{n_params / 1e6:.1f} M parameters per model; benchmark time depends on the tasks)")
+            + tabulate(estimate, headers=["estimate", "value"])
+            + f"\n({preset}{cfg.tokens} tokens, {est['n_latents']} latents, k {cfg.k}, {cfg.n_steps} steps; hidden size "
+            f"{size.d_model}, {size.n_params / 1e6:.1f} M parameters per model; the benchmarks' time depends on the "
+            "tasks and is not estimated)")
 
 
-def _model_size(spec: Any) -> tuple[int, int]:
-    """(hidden size, parameter count) from the model's config alone."""
+def pair_size(tuned: str) -> Size:
+    """The tuned model's size from its config alone (both models of a pair share it); zeros when unknown."""
+    spec = models.resolve_spec(tuned)
+    d, n_params, body, layers = model_size(spec, detail=True)
+    base = spec
+    while getattr(base, "adapter_base", None) is not None:
+        base = base.adapter_base
+    return Size(d, n_params, body, layers, gguf=bool(getattr(base, "gguf_file", None)))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def model_size(spec: Any, detail: bool = False) -> tuple[int, ...]:
+    """(hidden size, parameter count) from the model's config alone; with `detail`, also the parameters
+    without the embeddings and the number of blocks. Zeros when the config cannot be read."""
     from transformers import AutoConfig
 
     while getattr(spec, "adapter_base", None) is not None:  # a PEFT adapter: its base model's config
@@ -56,11 +123,13 @@ def _model_size(spec: Any) -> tuple[int, int]:
     try:
         conf = AutoConfig.from_pretrained(str(spec.path), **kw)
     except (OSError, ValueError):
-        return 0, 0
+        return (0, 0, 0, 0) if detail else (0, 0)
     conf = getattr(conf, "text_config", conf)
     d, layers = conf.hidden_size, conf.num_hidden_layers
     inter = getattr(conf, "intermediate_size", 4 * d)
-    return d, layers * (4 * d * d + 3 * d * inter) + conf.vocab_size * d
+    body = layers * (4 * d * d + 3 * d * inter)
+    total = body + conf.vocab_size * d
+    return (d, total, body, layers) if detail else (d, total)
 
 
 def _gb(n: float) -> str:
