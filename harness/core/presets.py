@@ -4,7 +4,7 @@ A preset sets four options: activation tokens, dictionary size (as an expansion 
 training steps. An option given on the command line or in a --config file wins over the preset.
 
 - quick: a first look (and the toy organisms): 50 000 rows, 8 × hidden latents, k 32, 2000 steps.
-- standard: a real pair on one GPU in about an hour: 2 M rows, 16 × hidden, k 64, 8000 steps (4 passes).
+- standard: a real pair on one GPU: 2 M rows, 16 × hidden, k 64, 8000 steps (about 4 passes).
 - paper: the published recipes for pairs such as Gemma-2-2B vs -it (about 100 M tokens, 32 × expansion,
   k = 100): 100 M rows, 32 × hidden, k 100, one pass of batch 1024.
 

@@ -88,8 +88,7 @@ def plan(cfg: RunConfig, run_dir: Path) -> str:
                 ["memory: crosscoder training", _gb(est["crosscoder_bytes"])],
                 [f"time: activation collection ({where})", _minutes(est["activations_s"])],
                 [f"time: crosscoder training ({where})", "none (--crosscoder given)" if cfg.crosscoder else
-                 f"{_minutes(est['crosscoder_s'])} to {_minutes(est['crosscoder_max_s'])} (no latent dead to "
-                 f"{AUX_K}+ dead: the auxiliary loss)"]]
+                 _span(est["crosscoder_s"], est["crosscoder_max_s"])]]
     preset = f"preset {cfg.preset}: " if cfg.preset else ""
     return (f"run directory: {run_dir}\n" + tabulate(rows, headers=["stage", "plan"]) + "\n\n"
             + tabulate(estimate, headers=["estimate", "value"])
@@ -106,6 +105,13 @@ def pair_size(tuned: str) -> Size:
     while getattr(base, "adapter_base", None) is not None:
         base = base.adapter_base
     return Size(d, n_params, body, layers, gguf=bool(getattr(base, "gguf_file", None)))
+
+
+def _span(low: float, high: float) -> str:
+    """The training time from no dead latent to the auxiliary loss at full cost (one figure when they agree)."""
+    if _minutes(low) == _minutes(high):
+        return _minutes(low)
+    return f"{_minutes(low)} to {_minutes(high)} (the upper figure while {AUX_K}+ latents are dead: the auxiliary loss)"
 
 
 def _minutes(seconds: float) -> str:

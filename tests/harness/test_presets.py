@@ -53,7 +53,7 @@ def test_plan_prints_the_preset_and_its_estimates(tiny_pair, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert "preset standard (--preset): 2000000 tokens, 1024 latents, 8000 steps" in res.output  # k was given
     assert "preset standard: 2000000 tokens, 1024 latents, k 8, 8000 steps" in res.output
-    assert "disk: activation cache" in res.output and "the auxiliary loss" in res.output
+    assert "disk: activation cache" in res.output and "time: crosscoder training" in res.output
     res = CliRunner().invoke(cli, ["plan", "--base", base, "--tuned", tuned, "--preset", "huge"])
     assert res.exit_code == 2 and "'huge' is not one of" in res.output
 
