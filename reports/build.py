@@ -21,6 +21,7 @@ from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.fdr import benjamini_hochberg
 from diffeval.harness.core.io import read_json
 from diffeval.harness.core.runconfig import MIN_SPECIFIC
+from diffeval.reports.formats import finite, p_clause
 from diffeval.reports.schema import SCHEMA_VERSION, ReportError, validate_report
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,8 @@ def crosscoder_section(acts: dict | None, cc_cfg: dict | None, metrics: list[dic
         "tokens": (acts or {}).get("rows"),
         "tokens_seen": last["step"] * cfg["batch_size"] if "step" in last and "batch_size" in cfg else None,
         "steps": last.get("step"),
-        "fve": {"base": _finite(fve[0]), "tuned": _finite(fve[1])},
-        "l0": _finite(last.get("l0")), "dead_fraction": _finite(last.get("dead_fraction")),
+        "fve": {"base": finite(fve[0]), "tuned": finite(fve[1])},
+        "l0": finite(last.get("l0")), "dead_fraction": finite(last.get("dead_fraction")),
         "source": (source or {}).get("source"),
     }
 
@@ -205,20 +206,20 @@ def categories_section(attribution: dict | None) -> list[dict[str, Any]]:
             "n_latents", "small_counts", "note", "n_changed", "n_live", "changed_p", "changed_q", "changed_significant",
             "usage_shift", "usage_ci_low", "usage_ci_high", "usage_p", "n_probes", "usage_shift_rel", "usage_rel_ci_low",
             "usage_rel_ci_high", "empty_base", "empty_tuned")
-    out = [{k: (_finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
+    out = [{k: (finite(row.get(k)) if isinstance(row.get(k), float) else row.get(k)) for k in keep} for row in rows]
     for row, src in zip(out, rows, strict=True):
         head = src.get("headline")
         row["headline"] = None if not head else {
-            k: (_finite(v) if isinstance(v, float) else v) for k, v in head.items()}
+            k: (finite(v) if isinstance(v, float) else v) for k, v in head.items()}
     return out
 
 
 def attribution_section(attribution: dict | None) -> dict[str, Any]:
     attr = (attribution or {}).get("attribution") or {}
     per_task = [{"task": r["task"], "category": r.get("category"), "delta": r["delta"],
-                 "predicted": _finite(r.get("predicted")), "contributions": r.get("contributions") or {}}
+                 "predicted": finite(r.get("predicted")), "contributions": r.get("contributions") or {}}
                 for r in attr.get("per_task") or []]
-    return {"spearman": _finite(attr.get("spearman")), "p_value": _finite(attr.get("p_value")),
+    return {"spearman": finite(attr.get("spearman")), "p_value": finite(attr.get("p_value")),
             "reason": attr.get("reason"), "n_tasks": attr.get("n_tasks", len(per_task)), "per_task": per_task,
             "shift_used": attr.get("shift_used"), "documents": attr.get("documents") or [],
             "exposure": (attribution or {}).get("exposure") or {}}
@@ -242,17 +243,10 @@ def provenance_section(run: Path, config: dict, manifest: dict) -> dict[str, Any
     return {
         "config_hash": hashlib.sha256(blob).hexdigest()[:16] if config else None,
         "packages": {str(k): str(v) for k, v in (manifest.get("packages") or {}).items()},
-        "timings": {name: _finite(e.get("seconds")) for name, e in stages.items() if isinstance(e, dict)},
+        "timings": {name: finite(e.get("seconds")) for name, e in stages.items() if isinstance(e, dict)},
         "stages": {name: e.get("status") for name, e in stages.items() if isinstance(e, dict)},
         "run_created": manifest.get("created"),
     }
-
-
-def _finite(x: Any) -> float | None:
-    """A JSON-safe number: NaN and ±inf (undefined values) become null."""
-    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if x == x and abs(x) != float("inf") else None
 
 
 # -- judgements in words ----------------------------------------------------------------------------------
@@ -333,7 +327,7 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
     if attr["spearman"] is not None:
         sure = "significant" if attr["p_value"] is not None and attr["p_value"] < alpha else "not significant"
         lines.append(f"Category shifts ({attr.get('shift_used') or 'unknown measure'}) predict the task deltas with "
-                     f"Spearman ρ = {attr['spearman']:+.2f} over {attr['n_tasks']} tasks ({sure}, p = {_p(attr['p_value'])}).")
+                     f"Spearman ρ = {attr['spearman']:+.2f} over {attr['n_tasks']} tasks ({sure}, {p_clause('p', attr['p_value'])}).")
     return lines
 
 
@@ -345,14 +339,14 @@ def headline_sentence(c: dict[str, Any]) -> str:
     line = (f"{c['category']}: changed — where its {h.get('n_texts')} probe texts call for an answer, fine-tuning moved "
             f"the models' activations {h['value'] + 1:.1f}× as much as it moved them on the rest of the probe texts "
             f"(cue shift {format_shift(h['value'])}, 95% CI {format_shift(h['ci_low'])} to {format_shift(h['ci_high'])}; "
-            f"above {fold}× at q = {_p(h['q_value'])}){own}.")
+            f"above {fold}× at {p_clause('q', h['q_value'])}){own}.")
     if h.get("direction"):
         more = "more" if h["direction"] == "+" else "less"
         line += (f" Direction {h['direction']}: the tuned model prefers the desired reference answers {more} than the "
-                 f"base (margin shift {h['margin_shift']:+.2f} nats over {h['n_references']} probes, p = {_p(h['direction_p'])}).")
+                 f"base (margin shift {h['margin_shift']:+.2f} nats over {h['n_references']} probes, {p_clause('p', h['direction_p'])}).")
     elif h.get("n_references"):
         line += (f" Direction not identified: the reference-answer margins did not move significantly "
-                 f"(p = {_p(h.get('direction_p'))}).")
+                 f"({p_clause('p', h.get('direction_p'))}).")
     else:
         line += " Direction not identified: its probe corpus has no reference answers."
     return line
@@ -378,10 +372,6 @@ def share_ratio_lines(cats: list[dict[str, Any]], alpha: float) -> list[str]:
 def format_shift(shift: float | None) -> str:
     """The paper-compatible percentage: (n_T/N_T)/(n_B/N_B) − 1 as e.g. '+151.7 %'."""
     return "undefined" if shift is None else f"{shift * 100:+.1f} %"
-
-
-def _p(p: float | None) -> str:
-    return "—" if p is None else f"{p:.2g}"
 
 
 # -- the answer: what the first screen says -----------------------------------------------------------------
@@ -469,7 +459,7 @@ def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[s
     """One benchmark task's answer, in words with its numbers."""
     verb = "rose" if t["delta"] > 0 else "fell"
     ci = "" if t["ci_low"] is None else f", 95% CI {t['ci_low']:+.3f} to {t['ci_high']:+.3f}"
-    line = f"{t['task']} {verb} {t['delta']:+.3f}{ci}, q = {_p(q)}: "
+    line = f"{t['task']} {verb} {t['delta']:+.3f}{ci}, {p_clause('q', q)}: "
     if named:
         line += "; ".join(category_clause(c, heads[c]) for c in named)
     else:
@@ -481,7 +471,7 @@ def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[s
         sure = "significant" if docs.get("significant") else "not significant"
         than = "the task's unchanged ones" if docs.get("against") == "task" else "other tasks' unchanged ones"
         line += (f". Per document: the {flipped} documents whose outcome flipped carry on average {docs['effect'] + 1:.1f}× "
-                 f"as much of {docs['category']}'s change as {than} (q = {_p(docs.get('q_value'))}, {sure})")
+                 f"as much of {docs['category']}'s change as {than} ({p_clause('q', docs.get('q_value'))}, {sure})")
     if causal and causal.get("delta_removed") is not None:
         verb = "reverting" if causal.get("mode") == "revert" else "ablating"
         notes = []
@@ -489,7 +479,7 @@ def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[s
             notes.append(f"95% CI {100 * causal['ci_low']:.0f}–{100 * causal['ci_high']:.0f} %")
         if causal.get("control_p") is not None:
             notes.append(f"{causal['n_controls']} random sets of as many latents remove a median "
-                         f"{100 * causal['control_removed']:.0f} %, control p = {_p(causal['control_p'])}")
+                         f"{100 * causal['control_removed']:.0f} %, {p_clause('control p', causal['control_p'])}")
         line += (f". Causal: {verb} its {causal.get('n_latents', '?')} {causal['category']} latents removes "
                  f"{100 * causal['delta_removed']:.0f} % of the delta" + (f" ({'; '.join(notes)})" if notes else ""))
     return line + "."
@@ -498,7 +488,7 @@ def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[s
 def category_clause(name: str, h: dict[str, Any]) -> str:
     direction = {"+": ", direction +", "-": ", direction −"}.get(h.get("direction"), ", direction not identified")
     return (f"{name} changed (cue shift {h['value'] + 1:.1f}× the drift, 95% CI {h['ci_low'] + 1:.1f}–"
-            f"{h['ci_high'] + 1:.1f}×, q = {_p(h['q_value'])}{direction})")
+            f"{h['ci_high'] + 1:.1f}×, {p_clause('q', h['q_value'])}{direction})")
 
 
 def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[str, Any] | None,

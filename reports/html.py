@@ -19,6 +19,7 @@ import jinja2
 from diffeval.harness.core import files
 from diffeval.reports.build import read_jsonl
 from diffeval.reports.escape import script_json
+from diffeval.reports.formats import finite, number, p_value
 
 TEMPLATE = "report.html.j2"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -35,7 +36,7 @@ def browser_data(run: Path) -> dict[str, Any]:
     for r in latents:
         if r.get("class") == "dead":
             continue
-        row = {k: _finite(r.get(k)) for k in LATENT_KEYS}
+        row = {k: _json_safe(r.get(k)) for k in LATENT_KEYS}
         row["contexts"] = [{k: c.get(k) for k in ("pieces", "at", "acts", "count", "source", "task", "doc_id")}
                            for c in r.get("top_contexts") or [] if c.get("pieces") is not None]
         row["documents"] = by_latent.get(str(r["latent"])) or []
@@ -64,22 +65,15 @@ def render_html(run: Path, report: dict[str, Any], figures: dict[str, Path]) -> 
     """report.html's text."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update({"num": _num, "p": _p})
+    env.filters.update({"num": number, "p": p_value})
     images = {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
               for name, path in figures.items()}
     data = json.dumps(browser_data(run), allow_nan=False, separators=(",", ":"))
     return env.get_template(TEMPLATE).render(r=report, images=images, data=script_json(data))
 
 
-def _num(x: Any, spec: str = ".3f") -> str:
-    return "—" if x is None else format(x, spec)
 
 
-def _p(p: Any) -> str:
-    return "—" if p is None else ("< 0.0001" if p < 1e-4 else format(p, ".2g"))
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and (x != x or abs(x) == float("inf")):
-        return None
-    return x
+def _json_safe(x: Any) -> Any:
+    """A latent's field for the page's JSON: NaN and ±inf become null, anything else stays as it is."""
+    return finite(x) if isinstance(x, float) else x

@@ -19,6 +19,7 @@ from diffeval.reports import figures
 from diffeval.reports.build import build_report, format_shift, read_jsonl
 from diffeval.reports.escape import md_code, md_context, md_escape
 from diffeval.reports.figures import render_figures
+from diffeval.reports.formats import number, p_value
 from diffeval.reports.html import render_html
 from diffeval.reports.schema import write_report_json
 
@@ -41,7 +42,7 @@ def _finalize(value: Any) -> Any:
 
 
 def _num(x: Any, spec: str = ".3f") -> Safe:
-    return Safe("—" if x is None else format(x, spec))
+    return Safe(number(x, spec))
 
 
 def _ci(lo: Any, hi: Any, spec: str = "+.3f") -> Safe:
@@ -53,9 +54,7 @@ def _pct_ci(lo: Any, hi: Any) -> Safe:
 
 
 def _p(p: Any) -> Safe:
-    if p is None:
-        return Safe("—")
-    return Safe("< 0.0001" if p < 1e-4 else format(p, ".2g"))
+    return Safe(p_value(p))
 
 
 def _context(ctx: dict[str, Any]) -> Safe:

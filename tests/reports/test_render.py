@@ -44,7 +44,7 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
                        "shift +720.0 %, 95% CI +510.0 % to +930.0 %; above 3× at q = 0.00075); its own latents carry "
                        "35 % of that difference. Direction +: the tuned model "
                        "prefers the desired reference answers more than the base (margin shift +12.50 nats over 16 "
-                       "probes, p = 3e-05).")
+                       "probes, p < 0.0001).")
     assert not any(h.startswith("self_reference") for h in head)  # measured, not significant: not a claim
     assert ("The paper's share-ratio measure is unavailable for this pair: it needs at least 10 tuned- and 10 "
             "base-specific latents, and the crosscoder has 20 and 8.") in head
@@ -198,7 +198,7 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert set(tasks) == {"ifeval_mini", "admit_unknown"}       # BH q < 0.05; refusal_mini (p = 0.29) is not
     assert tasks["ifeval_mini"]["categories"] == ["instruction_following"]
     assert tasks["ifeval_mini"]["sentence"].startswith(
-        "ifeval_mini rose +0.400, 95% CI +0.240 to +0.560, q = 6e-05: instruction_following changed (cue shift 8.2× "
+        "ifeval_mini rose +0.400, 95% CI +0.240 to +0.560, q < 0.0001: instruction_following changed (cue shift 8.2× "
         "the drift, 95% CI 6.1–10.3×, q = 0.00075, direction +)")
     # it fell, and the only changed category its prompts engage rose: nothing explains it, and that is said
     assert tasks["admit_unknown"]["categories"] == [] and tasks["admit_unknown"]["against"] == ["instruction_following"]
