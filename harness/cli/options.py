@@ -35,6 +35,8 @@ BENCH = [
     field_option(BenchConfig, "batch_size"),
     field_option(BenchConfig, "max_gen_toks", type=int),
     field_option(BenchConfig, "device", type=str),
+    field_option(BenchConfig, "base_device", type=str),
+    field_option(BenchConfig, "tuned_device", type=str),
     field_option(BenchConfig, "dtype", type=str),
     field_option(BenchConfig, "seed"),
     field_option(BenchConfig, "bootstrap_iters"),

@@ -45,6 +45,10 @@ class BenchConfig:
     batch_size: int = opt(8, "documents per forward pass")
     max_gen_toks: int | None = opt(None, "most new tokens per generation; unset = each task's own setting")
     device: str = opt("cpu", "torch device: cpu, cuda, cuda:1, mps", key=False)
+    base_device: str | None = opt(None, "device of the base model (default: --device); with --tuned-device the two "
+                                  "models sit on two devices, e.g. cuda:0 and cuda:1, for a pair one GPU cannot hold "
+                                  "twice", key=False)
+    tuned_device: str | None = opt(None, "device of the tuned model (default: --device)", key=False)
     dtype: str = opt("float32", "weights dtype: float32, float16, bfloat16 or auto")
     seed: int = opt(1234, "seed for lm-eval sampling, the bootstrap and (in run) the crosscoder")
     bootstrap_iters: int = opt(2000, "resamples for the paired bootstrap CI")
@@ -65,8 +69,22 @@ class BenchConfig:
             raise DiffevalError(f"max_gen_toks must be >= 1, got {self.max_gen_toks}")
         if self.bootstrap_iters < 100:
             raise DiffevalError(f"bootstrap_iters must be >= 100, got {self.bootstrap_iters}")
-        if not (self.device == "cpu" or self.device == "mps" or self.device.startswith("cuda")):
-            raise DiffevalError(f"device {self.device!r} is not valid: use cpu, cuda, cuda:N or mps")
+        for name in ("device", "base_device", "tuned_device"):
+            check_device_name(name, getattr(self, name))
+
+    def device_of(self, role: str) -> str:
+        """The device of the base or the tuned model: its own option, else --device."""
+        return (self.base_device if role == "base" else self.tuned_device) or self.device
+
+    def model_devices(self) -> tuple[str, ...]:
+        """(base device, tuned device) when either has its own, else () (both on --device)."""
+        return (self.device_of("base"), self.device_of("tuned")) if self.base_device or self.tuned_device else ()
+
+
+def check_device_name(name: str, value: str | None) -> None:
+    """A torch device string diffeval accepts (None: not set)."""
+    if value is not None and not (value == "cpu" or value == "mps" or value.startswith("cuda")):
+        raise DiffevalError(f"{name} {value!r} is not valid: use cpu, cuda, cuda:N or mps")
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,8 @@ class ActivationsConfig:
     outlier_factor: float = field(default=20.0, metadata={"help": "drop rows whose norm exceeds this × the median norm"})
     store_dtype: str = field(default="float32", metadata={"help": "dtype of stored activations: float32 or float16"})
     device: str = field(default="cpu", metadata={"key": False, "help": "torch device"})
+    model_devices: tuple[str, ...] = field(default=(), metadata={"key": False, "help": "(base, tuned) devices when "
+                                                                "they differ from --device"})
     dtype: str = field(default="float32", metadata={"help": "model weights dtype"})
 
     def __post_init__(self) -> None:

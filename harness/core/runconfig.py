@@ -118,13 +118,15 @@ class RunConfig(BenchConfig):
         """The activation collection's config: the models, layer, sequence length, task folders, device and
         dtype of this run; `overrides` set what differs between the corpus and the probe collection."""
         return ActivationsConfig(base=self.base, tuned=self.tuned, layer=self.layer, seq_len=self.seq_len,
-                                 tasks_dir=self.tasks_dir, device=self.device, dtype=self.dtype, **overrides)
+                                 tasks_dir=self.tasks_dir, device=self.device, model_devices=self.model_devices(),
+                                 dtype=self.dtype, **overrides)
 
     def stages(self) -> StageConfigs:
         """Each stage's own config (what its cache key hashes); the pipeline passes stage X `stages().X`."""
         probes = ProbesConfig(categories=self.categories, probes_dir=self.probes_dir)
         transcripts = (TranscriptsConfig(probes=probes, base=self.base, tuned=self.tuned, dtype=self.dtype,
-                                         max_new_tokens=self.probe_responses, device=self.device)
+                                         max_new_tokens=self.probe_responses, device=self.device,
+                                         model_devices=self.model_devices())
                        if self.probe_responses else None)
         bench = self.bench()
         return StageConfigs(

@@ -54,6 +54,7 @@ class TranscriptsConfig:
     max_new_tokens: int
     dtype: str
     device: str = nokey("cpu")
+    model_devices: tuple[str, ...] = nokey(())  # (base, tuned) when they differ from device
 
 
 @dataclass(frozen=True)

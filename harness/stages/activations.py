@@ -141,7 +141,11 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     device = cfg.device
     if world > 1 and device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-    lms = [models.load_model(s, cfg.dtype, device) for s in specs]
+    if world > 1 and cfg.model_devices:
+        raise DiffevalError("--base-device/--tuned-device place one pair's models on two devices; under torchrun "
+                            "each rank takes its own device: use one or the other")
+    devices = cfg.model_devices or (device, device)
+    lms = [models.load_model(s, cfg.dtype, d) for s, d in zip(specs, devices, strict=True)]
     blocks = [decoder_blocks(m) for m in lms]
     layers = [resolve_layer(cfg.layer, len(b), s.spec) for b, s in zip(blocks, specs, strict=True)]
     d_models = [m.config.hidden_size for m in lms]
@@ -149,7 +153,7 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
                      "d_models": d_models, "n_layers": [len(b) for b in blocks], "rank": rank, "world": world})
 
     def forward(first: int) -> _Batch:
-        return _forward_batch(cfg, lms, blocks, layers, tok, seqs[first:first + cfg.batch_size], first, device)
+        return _forward_batch(cfg, lms, blocks, layers, tok, seqs[first:first + cfg.batch_size], first, devices)
 
     cached = {}
     if manifest.get("median_norm") is None:  # every rank judges outliers against batch 0
@@ -173,16 +177,16 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
 
 
 def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], layers: list[int], tok: Any,
-                   batch: list[dict[str, Any]], first: int, device: str) -> _Batch:
+                   batch: list[dict[str, Any]], first: int, devices: tuple[str, ...]) -> _Batch:
     """Both models on one batch of sequences; rows for every non-BOS, non-pad position from each sequence's
     `skip` on."""
     import torch
 
     enc = tok([s["text"] for s in batch], return_tensors="pt", padding=True, truncation=True,
-              max_length=cfg.seq_len).to(device)
-    with torch.no_grad():
-        hs = [truncated_hidden(m, b, layer, enc["input_ids"], enc["attention_mask"]).float()
-              for m, b, layer in zip(lms, blocks, layers, strict=True)]  # each [batch, seq, d_m]
+              max_length=cfg.seq_len).to(devices[0])
+    with torch.no_grad():  # each model on its own device; the rows are gathered on the base model's
+        hs = [truncated_hidden(m, b, layer, enc["input_ids"].to(d), enc["attention_mask"].to(d)).float().to(devices[0])
+              for m, b, layer, d in zip(lms, blocks, layers, devices, strict=True)]  # each [batch, seq, d_m]
     keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
     skip = torch.tensor([s.get("skip", 0) for s in batch], device=keep.device)
     keep &= torch.arange(keep.shape[1], device=keep.device)[None, :] >= skip[:, None]  # positions already collected

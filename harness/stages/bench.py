@@ -39,7 +39,8 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
         raise DiffevalError(f"--scores file {cfg.scores} does not exist")
     # models and tokenizers are checked before the run directory exists: bad input leaves nothing behind
     specs = {"base": models.resolve_spec(cfg.base), "tuned": models.resolve_spec(cfg.tuned)}
-    models.check_device(cfg.device)
+    for role in ROLES:
+        models.check_device(cfg.device_of(role))
     toks = {role: models.load_tokenizer(spec) for role, spec in specs.items()}
     models.check_same_tokenizer(toks["base"], toks["tuned"], cfg.base, cfg.tuned)
     run = RunDir(out)
@@ -58,7 +59,8 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
             log.info("%s: unchanged, reusing %s", stage, run.path / files.BENCH_DIR / role)
             continue
         with run.stage(stage, hashes[role]) as rec:
-            rec["outputs"] = evaluate_model(specs[role], toks[role], defs, cfg, run.path / files.BENCH_DIR / role)
+            rec["outputs"] = evaluate_model(specs[role], toks[role], defs, cfg, run.path / files.BENCH_DIR / role,
+                                            cfg.device_of(role))
     scores_blob = Path(cfg.scores).read_bytes() if cfg.scores else b""
     delta_hash = stage_key(shared, hashes, scores_blob.hex())
     if not run.is_done("bench.deltas", delta_hash):
@@ -68,22 +70,24 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
 
 
 def evaluate_model(spec: models.ModelSpec, tokenizer: Any, defs: list[taskreg.TaskDef],
-                   cfg: BenchConfig, out: Path) -> list[Path]:
-    """Run lm-eval on one model; write results.json and one samples file per task."""
+                   cfg: BenchConfig, out: Path, device: str | None = None) -> list[Path]:
+    """Run lm-eval on one model (on `device`, default cfg.device); write results.json and one samples file per task."""
     log.info("loading %s (%s)", spec.spec, spec.kind)
-    model = models.load_model(spec, cfg.dtype, cfg.device)
-    written = evaluate_lm(model, tokenizer, defs, cfg, out)
+    device = device or cfg.device
+    model = models.load_model(spec, cfg.dtype, device)
+    written = evaluate_lm(model, tokenizer, defs, cfg, out, device)
     del model
     return written
 
 
-def evaluate_lm(model: Any, tokenizer: Any, defs: list[taskreg.TaskDef], cfg: BenchConfig, out: Path) -> list[Path]:
-    """Run lm-eval on a loaded model object (e.g. one with an ablation hook, harness.causal)."""
+def evaluate_lm(model: Any, tokenizer: Any, defs: list[taskreg.TaskDef], cfg: BenchConfig, out: Path,
+                device: str | None = None) -> list[Path]:
+    """Run lm-eval on a loaded model object (e.g. one with an ablation hook, harness.causal) on `device`."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=cfg.device)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device or cfg.device)
     try:
         task_objs = taskreg.load_tasks(defs)
     except Exception as e:

@@ -119,7 +119,8 @@ def reference_margins(model: Any, tok: Any, prompts: list[str], refs: list[tuple
 
 def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: str | Path, max_new_tokens: int,
                       dtype: str = "float32", device: str = "cpu",
-                      references: dict[str, list[tuple[str, str] | None]] | None = None) -> list[Path]:
+                      references: dict[str, list[tuple[str, str] | None]] | None = None,
+                      model_devices: tuple[str, ...] = ()) -> list[Path]:
     """Generate both models' responses to every probe text; write one transcript file per category. With
     `references` (per category, each probe's (desired, undesired) continuations or None), each row also holds
     its model's `margin`, log p(desired) − log p(undesired)."""
@@ -132,14 +133,14 @@ def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: 
     responses: dict[str, dict[str, list[str]]] = {}
     margins: dict[str, dict[str, list[float | None]]] = {}
     probes = {cat: [as_prompt(t) for t in texts] for cat, texts in probes.items()}
-    for side, spec in zip(SIDES, specs, strict=True):
-        model = models.load_model(spec, dtype, device)
+    for side, spec, dev in zip(SIDES, specs, model_devices or (device, device), strict=True):
+        model = models.load_model(spec, dtype, dev)
         if not hasattr(model, "generate"):
             raise DiffevalError(f"{spec.spec} cannot generate text; run with --probe-responses 0")
         for cat, texts in tqdm(probes.items(), desc=f"{side} responses", disable=None):
-            responses.setdefault(cat, {})[side] = generate_responses(model, tok, texts, max_new_tokens, device)
+            responses.setdefault(cat, {})[side] = generate_responses(model, tok, texts, max_new_tokens, dev)
             refs = (references or {}).get(cat) or [None] * len(texts)
-            margins.setdefault(cat, {})[side] = reference_margins(model, tok, texts, refs, device)
+            margins.setdefault(cat, {})[side] = reference_margins(model, tok, texts, refs, dev)
         del model
     paths = []
     for cat, texts in probes.items():
@@ -175,5 +176,6 @@ def stage_transcripts(run: RunDir, cfg: TranscriptsConfig) -> list[str]:
         with run.stage("transcripts", key) as rec:
             references = {c: [refs for _, refs in read_probe_rows(tax.categories[c].probes, c)] for c in probes}
             rec["outputs"] = write_transcripts(cfg.base, cfg.tuned, probes, out, cfg.max_new_tokens,
-                                               dtype=cfg.dtype, device=cfg.device, references=references)
+                                               dtype=cfg.dtype, device=cfg.device, references=references,
+                                               model_devices=cfg.model_devices)
     return [str(out / f"{c}.jsonl") for c in probes]

@@ -305,3 +305,19 @@ def test_shipped_corpus_files_parse(tiny_pair):
     plain, chat = shipped_corpus(AutoTokenizer.from_pretrained(tiny_pair[1]))
     assert len(plain) >= 100 and all(s["kind"] == "plain" and s["text"].strip() for s in plain)
     assert chat and all(s["kind"] == "chat" and "Response:" in s["text"] for s in chat)
+
+
+def test_each_model_is_loaded_on_its_own_device(tiny_pair, acts_dir, tmp_path, monkeypatch) -> None:
+    """--base-device/--tuned-device: each model is loaded on its own device, and the rows gathered from two
+    devices equal those of one (here both are the CPU, the only device a test machine has)."""
+    from diffeval.harness.stages import activations as acts_mod
+
+    seen = []
+    real = acts_mod.models.load_model
+    monkeypatch.setattr(acts_mod.models, "load_model", lambda spec, dtype, device: seen.append(device) or real(spec, dtype, device))
+    cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), layer=0.5, tokens=300, seq_len=32,
+                            shard_rows=128, tasks=("diffeval_factual", "diffeval_safety"), model_devices=("cpu", "cpu"))
+    out = collect_activations(cfg, tmp_path / "two")
+    assert seen == ["cpu", "cpu"]
+    one, two = ActivationStore(acts_dir), ActivationStore(out)
+    assert len(one) == len(two) and torch.equal(one[torch.arange(len(one))], two[torch.arange(len(two))])

@@ -233,3 +233,23 @@ def test_a_local_copy_of_gsm8k_runs_the_whole_bench_with_the_chat_template(tiny_
         logged = [json.loads(x) for x in next((tmp_path / "run" / "bench" / side).rglob("*gsm8k*.jsonl")).read_text().splitlines()]
         assert {r["doc_id"] for r in logged} == {0, 1, 2, 3}  # one row per document and filter
         assert all(user_turn in r["arguments"][0][0] for r in logged)  # the prompt is in the chat template
+
+
+def test_base_and_tuned_devices_route_each_model(tiny_pair, tmp_path, monkeypatch):
+    """With --base-device cuda:0 --tuned-device cuda:1 each model's bench stage gets its own device (the
+    evaluation itself runs on the CPU here: a test machine has no GPU)."""
+    checked, routed = [], {}
+    monkeypatch.setattr(bench_mod.models, "check_device", checked.append)
+    real = bench_mod.evaluate_model
+
+    def on_cpu(spec, tok, defs, cfg, out, device=None):
+        routed[out.name] = device
+        return real(spec, tok, defs, cfg, out, "cpu")
+
+    monkeypatch.setattr(bench_mod, "evaluate_model", on_cpu)
+    c = cfg(*tiny_pair, tasks=("diffeval_factual",), base_device="cuda:0", tuned_device="cuda:1")
+    assert c.model_devices() == ("cuda:0", "cuda:1") and cfg(*tiny_pair).model_devices() == ()
+    run_bench(c, tmp_path)
+    assert routed == {"base": "cuda:0", "tuned": "cuda:1"} and checked[:2] == ["cuda:0", "cuda:1"]  # before any load
+    with pytest.raises(DiffevalError, match="tuned_device 'gpu' is not valid"):
+        cfg(*tiny_pair, tuned_device="gpu")
