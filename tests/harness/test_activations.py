@@ -18,6 +18,7 @@ from diffeval.harness.cli import cli
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.models import load_model, resolve_spec
 from diffeval.harness.organisms.tiny import save_pair, tiny_llama
+from diffeval.harness.stages import activations as acts_mod
 from diffeval.harness.stages import corpus
 from diffeval.harness.stages.activations import (
     ActivationsConfig,
