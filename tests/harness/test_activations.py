@@ -311,7 +311,6 @@ def test_shipped_corpus_files_parse(tiny_pair):
 def test_each_model_is_loaded_on_its_own_device(tiny_pair, acts_dir, tmp_path, monkeypatch) -> None:
     """--base-device/--tuned-device: each model is loaded on its own device, and the rows gathered from two
     devices equal those of one (here both are the CPU, the only device a test machine has)."""
-    from diffeval.harness.stages import activations as acts_mod
 
     seen = []
     real = acts_mod.models.load_model
