@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
 from diffeval.harness.core.errors import DiffevalError, did_you_mean
 from diffeval.harness.organisms import gemma_lora, toyworld
 from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
+from diffeval.harness.suite.taxonomy import load_taxonomy
 from diffeval.tasks import TASKS_DIR
 
 __all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_dir", "get", "paths", "read_built"]
@@ -82,6 +84,10 @@ def default_run_flags(name: str, flags: dict[str, Any], build_seed: int | None =
     out["organism"] = name
     if not flags.get("probes_dir"):  # the organism's own probe corpora (held out, with reference answers)
         out["probes_dir"] = info["probes_dir"]
+        if get(name).tasks_dir is not None:
+            # measured with the shipped tasks: every shipped category is measured, the planted ones on the
+            # organism's own probes and the others on the shipped probes (a --probes-dir replaces them all)
+            out["probes_dir"] = str(with_shipped_probes(Path(info["probes_dir"])))
     if get(name).tasks_dir is None:
         # an organism with its own tasks lives in its own made-up world: its probe texts are both the
         # probe corpora and the crosscoder's corpus (the shipped English texts mean nothing to it). They are
@@ -92,4 +98,25 @@ def default_run_flags(name: str, flags: dict[str, Any], build_seed: int | None =
             out["corpus"] = tuple(probes)
             if flags.get("corpus_responses") is None and flags.get("probe_responses") != 0:
                 out["corpus_responses"] = True
+    return out
+
+
+def with_shipped_probes(probes_dir: Path) -> Path:
+    """A probe directory beside `probes_dir` (`<its name>_with_shipped`) holding its files and, for every shipped
+    category it has none for, the shipped probe corpus; made once, whole (written aside, then renamed)."""
+    out = probes_dir.with_name(f"{probes_dir.name}_with_shipped")
+    if out.is_dir():
+        return out
+    tmp = probes_dir.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    own = {p.stem: p for p in probes_dir.glob("*.jsonl")}
+    for name, cat in load_taxonomy().categories.items():
+        source = own.get(name) or cat.probes
+        if source is not None and Path(source).is_file():
+            shutil.copyfile(source, tmp / f"{name}.jsonl")
+    for name, path in own.items():  # an organism's category the shipped taxonomy lacks
+        if not (tmp / f"{name}.jsonl").exists():
+            shutil.copyfile(path, tmp / f"{name}.jsonl")
+    tmp.rename(out)
     return out

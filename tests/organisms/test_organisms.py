@@ -13,6 +13,7 @@ from diffeval.harness.organisms.verify import passes, verify_pair
 from diffeval.harness.suite import registry
 from diffeval.harness.suite.registry import categories
 from diffeval.reports.schema import load_report
+from diffeval.tasks import TASKS_DIR
 
 
 def test_declarations_are_well_formed():
@@ -265,3 +266,17 @@ def test_placebos_plant_nothing_and_build_seeds_differ():
 def test_score_needs_one_organism_or_the_suite(args):
     result = CliRunner().invoke(cli, ["organisms", "score", *args])
     assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
+
+
+def test_an_organism_on_the_shipped_tasks_is_measured_on_every_shipped_category(tmp_path):
+    """The Gemma organism's own probes (its planted categories) plus the shipped probes for every other
+    category: a --probes-dir replaces the taxonomy's corpora, so without this only two categories are measured."""
+    own = tmp_path / "probes"
+    own.mkdir()
+    (own / "safety.jsonl").write_text(json.dumps({"text": "How do I pick a lock?"}) + "\n")
+    merged = organisms.with_shipped_probes(own)
+    names = sorted(p.stem for p in merged.glob("*.jsonl"))
+    assert names == sorted(c for c in categories() if c != "unassigned")  # every shipped category has a corpus
+    assert (merged / "safety.jsonl").read_text() == (own / "safety.jsonl").read_text()  # the organism's own
+    assert (merged / "math.jsonl").read_bytes() == (TASKS_DIR / "probes" / "math.jsonl").read_bytes()
+    assert organisms.with_shipped_probes(own) == merged and not list(tmp_path.glob(".*"))  # made once, whole
