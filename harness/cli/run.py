@@ -34,7 +34,7 @@ def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -
     names = (f"{cfg.organism}-base", f"{cfg.organism}-tuned") if cfg.organism else (cfg.base, cfg.tuned)
     run_dir = Path(out) if out else default_run_dir(*names, cfg=cfg)
     if dry_run:
-        click.echo(plan_text(cfg, run_dir))
+        click.echo("\n".join([*progress.take_notes(), plan_text(cfg, run_dir)]))
         return
     pipeline.run(cfg, run_dir)
     _show_summary(run_dir)
@@ -43,6 +43,7 @@ def run(out: str | None, config_file: str | None, dry_run: bool, **flags: Any) -
 def run_config(config_file: str | None, flags: dict[str, Any]) -> RunConfig:
     """The RunConfig of `run`/`plan`: the file, then the flags; with no models, the default organism's."""
     in_file = load_config_file(config_file) if config_file else {}
+    progress.take_notes()  # a note left by an earlier command of this process (one that failed) is not ours
     if not any(flags.get(k) or in_file.get(k) for k in ("base", "tuned")):
         name = flags.get("organism") or in_file.get("organism")
         if name:
@@ -58,6 +59,8 @@ def sized(flags: dict[str, Any], in_file: dict[str, Any]) -> dict[str, Any]:
     """`flags` with the preset's budget filled in where neither the flags nor the config file set it: the
     named --preset, or the one the pair's size and the device call for (presets.auto_preset). Says which."""
     given = {k: flags.get(k) if flags.get(k) is not None else in_file.get(k) for k in (*PRESET_FIELDS, "preset")}
+    if given["preset"] is None and all(given[k] is not None for k in PRESET_FIELDS):
+        return flags  # the whole budget is given (e.g. a run's own config.json): no preset to choose
     device = flags.get("device") or in_file.get("device") or "cpu"
     tuned = flags.get("tuned") or in_file.get("tuned")
     d_model, n_params = model_size(models.resolve_spec(tuned)) if tuned else (0, 0)

@@ -48,12 +48,25 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+_PENDING: list[str] = []
+
+
 def note(message: str) -> None:
-    """One line of what the run decided for the user (a preset, its budget), shown like a stage's."""
-    log.info("%s", message)
+    """One line of what the run decided for the user (a preset, its budget), shown before the first stage that
+    runs: a command that stops on bad input before any stage ran says only what was wrong."""
+    _PENDING.append(message)
+
+
+def take_notes() -> list[str]:
+    """The notes not shown yet (and forget them): `plan` prints them in its own output."""
+    out = _PENDING[:]
+    _PENDING.clear()
+    return out
 
 
 def stage_started(name: str, previous_seconds: float | None) -> None:
+    for message in take_notes():
+        log.info("%s", message)
     hint = f" (it took {previous_seconds:.0f} s last time)" if previous_seconds else ""
     log.info("%s: running%s", name, hint)
 

@@ -69,3 +69,12 @@ def test_estimates_grow_with_the_budget_and_skip_training_for_a_given_crosscoder
     given = estimates(RunConfig(base="a", tuned="b", crosscoder=str(tmp_path / "cc")), size)
     assert given["crosscoder_s"] == given["crosscoder_max_s"] == 0
     assert set(PRESETS) == {"quick", "standard", "paper"}
+
+
+def test_a_config_that_gives_the_whole_budget_gets_no_preset(tiny_pair, tmp_path) -> None:
+    """A run's own config.json (all four options set, no preset) runs as it says: nothing chosen, nothing noted."""
+    base, tuned = map(str, tiny_pair)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"base: {base}\ntuned: {tuned}\ntokens: 3000\nn_latents: 64\nk: 4\nn_steps: 40\n")
+    cfg = run_config(str(conf), {})
+    assert (cfg.preset, cfg.tokens, cfg.n_latents, cfg.k, cfg.n_steps) == (None, 3000, 64, 4, 40)
