@@ -10,7 +10,6 @@ from typing import Any
 from diffeval.harness.core.errors import DiffevalError, did_you_mean
 from diffeval.harness.organisms import gemma_lora, toyworld
 from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, paths, read_built
-from diffeval.harness.suite.taxonomy import load_taxonomy
 from diffeval.tasks import TASKS_DIR
 
 __all__ = ["DEFAULT_ORGANISM", "RECIPES", "Planted", "Recipe", "build", "built_dir", "get", "paths", "read_built"]
@@ -110,13 +109,8 @@ def with_shipped_probes(probes_dir: Path) -> Path:
     tmp = probes_dir.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    own = {p.stem: p for p in probes_dir.glob("*.jsonl")}
-    for name, cat in load_taxonomy().categories.items():
-        source = own.get(name) or cat.probes
-        if source is not None and Path(source).is_file():
-            shutil.copyfile(source, tmp / f"{name}.jsonl")
-    for name, path in own.items():  # an organism's category the shipped taxonomy lacks
-        if not (tmp / f"{name}.jsonl").exists():
-            shutil.copyfile(path, tmp / f"{name}.jsonl")
+    shipped = {p.stem: p for p in (TASKS_DIR / "probes").glob("*.jsonl")}  # the shipped taxonomy's corpora
+    for name, path in {**shipped, **{p.stem: p for p in probes_dir.glob("*.jsonl")}}.items():
+        shutil.copyfile(path, tmp / f"{name}.jsonl")
     tmp.rename(out)
     return out
