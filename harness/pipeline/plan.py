@@ -8,6 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.harness.core import files, models
 from diffeval.harness.core.io import read_json
 from diffeval.harness.core.runconfig import RunConfig, n_latents_for
@@ -36,7 +37,7 @@ RATES = {
     # are round figures that no measurement here has checked
     "cuda": Rates(forward_flops=100e12, gguf_load_s=1.3e-7, step_fixed_s=0.004, step_flops=20e12, aux_pair_s=1e-12),
 }
-BATCH, AUX_K = 1024, 256  # crosscoder rows per step and auxiliary-loss latents per row (CrossCoderConfig)
+BATCH, AUX_K = CrossCoderConfig.batch_size, CrossCoderConfig.aux_k  # rows per step, auxiliary-loss latents per row
 
 
 @dataclass(frozen=True)
