@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from diffeval.crosscoders.data import MANIFEST, ActivationDirError, model_dims
+from diffeval.crosscoders.data import MANIFEST, ActivationDirError, from_stored, model_dims, to_stored
 from diffeval.crosscoders.files import SEQUENCES, atomic_write_text, file_sha256, write_json_atomic
 
 RANK_DIR = "rank_{:02d}"
@@ -55,7 +55,7 @@ class ShardWriter:
             raise ActivationDirError(f"{self.out}: cannot resume, the batch at sequence {first_sequence} now has "
                                      f"{len(acts)} rows but {skip} were written before; delete the directory")
         self.batches.append((first_sequence, self.total - skip))
-        self.acts.append(acts[skip:].astype(self.store_dtype))
+        self.acts.append(to_stored(acts[skip:], self.store_dtype))
         self.rows.append(rows[skip:])
         self.pending += len(acts) - skip
         self.sequences += sequences
@@ -93,7 +93,8 @@ class ShardWriter:
             with tmp.open("wb") as f:
                 np.save(f, arr)
             tmp.replace(self.out / fname)
-        self.manifest["sums"] = _add_sums(self.manifest["sums"], acts, model_dims(self.manifest))
+        self.manifest["sums"] = _add_sums(self.manifest["sums"], from_stored(acts, self.store_dtype),
+                                          model_dims(self.manifest))
         self.manifest["shards"].append({"file": name, "tokens_file": tname, "rows": len(acts),
                                         "bytes": (self.out / name).stat().st_size,
                                         "sha256": file_sha256(self.out / name),

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.distributed import rank_world
 from diffeval.crosscoders.files import MANIFEST, SEQUENCES, file_sha256
+from diffeval.crosscoders.stream import RowStream
 
 FORMAT_VERSION = 1
 
@@ -57,6 +59,7 @@ class ActivationStore:
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.d_models = model_dims(self.manifest)
         self.d_model = self.manifest["d_model"]
+        self.dtype = self.manifest.get("dtype", "float32")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -64,22 +67,45 @@ class ActivationStore:
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         idx = np.asarray(idx, dtype=np.int64)
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
-        padded = len(set(self.d_models)) > 1
         out = np.zeros((len(idx), len(self.d_models), self.d_model), dtype=np.float32)
         for s in np.unique(shard):
             sel = shard == s
             local = idx[sel] - self.offsets[s]
             order = np.argsort(local)  # sorted reads are kinder to the page cache
-            block = self.shards[s][local[order]]
-            dest = np.flatnonzero(sel)[order]
-            if padded:  # [rows, Σ d_m] -> each model's slice into its zero-padded row
-                start = 0
-                for m, d_m in enumerate(self.d_models):
-                    out[dest, m, :d_m] = block[:, start:start + d_m]
-                    start += d_m
-            else:
-                out[dest] = block
+            block = from_stored(self.shards[s][local[order]], self.dtype)
+            out[np.flatnonzero(sel)[order]] = padded_rows(block, self.d_models, self.d_model)
         return torch.from_numpy(out)
+
+
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def to_stored(acts: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows in a shard's dtype; bfloat16, which numpy lacks, as its 16 raw bits (uint16, rounded to nearest)."""
+    if dtype == "bfloat16":
+        x = torch.from_numpy(np.ascontiguousarray(acts, dtype=np.float32))
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return acts.astype(dtype)
+
+
+def from_stored(block: np.ndarray, dtype: str) -> np.ndarray:
+    """A shard's rows as float32 (bfloat16's bits are the top half of a float32's)."""
+    if dtype == "bfloat16":
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32, copy=False)
+
+
+def padded_rows(block: np.ndarray, dims: tuple[int, ...], d_model: int) -> np.ndarray:
+    """Stored rows as [rows, n_models, d_model]: a [rows, Σ d_m] block (hidden sizes that differ) has each
+    model's slice zero-padded to d_model; a [rows, n, d] block is returned as it is."""
+    if block.ndim == 3:
+        return block
+    out = np.zeros((len(block), len(dims), d_model), dtype=np.float32)
+    start = 0
+    for m, d_m in enumerate(dims):
+        out[:, m, :d_m] = block[:, start:start + d_m]
+        start += d_m
+    return out
 
 
 def model_dims(manifest: dict[str, Any]) -> tuple[int, ...]:
@@ -160,8 +186,11 @@ def verify_cache(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def as_source(acts: Any, cfg: Any = None) -> TensorSource | ActivationStore:
-    """Wrap a tensor [N, n_models, d_model] or an activation directory; check it matches `cfg`."""
+def as_source(acts: Any, cfg: Any = None) -> Any:
+    """Wrap a tensor [N, n_models, d_model] or an activation directory (a RowStream is used as it is); check
+    it matches `cfg`."""
+    if isinstance(acts, RowStream):
+        return _check_stream(acts, cfg)
     if isinstance(acts, torch.Tensor):
         if acts.ndim != 3:
             raise ValueError(f"activations must be [N, n_models, d_model], got shape {tuple(acts.shape)}")
@@ -183,3 +212,14 @@ def as_source(acts: Any, cfg: Any = None) -> TensorSource | ActivationStore:
     if len(source) == 0:
         raise ValueError("no activation rows to train on")
     return source
+
+
+def _check_stream(stream: Any, cfg: Any) -> Any:
+    """A RowStream whose rows match `cfg` (shape; under torchrun, refused: each rank would need its own)."""
+    shape = tuple(stream.buffer.shape[1:])
+    if cfg is not None and shape != (cfg.n_models, cfg.d_model):
+        raise ValueError(f"the activation stream gives rows [*, {shape[0]}, {shape[1]}] but the config says "
+                         f"n_models={cfg.n_models}, d_model={cfg.d_model}")
+    if rank_world()[1] > 1:
+        raise ValueError("a streamed crosscoder trains in one process; under torchrun train on a cache")
+    return stream

@@ -26,6 +26,7 @@ from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.crosscoders.data import as_source
 from diffeval.crosscoders.distributed import rank_world
 from diffeval.crosscoders.files import CHECKPOINT_FILE, METRICS_FILE
+from diffeval.crosscoders.stream import RowStream
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,21 @@ def batch_indices(cfg: CrossCoderConfig, step: int, n_rows: int, rank: int = 0, 
     return batch.chunk(world)[rank] if world > 1 else batch
 
 
+def first_rows(source: Any, n: int) -> torch.Tensor:
+    """The source's first `n` rows (fewer if it has fewer), for the data-dependent initialisation."""
+    if isinstance(source, RowStream):
+        return source.head(n)
+    return source[torch.arange(min(n, len(source)))]
+
+
+def next_batch(source: Any, cfg: CrossCoderConfig, step: int) -> torch.Tensor:
+    """`step`'s batch: this rank's share of a cache's batch order, or the stream's next draw."""
+    if isinstance(source, RowStream):
+        return source.draw(cfg.batch_size)
+    rank, world = rank_world()
+    return source[batch_indices(cfg, step, len(source), rank, world)]
+
+
 def lr_factor(cfg: CrossCoderConfig, step: int) -> float:
     return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
@@ -64,11 +80,12 @@ def fve(recon: torch.Tensor, target: torch.Tensor, n_models: int) -> list[float]
 
 def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = None,
                      resume: bool = True, progress: bool = True) -> CrossCoderBase:
-    """Train a crosscoder on `acts` ([N, n_models, d_model] tensor or activation directory)."""
+    """Train a crosscoder on `acts`: an [N, n_models, d_model] tensor, an activation directory, or a RowStream
+    (activations computed on the fly)."""
 
     source = as_source(acts, cfg)
     model = build_crosscoder(cfg).to(cfg.device)
-    sample = source[torch.arange(min(INIT_ROWS, len(source)))].to(cfg.device)
+    sample = first_rows(source, INIT_ROWS).to(cfg.device)
     model.init_from_data(sample)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True)
     since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=cfg.device)
@@ -100,8 +117,7 @@ def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = 
 
 def train_step(model: CrossCoderBase, ddp: Any, opt: torch.optim.Optimizer, source: Any, cfg: CrossCoderConfig,
                step: int, since_fired: torch.Tensor) -> dict:
-    rank, world = rank_world()
-    x = source[batch_indices(cfg, step, len(source), rank, world)].to(cfg.device)
+    x = next_batch(source, cfg, step).to(cfg.device)
     for group in opt.param_groups:
         group["lr"] = cfg.lr * lr_factor(cfg, step)
     dead = since_fired >= cfg.dead_after

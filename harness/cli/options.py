@@ -70,6 +70,7 @@ RUN = [
     field_option(RunConfig, "architecture", type=click.Choice(ARCHITECTURES)),
     field_option(RunConfig, "n_steps"),
     field_option(RunConfig, "preset", type=click.Choice(PRESETS)),
+    field_option(RunConfig, "stream", "--stream/--no-stream"),
     field_option(RunConfig, "crosscoder", type=click.Path(exists=False)),
     field_option(RunConfig, "corpus_responses", "--corpus-responses/--no-corpus-responses"),
     *LATER_STAGES,

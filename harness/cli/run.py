@@ -58,20 +58,22 @@ def run_config(config_file: str | None, flags: dict[str, Any]) -> RunConfig:
 def sized(flags: dict[str, Any], in_file: dict[str, Any]) -> dict[str, Any]:
     """`flags` with the preset's budget filled in where neither the flags nor the config file set it: the
     named --preset, or the one the pair's size and the device call for (presets.auto_preset). Says which."""
-    given = {k: flags.get(k) if flags.get(k) is not None else in_file.get(k) for k in (*PRESET_FIELDS, "preset")}
+    given = {k: flags.get(k) if flags.get(k) is not None else in_file.get(k)
+             for k in (*PRESET_FIELDS, "preset", "stream")}
     if given["preset"] is None and all(given[k] is not None for k in PRESET_FIELDS):
         return flags  # the whole budget is given (e.g. a run's own config.json): no preset to choose
     device = flags.get("device") or in_file.get("device") or "cpu"
     tuned = flags.get("tuned") or in_file.get("tuned")
     d_model, n_params = model_size(models.resolve_spec(tuned)) if tuned else (0, 0)
     name = given["preset"] or auto_preset(device, n_params)
-    out = {**flags, **apply_preset(name, {k: given[k] for k in PRESET_FIELDS}, d_model)}
+    out = {**flags, **apply_preset(name, {k: given[k] for k in (*PRESET_FIELDS, "stream")}, d_model)}
     how = "--preset" if given["preset"] else (f"chosen for {n_params / 1e6:.1f} M parameters per model on {device}"
                                               if n_params else f"chosen on {device}; the model size is unknown")
     latents = n_latents_for(out["n_latents"], d_model) if d_model else "automatic"
     shown = {"tokens": f"{out['tokens']} tokens", "n_latents": f"{latents} latents", "k": f"k {out['k']}",
              "n_steps": f"{out['n_steps']} steps"}
-    set_here = [shown[k] for k in PRESET_FIELDS if given[k] is None]
+    set_here = [shown[k] for k in PRESET_FIELDS if given[k] is None] + (
+        ["streamed"] if given["stream"] is None and out["stream"] else [])
     progress.note(f"preset {name} ({how})" + (f": {', '.join(set_here)}" if set_here else ""))
     return out
 

@@ -104,7 +104,8 @@ class ActivationsConfig:
                                                                     "their path relative to it (so a run directory can move)"})
     shard_rows: int = field(default=65_536, metadata={"help": "rows per shard file"})
     outlier_factor: float = field(default=20.0, metadata={"help": "drop rows whose norm exceeds this × the median norm"})
-    store_dtype: str = field(default="float32", metadata={"help": "dtype of stored activations: float32 or float16"})
+    store_dtype: str = field(default="float32", metadata={"help": "dtype of stored activations: float32, float16 or "
+                                                                  "bfloat16 (a run on a GPU stores bfloat16)"})
     device: str = field(default="cpu", metadata={"key": False, "help": "torch device"})
     model_devices: tuple[str, ...] = field(default=(), metadata={"key": False, "help": "(base, tuned) devices when "
                                                                 "they differ from --device"})
@@ -113,8 +114,8 @@ class ActivationsConfig:
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.seq_len < 2 or self.batch_size < 1 or self.shard_rows < 1:
             raise DiffevalError("tokens, batch_size and shard_rows must be >= 1 and seq_len >= 2")
-        if self.store_dtype not in ("float32", "float16"):
-            raise DiffevalError(f"store_dtype {self.store_dtype!r} must be float32 or float16")
+        if self.store_dtype not in ("float32", "float16", "bfloat16"):
+            raise DiffevalError(f"store_dtype {self.store_dtype!r} must be float32, float16 or bfloat16")
         if self.layer < 0:
             raise DiffevalError(f"layer must be >= 0 (a block index or a fraction of depth), got {self.layer}")
 

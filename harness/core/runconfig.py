@@ -28,6 +28,7 @@ HEADLINE_MEASURE = "cue_shift"  # the measure of the report's headline (harness/
 ATTRIBUTION_SHIFTS = ("auto", HEADLINE_MEASURE, "share", "usage", "mass")
 CAUSAL_MODES = ("ablate", "revert")
 ANNOTATORS = ("enrichment", "llm")
+STREAM_CACHE_ROWS = 50_000  # the activation cache a streamed run keeps for latent statistics and attribution
 MIN_SPECIFIC = 10  # N^T or N^B below this: too few model-specific latents for share ratios
 
 
@@ -51,6 +52,9 @@ class RunConfig(BenchConfig):
     preset: str | None = opt(None, "crosscoder budget: quick, standard or paper (sets --tokens, --n-latents, --k and "
                              "--n-steps where they are not given; docs/real-pairs.md); none = quick on a CPU or "
                              "for models under 100 M parameters, standard on a GPU")
+    stream: bool = opt(False, "train the crosscoder on paired activations computed on the fly (both models resident, "
+                       "a shuffle buffer) instead of a disk cache of --tokens rows; the activation cache then holds "
+                       f"only the first {STREAM_CACHE_ROWS} rows, for the analysis stages")
     crosscoder: str | None = opt(None, "a trained crosscoder to use instead of training one: a diffeval crosscoder "
                                  "folder or a dictionary_learning checkpoint (.pt, .safetensors, or a folder of "
                                  "model.safetensors + config.json); --n-latents, --k, --architecture and --n-steps "
@@ -119,7 +123,12 @@ class RunConfig(BenchConfig):
         dtype of this run; `overrides` set what differs between the corpus and the probe collection."""
         return ActivationsConfig(base=self.base, tuned=self.tuned, layer=self.layer, seq_len=self.seq_len,
                                  tasks_dir=self.tasks_dir, device=self.device, model_devices=self.model_devices(),
-                                 dtype=self.dtype, **overrides)
+                                 dtype=self.dtype, store_dtype=self.store_dtype(), **overrides)
+
+    def store_dtype(self) -> str:
+        """The activation cache's dtype: bfloat16 when the models run on a GPU (half the disk of float32, the
+        precision the models compute in there), float32 on a CPU."""
+        return "bfloat16" if any(d.startswith("cuda") for d in (self.device, *self.model_devices())) else "float32"
 
     def stages(self) -> StageConfigs:
         """Each stage's own config (what its cache key hashes); the pipeline passes stage X `stages().X`."""
@@ -129,14 +138,18 @@ class RunConfig(BenchConfig):
                                          model_devices=self.model_devices())
                        if self.probe_responses else None)
         bench = self.bench()
+
+        def corpus(tokens: int) -> ActivationsStageConfig:
+            return ActivationsStageConfig(collect=self.activations(tokens=tokens, corpus=self.corpus, tasks=self.tasks),
+                                          transcripts=transcripts if self.corpus_responses else None)
+
+        streamed = self.stream and self.crosscoder is None
         return StageConfigs(
             bench=bench,
-            activations=ActivationsStageConfig(
-                collect=self.activations(tokens=self.tokens, corpus=self.corpus, tasks=self.tasks),
-                transcripts=transcripts if self.corpus_responses else None),
+            activations=corpus(min(self.tokens, STREAM_CACHE_ROWS) if streamed else self.tokens),
             crosscoder=CrosscoderStageConfig(n_latents=self.n_latents, k=self.k, n_steps=self.n_steps,
                                              architecture=self.architecture, seed=self.seed, device=self.device,
-                                             source=self.crosscoder),
+                                             source=self.crosscoder, stream=corpus(self.tokens) if streamed else None),
             latents=LatentsConfig(probes=probes, collect=self.activations(tokens=PROBE_TOKENS), transcripts=transcripts,
                                   alpha=self.alpha, annotator=self.annotator, llm_url=self.llm_url,
                                   llm_model=self.llm_model, device=self.device),

@@ -80,6 +80,7 @@ class CrosscoderStageConfig:
     seed: int
     device: str = nokey("cpu")
     source: str | None = nokey(None)  # a trained crosscoder to use (its files' hashes enter the key, not its path)
+    stream: ActivationsStageConfig | None = None  # with --stream: the collection the crosscoder trains on, on the fly
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.config import STREAM_BUFFER_ROWS, CrossCoderConfig
 from diffeval.harness.core import files, models
 from diffeval.harness.core.io import read_json
-from diffeval.harness.core.runconfig import RunConfig, n_latents_for
+from diffeval.harness.core.runconfig import STREAM_CACHE_ROWS, RunConfig, n_latents_for
 
 STAGE_NAMES = ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "transcripts", "probes",
                "latents", "attribution", "causal", "report")
@@ -55,13 +55,20 @@ def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
     n_latents = n_latents_for(cfg.n_latents, size.d_model)
     depth = (cfg.layer if 0 < cfg.layer < 1 else (cfg.layer + 1) / max(size.n_layers, 1)) if size.n_layers else 1.0
     load_s = 2 * size.n_params * (rates.gguf_load_s if size.gguf else 0.0)
-    forward_s = cfg.tokens * 2 * 2 * size.body_params * depth / rates.forward_flops
+    per_token_s = 2 * 2 * size.body_params * depth / rates.forward_flops
     step_s = rates.step_fixed_s + 2 * BATCH * 2 * size.d_model * n_latents / rates.step_flops
     # while latents are dead the auxiliary loss adds up to aux_k pairs a row (CrossCoderConfig.aux_k)
     aux_s = BATCH * min(AUX_K, n_latents) * 2 * size.d_model * rates.aux_pair_s
     steps = 0 if cfg.crosscoder else cfg.n_steps
-    return {"activations_s": load_s + forward_s, "crosscoder_s": steps * step_s, "crosscoder_max_s": steps * (step_s + aux_s),
-            "cache_bytes": cfg.tokens * 2 * size.d_model * 4, "models_bytes": 2 * size.n_params * DTYPE_BYTES.get(cfg.dtype, 4),
+    streamed = cfg.stream and not cfg.crosscoder
+    cache_rows = min(cfg.tokens, STREAM_CACHE_ROWS) if streamed else cfg.tokens
+    # a streamed crosscoder computes the models' forward passes again for every row it draws
+    stream_s = (load_s + steps * BATCH * per_token_s) if streamed else 0.0
+    return {"activations_s": load_s + cache_rows * per_token_s, "crosscoder_s": steps * step_s + stream_s,
+            "crosscoder_max_s": steps * (step_s + aux_s) + stream_s,
+            "cache_bytes": cache_rows * 2 * size.d_model * DTYPE_BYTES[cfg.store_dtype()],
+            "buffer_bytes": min(cfg.tokens, STREAM_BUFFER_ROWS) * 2 * size.d_model * 4 if streamed else 0,
+            "models_bytes": 2 * size.n_params * DTYPE_BYTES.get(cfg.dtype, 4),
             "crosscoder_bytes": 4 * 2 * n_latents * 2 * size.d_model * 4, "n_latents": n_latents}
 
 
@@ -84,12 +91,13 @@ def plan(cfg: RunConfig, run_dir: Path) -> str:
         state = done.get(name)
         rows.append([name, "reuse if inputs unchanged" if state == "done" else f"run ({state})" if state else "run"])
     where = "CPU" if cfg.device == "cpu" else "GPU"
-    estimate = [["disk: activation cache", _gb(est["cache_bytes"])],
+    estimate = [[f"disk: activation cache ({cfg.store_dtype()})", _gb(est["cache_bytes"])],
                 [f"memory: both models ({cfg.dtype})", _gb(est["models_bytes"])],
                 ["memory: crosscoder training", _gb(est["crosscoder_bytes"])],
+                *([["memory: the stream's shuffle buffer", _gb(est["buffer_bytes"])]] if est["buffer_bytes"] else []),
                 [f"time: activation collection ({where})", _minutes(est["activations_s"])],
-                [f"time: crosscoder training ({where})", "none (--crosscoder given)" if cfg.crosscoder else
-                 _span(est["crosscoder_s"], est["crosscoder_max_s"])]]
+                [f"time: crosscoder training ({where}{', streamed: the forward passes included' if est['buffer_bytes'] else ''})",
+                 "none (--crosscoder given)" if cfg.crosscoder else _span(est["crosscoder_s"], est["crosscoder_max_s"])]]
     preset = f"preset {cfg.preset}: " if cfg.preset else ""
     return (f"run directory: {run_dir}\n" + tabulate(rows, headers=["stage", "plan"]) + "\n\n"
             + tabulate(estimate, headers=["estimate", "value"])

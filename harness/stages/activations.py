@@ -144,16 +144,13 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     if world > 1 and cfg.model_devices:
         raise DiffevalError("--base-device/--tuned-device place one pair's models on two devices; under torchrun "
                             "each rank takes its own device: use one or the other")
-    devices = cfg.model_devices or (device, device)
-    lms = [models.load_model(s, cfg.dtype, d) for s, d in zip(specs, devices, strict=True)]
-    blocks = [decoder_blocks(m) for m in lms]
-    layers = [resolve_layer(cfg.layer, len(b), s.spec) for b, s in zip(blocks, specs, strict=True)]
-    d_models = [m.config.hidden_size for m in lms]
-    manifest.update({"models": [models.describe(s) for s in specs], "layer": layers, "d_model": max(d_models),
-                     "d_models": d_models, "n_layers": [len(b) for b in blocks], "rank": rank, "world": world})
+    pair = load_pair(cfg, specs, cfg.model_devices or (device, device))
+    manifest.update({"models": [models.describe(s) for s in specs], "layer": pair.layers,
+                     "d_model": max(pair.d_models), "d_models": pair.d_models,
+                     "n_layers": [len(b) for b in pair.blocks], "rank": rank, "world": world})
 
     def forward(first: int) -> _Batch:
-        return _forward_batch(cfg, lms, blocks, layers, tok, seqs[first:first + cfg.batch_size], first, devices)
+        return pair.forward(cfg, tok, seqs[first:first + cfg.batch_size], first)
 
     cached = {}
     if manifest.get("median_norm") is None:  # every rank judges outliers against batch 0
@@ -176,17 +173,44 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     bar.close()
 
 
-def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], layers: list[int], tok: Any,
-                   batch: list[dict[str, Any]], first: int, devices: tuple[str, ...]) -> _Batch:
+@dataclass
+class LoadedPair:
+    """Both models loaded for collection, each on its device, with the block their rows are read after."""
+
+    lms: list[Any]
+    blocks: list[Any]
+    layers: list[int]
+    devices: tuple[str, ...]
+
+    @property
+    def d_models(self) -> list[int]:
+        return [m.config.hidden_size for m in self.lms]
+
+    def forward(self, cfg: ActivationsConfig, tok: Any, batch: list[dict[str, Any]], first: int,
+                with_sequences: bool = True) -> _Batch:
+        return _forward_batch(cfg, self, tok, batch, first, with_sequences)
+
+
+def load_pair(cfg: ActivationsConfig, specs: list[Any], devices: tuple[str, ...]) -> LoadedPair:
+    """Load both models (cfg.dtype) on `devices` and resolve the collection layer in each."""
+    lms = [models.load_model(s, cfg.dtype, d) for s, d in zip(specs, devices, strict=True)]
+    blocks = [decoder_blocks(m) for m in lms]
+    layers = [resolve_layer(cfg.layer, len(b), s.spec) for b, s in zip(blocks, specs, strict=True)]
+    return LoadedPair(lms, blocks, layers, tuple(devices))
+
+
+def _forward_batch(cfg: ActivationsConfig, pair: LoadedPair, tok: Any, batch: list[dict[str, Any]],
+                   first: int, with_sequences: bool = True) -> _Batch:
     """Both models on one batch of sequences; rows for every non-BOS, non-pad position from each sequence's
-    `skip` on."""
+    `skip` on (and, `with_sequences`, each sequence's record for sequences.jsonl)."""
     import torch
 
+    devices = pair.devices
     enc = tok([s["text"] for s in batch], return_tensors="pt", padding=True, truncation=True,
               max_length=cfg.seq_len).to(devices[0])
     with torch.no_grad():  # each model on its own device; the rows are gathered on the base model's
         hs = [truncated_hidden(m, b, layer, enc["input_ids"].to(d), enc["attention_mask"].to(d)).float().to(devices[0])
-              for m, b, layer, d in zip(lms, blocks, layers, devices, strict=True)]  # each [batch, seq, d_m]
+              for m, b, layer, d in zip(pair.lms, pair.blocks, pair.layers, devices, strict=True)]  # [batch, seq, d_m]
     keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
     skip = torch.tensor([s.get("skip", 0) for s in batch], device=keep.device)
     keep &= torch.arange(keep.shape[1], device=keep.device)[None, :] >= skip[:, None]  # positions already collected
@@ -198,7 +222,7 @@ def _forward_batch(cfg: ActivationsConfig, lms: list[Any], blocks: list[Any], la
     rows = torch.stack([b_idx + first, pos, enc["input_ids"][b_idx, pos]], 1)
     sequences = [{"id": first + j, **s, "tokens": tok.convert_ids_to_tokens(ids := enc["input_ids"][j][
         enc["attention_mask"][j].bool()].tolist()), "pieces": token_pieces(tok, s["text"], ids)}
-        for j, s in enumerate(batch)]
+        for j, s in enumerate(batch)] if with_sequences else []
     return _Batch(acts.cpu().numpy(), rows.cpu().numpy(), norms.cpu().numpy(), sequences)
 
 
@@ -257,7 +281,13 @@ def _resume_manifest(out: Path, key: str) -> dict[str, Any]:
 def stage_activations(run: RunDir, cfg: ActivationsStageConfig) -> Path:
     """Paired activations on the corpus (with `cfg.transcripts`, plus the probe transcripts) and the
     benchmark tasks' prompts."""
+    acts, key = resolve_collection(run, cfg)
+    return collect_into(run, "activations", files.ACTS_DIR, key, acts)
 
+
+def resolve_collection(run: RunDir, cfg: ActivationsStageConfig) -> tuple[ActivationsConfig, str]:
+    """The collection's config with its tasks resolved and the probe transcripts added (running the transcripts
+    stage if it has not run), and its cache key (the settings, the models, and every corpus file's stamp)."""
     acts = cfg.collect
     tasks = tuple(bench_tasks(acts.tasks, acts.tasks_dir))
     specs = [models.describe(models.resolve_spec(s)) for s in (acts.base, acts.tuned)]
@@ -265,8 +295,7 @@ def stage_activations(run: RunDir, cfg: ActivationsStageConfig) -> Path:
     corpus = (acts.corpus or tuple(str(p) for p in sorted(CORPUS_DIR.glob("*.jsonl")))) + extra  # default: the shipped corpus
     upstream = run.key("transcripts") if extra else None
     key = stage_key(cfg, tasks, specs, [file_stamp(p, run.path) for p in corpus], upstream, SEQUENCES_VERSION)
-    return collect_into(run, "activations", files.ACTS_DIR, key,
-                        dataclasses.replace(acts, tasks=tasks, extra=extra, source_root=str(run.path)))
+    return dataclasses.replace(acts, tasks=tasks, extra=extra, source_root=str(run.path)), key
 
 
 def collect_into(run: RunDir, name: str, out: str, key: str, acts: ActivationsConfig) -> Path:

@@ -16,14 +16,17 @@ from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.runconfig import n_latents_for
 from diffeval.harness.core.rundir import RunDir, fresh_stage_dir
 from diffeval.harness.core.stageconfig import CrosscoderStageConfig
+from diffeval.harness.stages.activations import resolve_collection
+from diffeval.harness.stages.stream import paired_stream
 
 log = logging.getLogger(__name__)
 
 
 def stage_crosscoder(run: RunDir, cfg: CrosscoderStageConfig) -> Path:
     """Train the crosscoder on the run's activations; its key hashes the full CrossCoderConfig (these
-    settings completed with the cache's hidden sizes) and the activations stage's key. With `cfg.source`, use
-    that trained crosscoder instead (`use_trained`)."""
+    settings completed with the cache's hidden sizes) and the activations stage's key. With `cfg.stream`, it
+    trains on that collection's rows computed on the fly (harness.stages.stream) rather than on the cache.
+    With `cfg.source`, use that trained crosscoder instead (`use_trained`)."""
     acts = run.path / files.ACTS_DIR
     manifest = read_manifest(acts)
     if cfg.source is not None:
@@ -34,14 +37,15 @@ def stage_crosscoder(run: RunDir, cfg: CrosscoderStageConfig) -> Path:
                                    device=cfg.device, checkpoint_every=max(cfg.n_steps // 4, 1))
     except ValueError as e:
         raise DiffevalError(f"crosscoder configuration: {e}") from None
-    key = config_hash(cc_cfg, run.key("activations"))
+    stream = resolve_collection(run, cfg.stream) if cfg.stream else None
+    key = config_hash(cc_cfg, run.key("activations"), stream[1] if stream else None)
     out = run.path / files.CROSSCODER_DIR
     if not run.is_done("crosscoder", key):
         fresh_stage_dir(out, key)  # a checkpoint of these inputs resumes; any other configuration's is cleared
         with run.stage("crosscoder", key) as rec:
             try:
-                train_crosscoder(cc_cfg, acts, out=out)
-            except (ActivationDirError, FloatingPointError) as e:
+                train_crosscoder(cc_cfg, paired_stream(stream[0], seed=cfg.seed) if stream else acts, out=out)
+            except (ActivationDirError, FloatingPointError, ValueError) as e:
                 raise DiffevalError(str(e)) from None
             rec["outputs"] = [out / files.CROSSCODER_WEIGHTS, out / files.CROSSCODER_CFG, out / files.CROSSCODER_METRICS]
     return out
