@@ -68,9 +68,9 @@ class RunConfig(BenchConfig):
     alpha: float = opt(0.05, "false discovery rate of the latent → category enrichment tests")
     annotator: str = opt("enrichment", "how latents get categories: enrichment (each category's probe corpus, "
                          "BH-FDR at --alpha) or llm (an OpenAI-compatible endpoint labels each latent's top contexts)")
-    llm_url: str | None = opt(None, "base URL of the LLM annotator's endpoint, e.g. http://localhost:8000/v1 "
+    annotator_url: str | None = opt(None, "base URL of the LLM annotator's endpoint, e.g. http://localhost:8000/v1 "
                               "(API key from $OPENAI_API_KEY)")
-    llm_model: str | None = opt(None, "model name the LLM annotator asks")
+    annotator_model: str | None = opt(None, "model name the LLM annotator asks")
     specific_by: str = opt("latent_scaling", "model-specific latents: latent_scaling (Δnorm and ν) or delta_norm (Δnorm only)")
     attribution_shift: str = opt("auto", "shift that predicts task deltas: cue_shift (the headline measure, signed by "
                                  "the reference answers; auto is cue_shift), share (log share ratio of model-specific "
@@ -105,8 +105,8 @@ class RunConfig(BenchConfig):
                                 "dictionary_learning checkpoint: .pt, .safetensors, or model.safetensors + config.json)")
         if self.annotator not in ANNOTATORS:
             raise DiffevalError(f"annotator {self.annotator!r} must be one of {', '.join(ANNOTATORS)}")
-        if self.annotator == "llm" and not (self.llm_url and self.llm_model):
-            raise DiffevalError("annotator llm needs llm_url and llm_model (--llm-url URL --llm-model NAME)")
+        if self.annotator == "llm" and not (self.annotator_url and self.annotator_model):
+            raise DiffevalError("annotator llm needs annotator_url and annotator_model (--annotator-url URL --annotator-model NAME)")
         if self.specific_by not in SPECIFIC_BY:
             raise DiffevalError(f"specific_by {self.specific_by!r} must be one of {', '.join(SPECIFIC_BY)}")
         if self.attribution_shift not in ATTRIBUTION_SHIFTS:
@@ -151,8 +151,8 @@ class RunConfig(BenchConfig):
                                              architecture=self.architecture, seed=self.seed, device=self.device,
                                              source=self.crosscoder, stream=corpus(self.tokens) if streamed else None),
             latents=LatentsConfig(probes=probes, collect=self.activations(tokens=PROBE_TOKENS), transcripts=transcripts,
-                                  alpha=self.alpha, annotator=self.annotator, llm_url=self.llm_url,
-                                  llm_model=self.llm_model, device=self.device),
+                                  alpha=self.alpha, annotator=self.annotator, annotator_url=self.annotator_url,
+                                  annotator_model=self.annotator_model, device=self.device),
             attribution=AttributionConfig(probes=probes, specific_by=self.specific_by, shift=self.attribution_shift,
                                           alpha=self.alpha, seed=self.seed, reference=self.reference,
                                           device=self.device),

@@ -92,8 +92,8 @@ class LatentsConfig:
     transcripts: TranscriptsConfig | None  # with --probe-responses: the probes as each model continues them
     alpha: float
     annotator: str
-    llm_url: str | None = None
-    llm_model: str | None = None
+    annotator_url: str | None = None
+    annotator_model: str | None = None
     device: str = nokey("cpu")
 
 

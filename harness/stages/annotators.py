@@ -7,16 +7,13 @@ independent). One-sided Mann–Whitney U per latent × category, Benjamini–Hoc
 latent also needs an effect worth naming (it fires on a share of c's texts, and more than `min_ratio`×
 as strongly as elsewhere). Latents with no significant category are `unassigned`.
 
-An annotator is anything with `name` and `annotate(inputs) -> list[LatentLabel]`; `LLMAnnotator` labels
-latents from their top-activating contexts with an OpenAI-compatible chat endpoint instead.
+An annotator is anything with `name` and `annotate(inputs) -> list[LatentLabel]`; `llm_annotator.LLMAnnotator`
+labels latents from their top-activating contexts with an OpenAI-compatible chat endpoint instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +33,8 @@ class LatentLabel:
     categories: tuple[str, ...] = ()   # every significant category, most significant first
     q_value: float | None = None       # of the primary category
     enrichment: float | None = None    # mean activation on the category's probes / elsewhere
+    proposed: str | None = None        # the LLM annotator's label before its detection test
+    detection: dict[str, Any] | None = None  # the LLM annotator's detection test of `proposed` (score and counts)
 
 
 @dataclass
@@ -100,70 +99,3 @@ class EnrichmentAnnotator:
             else:
                 labels.append(LatentLabel(j, UNASSIGNED))
         return labels
-
-
-LLM_PROMPT = """You label features of a language model. Each feature fires on certain text.
-Categories:
-{categories}
-The feature fires most strongly on these snippets (the firing token is marked with [[ ]]):
-{contexts}
-Answer with JSON only: {{"category": "<one category name from the list, or unassigned>"}}"""
-
-
-@dataclass(frozen=True)
-class LLMAnnotator:
-    """Labels latents from their top contexts with an OpenAI-compatible chat completions endpoint.
-
-    `base_url` like http://localhost:8000/v1; the key comes from `api_key` or $OPENAI_API_KEY. Only
-    latents listed in `only` (by default every latent with contexts) are sent, since each is one request.
-    """
-
-    base_url: str
-    model: str
-    api_key: str | None = None
-    only: frozenset[int] | None = None
-    timeout: float = 60.0
-    name: str = "llm"
-
-    def annotate(self, inputs: AnnotationInputs) -> list[LatentLabel]:
-        cats = "\n".join(f"- {c}: {inputs.descriptions.get(c, '')}" for c in inputs.categories)
-        labels = []
-        for row in inputs.latents:
-            j, ctxs = int(row["latent"]), row.get("top_contexts") or []
-            if not ctxs or (self.only is not None and j not in self.only):
-                labels.append(LatentLabel(j, UNASSIGNED))
-                continue
-            snippets = "\n".join(_snippet(c) for c in ctxs)
-            answer = self._ask(LLM_PROMPT.format(categories=cats, contexts=snippets))
-            category = self._parse(answer, inputs.categories)
-            labels.append(LatentLabel(j, category, (category,) if category != UNASSIGNED else ()))
-        return labels
-
-    def _ask(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        key = self.api_key or os.environ.get("OPENAI_API_KEY", "")
-        req = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.load(resp)["choices"][0]["message"]["content"]
-        except (OSError, KeyError, IndexError, json.JSONDecodeError) as e:
-            raise DiffevalError(f"LLM annotator endpoint {self.base_url} failed: {e}") from None
-
-    @staticmethod
-    def _parse(answer: str, categories: list[str]) -> str:
-        start, end = answer.find("{"), answer.rfind("}")
-        try:
-            category = json.loads(answer[start:end + 1])["category"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("LLM annotator gave no JSON category (%r); latent left unassigned", answer[:80])
-            return UNASSIGNED
-        return category if category in categories else UNASSIGNED
-
-
-def _snippet(ctx: dict[str, Any]) -> str:
-    """A context line with its firing token (the context's last piece) marked."""
-    token, text = ctx.get("token") or "", ctx.get("context") or ""
-    head = text[: len(text) - len(token)] if token and text.endswith(token) else text
-    return f"- {head}[[{token}]]"

@@ -18,10 +18,11 @@ from diffeval.harness.core.io import atomic_write_jsonl, read_jsonl_rows
 from diffeval.harness.core.rundir import RunDir, file_stamp
 from diffeval.harness.core.stageconfig import LatentsConfig, stage_key
 from diffeval.harness.stages.activations import collect_into
-from diffeval.harness.stages.annotators import AnnotationInputs, EnrichmentAnnotator, LLMAnnotator
+from diffeval.harness.stages.annotators import AnnotationInputs, EnrichmentAnnotator
 from diffeval.harness.stages.crosscoder import open_crosscoder
 from diffeval.harness.stages.inputs import probe_inputs
 from diffeval.harness.stages.latent_sums import sequence_max, sequences
+from diffeval.harness.stages.llm_annotator import LLMAnnotator
 from diffeval.harness.stages.transcripts import read_transcripts, stage_transcripts
 from diffeval.harness.suite.taxonomy import Taxonomy
 
@@ -121,6 +122,8 @@ def annotate_rows(rows: list[dict[str, Any]], labels: list[Any], annotator: str)
         lab = by_latent[int(row["latent"])]
         row.update({"category": lab.category, "categories": list(lab.categories), "q_value": lab.q_value,
                     "enrichment": lab.enrichment, "annotator": annotator})
+        if lab.detection is not None or lab.proposed is not None:  # the LLM annotator's label and its test
+            row.update({"proposed": lab.proposed, "detection": lab.detection})
 
 
 def read_latents(path: str | Path) -> list[dict[str, Any]]:
@@ -183,6 +186,6 @@ def write_annotated_latents(run_path: Path, probe_acts: Path, tax: Taxonomy, sou
     inputs = AnnotationInputs(categories=sorted(set(labels)), descriptions={c: tax.categories[c].description for c in tax.names},
                               seq_acts=seq_acts, seq_labels=labels, latents=rows)
     annotator = (EnrichmentAnnotator(alpha=cfg.alpha) if cfg.annotator == "enrichment"
-                 else LLMAnnotator(base_url=cfg.llm_url, model=cfg.llm_model))
+                 else LLMAnnotator(base_url=cfg.annotator_url, model=cfg.annotator_model))
     annotate_rows(rows, annotator.annotate(inputs), annotator.name)
     return atomic_write_jsonl(run_path / files.LATENTS, rows)

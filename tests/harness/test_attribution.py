@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
-import json
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -17,7 +14,6 @@ from diffeval.harness.stages import measures as A
 from diffeval.harness.stages.annotators import (
     AnnotationInputs,
     EnrichmentAnnotator,
-    LLMAnnotator,
     benjamini_hochberg,
 )
 from diffeval.harness.stages.attribution import category_members, stage_attribution
@@ -187,36 +183,6 @@ def test_run_dir_missing_a_stage_is_a_clear_error(tmp_path) -> None:
     cfg = RunConfig(base="a", tuned="b")
     with pytest.raises(RunDirError, match="no finished 'latents' stage"):
         stage_attribution(RunDir(tmp_path), cfg.stages().attribution)
-
-
-def test_llm_annotator_against_a_local_endpoint() -> None:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][0]["content"]
-            answer = '{"category": "math"}' if "[[+]]" in prompt else "I am not sure."
-            data = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        rows = [{"latent": 0, "top_contexts": [{"context": "2 +", "token": "+"}]},
-                {"latent": 1, "top_contexts": [{"context": "hello", "token": "lo"}]},
-                {"latent": 2, "top_contexts": []}]
-        ann = LLMAnnotator(f"http://127.0.0.1:{server.server_port}/v1", "any")
-        out = ann.annotate(AnnotationInputs(["math", "code"], {"math": "numbers"}, latents=rows))
-        assert [lab.category for lab in out] == ["math", "unassigned", "unassigned"]
-    finally:
-        server.shutdown()
-    with pytest.raises(DiffevalError, match="endpoint .* failed"):
-        LLMAnnotator("http://127.0.0.1:9/v1", "any", timeout=2).annotate(AnnotationInputs(["math"], {}, latents=rows[:1]))
 
 
 def test_changed_enrichment_finds_the_category_whose_latents_rotated():

@@ -58,12 +58,12 @@ def test_commands_share_the_dataclass_defaults():
 
 
 def test_the_llm_annotator_is_selectable_and_checked():
-    cfg = RunConfig(base="a", tuned="b", annotator="llm", llm_url="http://localhost:8000/v1", llm_model="m")
+    cfg = RunConfig(base="a", tuned="b", annotator="llm", annotator_url="http://localhost:8000/v1", annotator_model="m")
     assert cfg.annotator == "llm"
-    with pytest.raises(DiffevalError, match="llm_url and llm_model"):
+    with pytest.raises(DiffevalError, match="annotator_url and annotator_model"):
         RunConfig(base="a", tuned="b", annotator="llm")
     res = CliRunner().invoke(cli, ["run", "--annotator", "llm", "--base", "a", "--tuned", "b"])
-    assert res.exit_code == 2 and "llm_url and llm_model" in res.output
+    assert res.exit_code == 2 and "annotator_url and annotator_model" in res.output
 
 
 def _stage_keys(**changes) -> dict[str, str]:

@@ -91,6 +91,7 @@ def default_organism(organism_cache):
 
 
 @pytest.mark.slow
+@pytest.mark.organism
 def test_show_json_schema(default_organism):
     result = CliRunner().invoke(cli, ["organisms", "show", "toyworld", "--json"])
     assert result.exit_code == 0, result.output
@@ -103,6 +104,7 @@ def test_show_json_schema(default_organism):
 
 
 @pytest.mark.slow
+@pytest.mark.organism
 def test_default_organism_verifies(default_organism, tmp_path):
     result = CliRunner().invoke(cli, ["organisms", "verify", "toyworld", "--out", str(tmp_path / "v")])
     assert result.exit_code == 0, result.output
@@ -110,6 +112,7 @@ def test_default_organism_verifies(default_organism, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.organism
 def test_verify_fails_when_nothing_was_planted(default_organism, tmp_path):
     base = default_organism["base"]
     checks = verify_pair(base, base, toyworld.PLANTED, default_organism["tasks_dir"], tmp_path)
@@ -119,6 +122,7 @@ def test_verify_fails_when_nothing_was_planted(default_organism, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.organism
 def test_run_without_models_uses_the_default_organism(default_organism, tmp_path):
     # the README's command, with a short crosscoder training (the default 2000 steps take ~75 s here)
     result = CliRunner().invoke(cli, ["run", "--n-steps", "200", "--out", str(tmp_path / "r")])
@@ -178,6 +182,7 @@ def _assert_known_answers(report: dict, planted: list[Planted]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.organism
 def test_the_placebo_shows_no_change(default_organism, tmp_path):
     """Known answer, end to end: the same base fine-tuned on replay data only; no category is significant."""
     result = CliRunner().invoke(cli, ["run", "--organism", "toyworld_placebo", "--n-steps", "200",
@@ -190,6 +195,7 @@ def test_the_placebo_shows_no_change(default_organism, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.organism
 def test_score_reuses_the_seed_independent_stages(default_organism, tmp_path):
     doc = score_organism("toyworld", 2, tmp_path / "s", n_steps=40, n_latents=96, tokens=3000, probe_responses=8,
                          bootstrap_iters=100)
