@@ -4,7 +4,8 @@ Any OpenAI-compatible `/chat/completions` endpoint serves (a local llama.cpp ser
 For each latent with top contexts:
 
 1. **Labelling.** Half of its top contexts (the 1st, 3rd, 5th, …, so both halves hold strong ones) are
-   shown with the firing token marked; the model answers with one category of the taxonomy or unassigned.
+   shown with the firing token marked; the model answers with one category of the taxonomy or unassigned
+   (a JSON {"category": …} or the name alone: the first category name in the answer counts).
 2. **Detection.** The label is tested on the other half, which the model has not seen, against as many
    random contexts (other latents' top contexts that share no text with this latent's). For each snippet
    one request asks whether it fits the category (yes / no). The detection score is the balanced accuracy
@@ -35,18 +36,20 @@ from diffeval.harness.suite.taxonomy import UNASSIGNED
 
 log = logging.getLogger(__name__)
 
-LABEL_PROMPT = """You label features of a language model. Each feature fires on certain text.
-Categories:
-{categories}
-The feature fires most strongly on these snippets (the firing token is marked with [[ ]]):
+LABEL_PROMPT = """Here are text snippets on which one feature of a language model fires. The token it fires on is \
+marked with double square brackets.
 {contexts}
-Answer with JSON only: {{"category": "<one category name from the list, or unassigned>"}}"""
 
-DETECT_PROMPT = """A feature of a language model fires on text about this category:
-{category}: {description}
-Does the feature fire on this snippet (the token in question is marked with [[ ]])?
+Which of these categories do the snippets share?
+{categories}
+- unassigned: none of them
+
+Answer with the category name only."""
+
+DETECT_PROMPT = """Snippet (the token in question is marked with double square brackets):
 {snippet}
-Answer with one word: yes or no."""
+
+Is this snippet about {category} ({description})? Answer yes or no."""
 
 MIN_DETECTION = 0.75  # balanced accuracy a label needs: with 4 + 4 snippets, 3 of 4 right on each side
 
@@ -120,14 +123,21 @@ class LLMAnnotator:
 
 
 def parse_category(answer: str, categories: list[str]) -> str:
-    """The category named in a JSON answer ({"category": …}); unassigned for anything else."""
+    """The category an answer names: a JSON {"category": …}, or else the category name that the answer
+    mentions first (unassigned when it mentions none, or says unassigned first)."""
     start, end = answer.find("{"), answer.rfind("}")
-    try:
-        category = json.loads(answer[start:end + 1])["category"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        log.warning("LLM annotator gave no JSON category (%r); latent left unassigned", answer[:80])
+    if 0 <= start < end:
+        try:
+            named = json.loads(answer[start:end + 1])["category"]
+            return named if named in categories else UNASSIGNED
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass
+    text = answer.lower()
+    found = sorted((text.find(c.lower()), c) for c in [*categories, UNASSIGNED] if c.lower() in text)
+    if not found:
+        log.warning("LLM annotator named no category (%r); latent left unassigned", answer[:80])
         return UNASSIGNED
-    return category if category in categories else UNASSIGNED
+    return found[0][1]
 
 
 def parse_yes(answer: str) -> bool:

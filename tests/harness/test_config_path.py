@@ -73,7 +73,8 @@ def _stage_keys(**changes) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("change", "moved"), [
-    ({"device": "cuda"}, set()),  # where it runs does not change what a stage writes
+    ({"device": "mps"}, set()),  # where it runs does not change what a stage writes,
+    ({"device": "cuda"}, {"activations", "latents"}),  # except the caches' dtype: bfloat16 on a GPU
     ({"dtype": "bfloat16"}, {"activations", "latents", "causal"}),
     ({"k": 16}, {"crosscoder"}),
     ({"alpha": 0.01}, {"latents", "attribution"}),

@@ -22,7 +22,7 @@ from diffeval.harness.cli import cli
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.stages.annotators import AnnotationInputs
 from diffeval.harness.stages.latents import read_latents
-from diffeval.harness.stages.llm_annotator import MIN_DETECTION, LLMAnnotator, parse_yes
+from diffeval.harness.stages.llm_annotator import MIN_DETECTION, LLMAnnotator, parse_category, parse_yes
 from tests.conftest import copy_run
 
 
@@ -77,8 +77,8 @@ def _marked(prompt):
 def _always_math_labeller(detect):
     """Labels every latent math; answers detection questions with `detect(marked token)`."""
     def answer(prompt):
-        if "Categories:" in prompt:
-            return '{"category": "math"}'
+        if "Which of these categories" in prompt:
+            return "math"
         return "yes" if detect(_marked(prompt)[0]) else "no"
     return answer
 
@@ -124,6 +124,15 @@ def test_an_unreachable_endpoint_is_a_clear_error():
     with pytest.raises(DiffevalError, match="endpoint .* failed"):
         LLMAnnotator("http://127.0.0.1:9/v1", "any", timeout=2).annotate(
             AnnotationInputs(["math"], {}, latents=ROWS[:1]))
+
+
+def test_the_category_is_read_from_json_or_the_first_name_mentioned():
+    cats = ["math", "code"]
+    assert parse_category('{"category": "code"}', cats) == "code"
+    assert parse_category('{"category": "poetry"}', cats) == "unassigned"
+    assert parse_category("Math.", cats) == "math" and parse_category("code, not math", cats) == "code"
+    assert parse_category("unassigned (maybe math)", cats) == "unassigned"
+    assert parse_category("The feature fires on these snippets", cats) == "unassigned"
 
 
 def test_yes_is_read_from_the_first_word_only():
@@ -189,8 +198,10 @@ def test_a_real_model_labels_latents_and_each_label_carries_its_detection_test(l
         score = (d["hits"] / d["held_out"] + 1 - d["false_alarms"] / d["random"]) / 2
         assert d["score"] == pytest.approx(score, abs=1e-4)
         assert (r["category"] == r["proposed"]) == (d["score"] >= MIN_DETECTION)
+    assert tested, "the real model named a category for no latent, so no label was tested"
     untested = [r for r in rows if not r.get("detection")]
     assert all(r["category"] == "unassigned" for r in untested)
     counts = {"sent": len(sent), "labelled": sum(r.get("proposed") is not None for r in rows), "tested": len(tested),
-              "kept": sum(r["category"] != "unassigned" for r in rows)}
+              "kept": sum(r["category"] != "unassigned" for r in rows),
+              "mean_detection": round(sum(r["detection"]["score"] for r in tested) / len(tested), 3)}
     print("llm annotator on the tiny run:", counts)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from diffeval.crosscoders.config import STREAM_BUFFER_ROWS
 from diffeval.harness.cli import cli
 from diffeval.harness.cli.run import run_config
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.presets import PRESETS, auto_preset, preset_values
-from diffeval.harness.core.runconfig import RunConfig
+from diffeval.harness.core.runconfig import STREAM_CACHE_ROWS, RunConfig
 from diffeval.harness.pipeline.plan import Size, estimates
 
 
@@ -63,7 +64,14 @@ def test_estimates_grow_with_the_budget_and_skip_training_for_a_given_crosscoder
     quick, paper = (estimates(RunConfig(base="a", tuned="b", device="cuda", **dict(preset_values(p, 2304), preset=p)), size)
                     for p in ("quick", "paper"))
     assert paper["activations_s"] > 1000 * quick["activations_s"] and paper["crosscoder_s"] > quick["crosscoder_s"]
-    assert paper["cache_bytes"] == 100_000_000 * 2 * 2304 * 4  # float32 rows of both models
+    assert paper["cache_bytes"] == 100_000_000 * 2 * 2304 * 2  # bfloat16 rows of both models (on a GPU)
+    streamed = estimates(RunConfig(base="a", tuned="b", device="cuda", stream=True,
+                                   **dict(preset_values("paper", 2304), preset="paper")), size)
+    assert streamed["cache_bytes"] == STREAM_CACHE_ROWS * 2 * 2304 * 2  # only the analysis cache
+    assert streamed["buffer_bytes"] == STREAM_BUFFER_ROWS * 2 * 2304 * 4 and paper["buffer_bytes"] == 0
+    # the stream computes the forward passes while training: the collection's time moves into the training's
+    assert streamed["crosscoder_s"] > paper["crosscoder_s"] + 0.9 * paper["activations_s"]
+    assert streamed["activations_s"] < 0.01 * paper["activations_s"]
     assert quick["crosscoder_s"] < quick["crosscoder_max_s"]
     (tmp_path / "cc").mkdir()
     given = estimates(RunConfig(base="a", tuned="b", crosscoder=str(tmp_path / "cc")), size)
@@ -78,3 +86,12 @@ def test_a_config_that_gives_the_whole_budget_gets_no_preset(tiny_pair, tmp_path
     conf.write_text(f"base: {base}\ntuned: {tuned}\ntokens: 3000\nn_latents: 64\nk: 4\nn_steps: 40\n")
     cfg = run_config(str(conf), {})
     assert (cfg.preset, cfg.tokens, cfg.n_latents, cfg.k, cfg.n_steps) == (None, 3000, 64, 4, 40)
+
+
+def test_the_paper_preset_streams_unless_told_not_to(tiny_pair) -> None:
+    base, tuned = map(str, tiny_pair)
+    pair = {"base": base, "tuned": tuned}
+    assert run_config(None, {**pair, "preset": "paper"}).stream is True
+    assert run_config(None, {**pair, "preset": "paper", "stream": False}).stream is False
+    assert run_config(None, {**pair, "preset": "standard"}).stream is False
+    assert run_config(None, {**pair, "preset": "quick", "stream": True}).stream is True
