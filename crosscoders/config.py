@@ -8,6 +8,7 @@ from typing import Any
 
 ARCHITECTURES = ("batchtopk", "l1")
 DTYPES = ("float32", "bfloat16", "float16")
+STORE_DTYPES = ("float32", "float16", "bfloat16")  # what an activation cache's shards hold (data.to_stored)
 STREAM_BUFFER_ROWS = 65_536  # a streamed crosscoder's shuffle buffer: 64 batches of 1024, so rows of one
 # sequence rarely share a batch (crosscoders.stream)
 

@@ -77,9 +77,6 @@ class ActivationStore:
         return torch.from_numpy(out)
 
 
-STORE_DTYPES = ("float32", "float16", "bfloat16")
-
-
 def to_stored(acts: np.ndarray, dtype: str) -> np.ndarray:
     """Rows in a shard's dtype; bfloat16, which numpy lacks, as its 16 raw bits (uint16, rounded to nearest)."""
     if dtype == "bfloat16":

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from diffeval.crosscoders.config import STORE_DTYPES
 from diffeval.harness.core.errors import DiffevalError
 
 T = TypeVar("T")
@@ -114,8 +115,8 @@ class ActivationsConfig:
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.seq_len < 2 or self.batch_size < 1 or self.shard_rows < 1:
             raise DiffevalError("tokens, batch_size and shard_rows must be >= 1 and seq_len >= 2")
-        if self.store_dtype not in ("float32", "float16", "bfloat16"):
-            raise DiffevalError(f"store_dtype {self.store_dtype!r} must be float32, float16 or bfloat16")
+        if self.store_dtype not in STORE_DTYPES:
+            raise DiffevalError(f"store_dtype {self.store_dtype!r} must be one of {', '.join(STORE_DTYPES)}")
         if self.layer < 0:
             raise DiffevalError(f"layer must be >= 0 (a block index or a fraction of depth), got {self.layer}")
 

@@ -130,6 +130,10 @@ class RunConfig(BenchConfig):
         precision the models compute in there), float32 on a CPU."""
         return "bfloat16" if any(d.startswith("cuda") for d in (self.device, *self.model_devices())) else "float32"
 
+    def streams(self) -> bool:
+        """Whether the crosscoder trains on streamed activations (--stream, and no --crosscoder given)."""
+        return self.stream and self.crosscoder is None
+
     def stages(self) -> StageConfigs:
         """Each stage's own config (what its cache key hashes); the pipeline passes stage X `stages().X`."""
         probes = ProbesConfig(categories=self.categories, probes_dir=self.probes_dir)
@@ -143,7 +147,7 @@ class RunConfig(BenchConfig):
             return ActivationsStageConfig(collect=self.activations(tokens=tokens, corpus=self.corpus, tasks=self.tasks),
                                           transcripts=transcripts if self.corpus_responses else None)
 
-        streamed = self.stream and self.crosscoder is None
+        streamed = self.streams()
         return StageConfigs(
             bench=bench,
             activations=corpus(min(self.tokens, STREAM_CACHE_ROWS) if streamed else self.tokens),

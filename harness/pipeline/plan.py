@@ -60,7 +60,7 @@ def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
     # while latents are dead the auxiliary loss adds up to aux_k pairs a row (CrossCoderConfig.aux_k)
     aux_s = BATCH * min(AUX_K, n_latents) * 2 * size.d_model * rates.aux_pair_s
     steps = 0 if cfg.crosscoder else cfg.n_steps
-    streamed = cfg.stream and not cfg.crosscoder
+    streamed = cfg.streams()
     cache_rows = min(cfg.tokens, STREAM_CACHE_ROWS) if streamed else cfg.tokens
     # a streamed crosscoder computes the models' forward passes again for every row it draws
     stream_s = (load_s + steps * BATCH * per_token_s) if streamed else 0.0
@@ -96,7 +96,7 @@ def plan(cfg: RunConfig, run_dir: Path) -> str:
                 ["memory: crosscoder training", _gb(est["crosscoder_bytes"])],
                 *([["memory: the stream's shuffle buffer", _gb(est["buffer_bytes"])]] if est["buffer_bytes"] else []),
                 [f"time: activation collection ({where})", _minutes(est["activations_s"])],
-                [f"time: crosscoder training ({where}{', streamed: the forward passes included' if est['buffer_bytes'] else ''})",
+                [f"time: crosscoder training ({where}{', streamed: the forward passes included' if cfg.streams() else ''})",
                  "none (--crosscoder given)" if cfg.crosscoder else _span(est["crosscoder_s"], est["crosscoder_max_s"])]]
     preset = f"preset {cfg.preset}: " if cfg.preset else ""
     return (f"run directory: {run_dir}\n" + tabulate(rows, headers=["stage", "plan"]) + "\n\n"

@@ -109,21 +109,27 @@ def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
 
     out = Path(out)
     rank, world = launch_rank()
-    specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
-    toks = [models.load_tokenizer(s) for s in specs]
-    models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
-    toks[1].padding_side = "right"  # row positions are then token indices (transcripts rely on it)
-    seqs = corpus_sequences(cfg, toks[1])
+    specs, tok, seqs = collection_inputs(cfg)
     key = stage_key(cfg, [models.describe(s) for s in specs], world)
     if _resume_manifest(out, key)["complete"]:
         return out
     work = out / RANK_DIR.format(rank) if world > 1 else out
     manifest = _resume_manifest(work, key)
     if not manifest["complete"]:
-        _collect_rank(cfg, work, manifest, specs, toks[1], seqs, rank, world)
+        _collect_rank(cfg, work, manifest, specs, tok, seqs, rank, world)
     if world > 1:
         _after_all_ranks(lambda: merge_rank_dirs(out, world) if rank == 0 else None)
     return out
+
+
+def collection_inputs(cfg: ActivationsConfig) -> tuple[list[Any], Any, list[dict[str, Any]]]:
+    """Both models' specs, the tokenizer they share (checked; padding on the right, so that row positions are
+    token indices, which the transcripts rely on) and the sequences to collect on."""
+    specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
+    toks = [models.load_tokenizer(s) for s in specs]
+    models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
+    toks[1].padding_side = "right"
+    return specs, toks[1], corpus_sequences(cfg, toks[1])
 
 
 @dataclass
@@ -132,6 +138,10 @@ class _Batch:
     rows: np.ndarray      # [rows, 3] int64: sequence id, position, token id
     norms: np.ndarray     # [rows] largest per-model norm (for the outlier filter)
     sequences: list[dict[str, Any]]
+
+    def inliers(self, cfg: ActivationsConfig, median_norm: float) -> np.ndarray:
+        """The rows kept: norm at most cfg.outlier_factor × the median norm of the first batch."""
+        return self.norms <= cfg.outlier_factor * median_norm
 
 
 def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], specs: list[Any], tok: Any,
@@ -162,7 +172,7 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     bar = tqdm(total=budget, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
     for first in range(start, len(seqs), world * cfg.batch_size):
         batch = cached.pop(first, None) or forward(first)
-        keep = batch.norms <= cfg.outlier_factor * manifest["median_norm"]
+        keep = batch.inliers(cfg, manifest["median_norm"])
         before = writer.total
         writer.add(batch.acts[keep], batch.rows[keep], first, batch.sequences, skip)
         skip = 0

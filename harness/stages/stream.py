@@ -17,10 +17,8 @@ from tqdm.auto import tqdm
 from diffeval.crosscoders.config import STREAM_BUFFER_ROWS
 from diffeval.crosscoders.data import padded_rows
 from diffeval.crosscoders.stream import RowStream
-from diffeval.harness.core import models
 from diffeval.harness.core.config import ActivationsConfig
-from diffeval.harness.stages.activations import load_pair
-from diffeval.harness.stages.corpus import corpus_sequences
+from diffeval.harness.stages.activations import collection_inputs, load_pair
 
 
 def paired_stream(cfg: ActivationsConfig, buffer_rows: int = STREAM_BUFFER_ROWS, seed: int = 0) -> RowStream:
@@ -34,12 +32,8 @@ class PairedBlocks:
     """Passes over a corpus through both models: one block of rows per forward batch."""
 
     def __init__(self, cfg: ActivationsConfig) -> None:
-        specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
-        toks = [models.load_tokenizer(s) for s in specs]
-        models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
-        toks[1].padding_side = "right"
-        self.cfg, self.tok = cfg, toks[1]
-        self.seqs = corpus_sequences(cfg, self.tok)
+        specs, self.tok, self.seqs = collection_inputs(cfg)
+        self.cfg = cfg
         self.pair = load_pair(cfg, specs, cfg.model_devices or (cfg.device, cfg.device))
         self.dims = tuple(self.pair.d_models)
         self.median_norm = float(np.median(self._forward(0).norms))  # the cache judges outliers the same way
@@ -55,7 +49,7 @@ class PairedBlocks:
         bar = tqdm(total=cfg.tokens, desc="activation stream", unit="tok", disable=None, leave=False)
         for first in range(0, len(self.seqs), cfg.batch_size):
             batch = self._forward(first)
-            keep = batch.norms <= cfg.outlier_factor * self.median_norm
+            keep = batch.inliers(cfg, self.median_norm)
             acts = padded_rows(batch.acts[keep], self.dims, max(self.dims))[:cfg.tokens - rows]
             rows += len(acts)
             bar.update(len(acts))
