@@ -89,21 +89,26 @@ def organisms_verify(name: str, out: str | None) -> None:
 @click.option("--build-seeds", type=int, default=1, show_default=True,
               help="with --suite: builds of each toy organism (seeds 0..M-1), so scores replicate over organisms")
 @click.option("--slow", "include_slow", is_flag=True, help="with --suite: include the slow organisms (Gemma)")
+@click.option("--only", help="with --suite: score only these organisms (comma-separated names), e.g. one organism "
+              "and its placebo over --build-seeds builds")
 @click.option("--causal", is_flag=True, help="also run the causal check (with its random control sets)")
 @click.option("--out", type=click.Path(file_okay=False), help="directory (default runs/<time>-score-<name>)")
 @field_option(BenchConfig, "device", type=str, fixed_default=True)
 @user_errors
-def organisms_score(name: str | None, suite: bool, seeds: int, build_seeds: int, include_slow: bool, causal: bool,
-                    out: str | None, device: str) -> None:
+def organisms_score(name: str | None, suite: bool, seeds: int, build_seeds: int, include_slow: bool, only: str | None,
+                    causal: bool, out: str | None, device: str) -> None:
     """Run the whole pipeline on an organism (or the suite) and score it against its planted changes."""
 
     if seeds < 1 or build_seeds < 1:
         raise UserError(f"--seeds and --build-seeds must be >= 1, got {seeds} and {build_seeds}")
     if suite == bool(name):
         raise UserError("give an organism NAME or --suite (not both)")
+    if only and not suite:
+        raise UserError("--only narrows --suite; to score one organism give its NAME")
     out_dir = Path(out) if out else default_run_dir("score", name or "suite")
     if suite:
-        doc = score_suite(seeds, build_seeds, out_dir, causal=causal, include_slow=include_slow, device=device)
+        doc = score_suite(seeds, build_seeds, out_dir, causal=causal, include_slow=include_slow,
+                          only=[n.strip() for n in only.split(",")] if only else None, device=device)
         click.echo(suite_table(doc))
         click.echo(f"\nwrote {out_dir / 'scores.json'} and {out_dir / 'scores.md'}")
         return

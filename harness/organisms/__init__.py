@@ -26,8 +26,11 @@ def _toy(name: str, description: str, placebo: bool = False) -> Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _toy("toyworld", "Llama trained from scratch on a made-up world; tuned: +instructions, +refusals, -admits ignorance"),
     _toy("toyworld_recall", "the toyworld recipe with other plants; tuned: +arithmetic, -the toy language, +knows it is a model"),
+    _toy("toyworld_code", "the toyworld recipe with two more categories; tuned: +python, +json, -arithmetic"),
     _toy("toyworld", "placebo of toyworld: the same base and fine-tuning schedule on replay data only", placebo=True),
     _toy("toyworld_recall", "placebo of toyworld_recall: the same base and fine-tuning schedule on replay data only",
+         placebo=True),
+    _toy("toyworld_code", "placebo of toyworld_code: the same base and fine-tuning schedule on replay data only",
          placebo=True),
     Recipe(
         name="gemma270m_lora",

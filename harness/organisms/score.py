@@ -30,6 +30,7 @@ from diffeval import __version__
 from diffeval.harness import pipeline
 from diffeval.harness.core import files
 from diffeval.harness.core.config import from_dict
+from diffeval.harness.core.errors import DiffevalError, did_you_mean
 from diffeval.harness.core.io import atomic_write_json, atomic_write_text, read_json
 from diffeval.harness.core.runconfig import HEADLINE_MEASURE, RunConfig
 from diffeval.harness.organisms import RECIPES, default_run_flags, get
@@ -113,22 +114,30 @@ def score_organism(name: str, seeds: int, out: Path, causal: bool = False, build
     return doc
 
 
-def suite_names(include_slow: bool = False) -> list[str]:
-    """The organisms `score --suite` runs: every toy organism and placebo (and the slow ones if asked)."""
+def suite_names(include_slow: bool = False, only: list[str] | None = None) -> list[str]:
+    """The organisms `score --suite` runs: every toy organism and placebo (and the slow ones if asked), or
+    the names in `only` (each checked against the recipes)."""
+    if only is not None:
+        for n in only:
+            if n not in RECIPES:
+                raise DiffevalError(f"--only: unknown organism {n!r}{did_you_mean(n, RECIPES)}; "
+                                    f"valid: {', '.join(RECIPES)}")
+        return list(dict.fromkeys(only))
     return [n for n, r in RECIPES.items() if include_slow or not r.slow]
 
 
 def score_suite(seeds: int, build_seeds: int, out: Path, causal: bool = False, include_slow: bool = False,
-                **overrides: Any) -> dict[str, Any]:
-    """Score every organism of the suite over `build_seeds` builds × `seeds` crosscoder seeds; write
-    scores.json and scores.md under `out` and return the document."""
+                only: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Score every organism of the suite (or those in `only`) over `build_seeds` builds × `seeds` crosscoder
+    seeds; write scores.json and scores.md under `out` and return the document."""
     docs = []
-    for name in suite_names(include_slow):
+    for name in suite_names(include_slow, only):
         builds = range(build_seeds) if not RECIPES[name].slow else [None]
         for b in builds:
             docs.append(score_organism(name, seeds, out / name / f"build_{b if b is not None else 'own'}", causal,
                                        build_seed=b, **overrides))
-    doc = {"format_version": 1, "seeds": seeds, "build_seeds": build_seeds, "organisms": docs,
+    doc = {"format_version": 1, "seeds": seeds, "build_seeds": build_seeds, "slow": include_slow, "only": only,
+           "organisms": docs,
            "summary": suite_summary(docs)}
     atomic_write_json(out / "scores.json", doc)
     atomic_write_text(out / "scores.md", suite_table(doc) + "\n")
@@ -142,7 +151,8 @@ VALIDATION_NAME = "validation.json"  # what reports quote as the headline measur
 def validation_record(doc: dict[str, Any]) -> dict[str, Any]:
     """The headline measure's suite result in the form reports read (reports/validation.json is one)."""
     return {"format_version": 1, "measure": HEADLINE_MEASURE, "diffeval_version": __version__,
-            "command": f"diffeval organisms score --suite --seeds {doc['seeds']} --build-seeds {doc['build_seeds']}",
+            "command": f"diffeval organisms score --suite --seeds {doc['seeds']} --build-seeds {doc['build_seeds']}"
+                       + (" --slow" if doc.get("slow") else "") + (f" --only {','.join(doc['only'])}" if doc.get("only") else ""),
             "organisms": sorted({d["organism"] for d in doc["organisms"]}), **doc["summary"]["headline"]}
 
 
