@@ -270,6 +270,36 @@ def test_placebos_plant_nothing_and_build_seeds_differ():
     assert result.exit_code == 2 and "--build-seed must be >= 0" in result.output
 
 
+def test_each_toy_organism_covers_its_own_categories():
+    """An organism's tasks and probes are its plant's categories only, so adding a category to the toy world
+    leaves the other organisms' builds as they were; the suite plants every direction somewhere."""
+    for name in ("toyworld", "toyworld_recall", "toyworld_code"):
+        plant = toyworld.PLANTS[name]
+        probes, prompts = toyworld.texts(toyworld.params(name))
+        assert list(probes) == list(plant) and list(prompts) == [toyworld.TASK_OF[c] for c in plant]
+        assert sum(d == "0" for d in plant.values()) >= 2, name  # at least two planted-unchanged controls
+    assert "toy_code" not in toyworld.texts(toyworld.PARAMS)[1]
+    code = toyworld.PLANTS["toyworld_code"]
+    assert set(code) == set(toyworld.CATEGORIES) and {code["code"], code["math"]} == {"+", "-"}
+    moved = {(c, d) for plant in toyworld.PLANTS.values() for c, d in plant.items() if d != "0"}
+    assert len({c for c, _ in moved}) >= 8  # the toy suite moves eight of its nine categories somewhere
+
+
+def test_score_suite_only_names_organisms(tmp_path):
+    from diffeval.harness.organisms.score import suite_names, validation_record
+
+    assert suite_names(only=["toyworld_code", "toyworld_code_placebo"]) == ["toyworld_code", "toyworld_code_placebo"]
+    assert "toyworld_code_placebo" in suite_names() and "gemma270m_lora" not in suite_names()
+    doc = {"seeds": 1, "build_seeds": 2, "only": ["toyworld_code"], "organisms": [{"organism": "toyworld_code"}],
+           "summary": {"headline": {}}}
+    assert validation_record(doc)["command"].endswith("--build-seeds 2 --only toyworld_code")
+    for args, says in ((["--suite", "--only", "toyworld_cod"], "unknown organism 'toyworld_cod'"),
+                       (["toyworld", "--only", "toyworld"], "--only narrows --suite")):
+        result = CliRunner().invoke(cli, ["organisms", "score", *args, "--out", str(tmp_path / "s")])
+        assert result.exit_code == 2 and result.output.startswith("Error: ") and says in result.output, result.output
+        assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("args", [[], ["toyworld", "--suite"], ["toyworld", "--seeds", "0"], ["--suite", "--build-seeds", "0"]])
 def test_score_needs_one_organism_or_the_suite(args):
     result = CliRunner().invoke(cli, ["organisms", "score", *args])
