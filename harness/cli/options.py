@@ -37,6 +37,7 @@ BENCH = [
     field_option(BenchConfig, "device", type=str),
     field_option(BenchConfig, "base_device", type=str),
     field_option(BenchConfig, "tuned_device", type=str),
+    field_option(BenchConfig, "bench_parallelize"),
     field_option(BenchConfig, "dtype", type=str),
     field_option(BenchConfig, "seed"),
     field_option(BenchConfig, "bootstrap_iters"),

@@ -50,6 +50,9 @@ class BenchConfig:
                                   "models sit on two devices, e.g. cuda:0 and cuda:1, for a pair one GPU cannot hold "
                                   "twice", key=False)
     tuned_device: str | None = opt(None, "device of the tuned model (default: --device)", key=False)
+    bench_parallelize: bool = opt(False, "bench: let lm-eval shard each model over every visible GPU (its "
+                                  "parallelize=True, accelerate's device_map='auto'), for a model one GPU cannot hold; "
+                                  "the device options then apply to the later stages only", key=False)
     dtype: str = opt("float32", "weights dtype: float32, float16, bfloat16 or auto")
     seed: int = opt(1234, "seed for lm-eval sampling, the bootstrap and (in run) the crosscoder")
     bootstrap_iters: int = opt(2000, "resamples for the paired bootstrap CI")

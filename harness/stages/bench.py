@@ -41,6 +41,8 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
     specs = {"base": models.resolve_spec(cfg.base), "tuned": models.resolve_spec(cfg.tuned)}
     for role in ROLES:
         models.check_device(cfg.device_of(role))
+    if cfg.bench_parallelize:
+        check_parallelize(specs.values())
     toks = {role: models.load_tokenizer(spec) for role, spec in specs.items()}
     models.check_same_tokenizer(toks["base"], toks["tuned"], cfg.base, cfg.tuned)
     run = RunDir(out)
@@ -72,7 +74,12 @@ def run_bench(cfg: BenchConfig, out: str | Path) -> Path:
 def evaluate_model(spec: models.ModelSpec, tokenizer: Any, defs: list[taskreg.TaskDef],
                    cfg: BenchConfig, out: Path, device: str | None = None) -> list[Path]:
     """Run lm-eval on one model (on `device`, default cfg.device); write results.json and one samples file per task."""
+    from lm_eval.models.huggingface import HFLM
+
     log.info("loading %s (%s)", spec.spec, spec.kind)
+    if cfg.bench_parallelize:  # lm-eval loads the model itself, sharded over the GPUs
+        return score_lm(HFLM(**parallel_lm_args(spec, cfg), tokenizer=tokenizer, batch_size=cfg.batch_size),
+                        defs, cfg, out)
     device = device or cfg.device
     model = models.load_model(spec, cfg.dtype, device)
     written = evaluate_lm(model, tokenizer, defs, cfg, out, device)
@@ -80,14 +87,45 @@ def evaluate_model(spec: models.ModelSpec, tokenizer: Any, defs: list[taskreg.Ta
     return written
 
 
+def check_parallelize(specs: Any) -> None:
+    """--bench-parallelize needs CUDA GPUs (on CPU, accelerate's device_map='auto' offloads the weights to disk)
+    and a model lm-eval can load from its path."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DiffevalError("--bench-parallelize shards the models over CUDA GPUs, and this machine has none; "
+                            "run without it (or with --device/--base-device/--tuned-device)")
+    for spec in specs:
+        if spec.kind == "peft" and spec.adapter_base.kind == "peft":
+            raise DiffevalError(f"--bench-parallelize: {spec.spec} is an adapter on an adapter; merge the inner one first")
+
+
+def parallel_lm_args(spec: models.ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """HFLM's arguments for `spec` loaded by lm-eval and sharded over every visible GPU (parallelize=True): the
+    weights' path (a hub id, a directory, or a GGUF file's directory with gguf_file), and a PEFT adapter on top."""
+    model = spec.adapter_base if spec.kind == "peft" else spec
+    args = {"pretrained": model.path, "parallelize": True, "dtype": cfg.dtype}
+    if model.gguf_file:
+        args["gguf_file"] = model.gguf_file
+    if spec.kind == "peft":
+        args["peft"] = spec.path
+    return args
+
+
 def evaluate_lm(model: Any, tokenizer: Any, defs: list[taskreg.TaskDef], cfg: BenchConfig, out: Path,
                 device: str | None = None) -> list[Path]:
     """Run lm-eval on a loaded model object (e.g. one with an ablation hook, harness.causal) on `device`."""
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
+
+    return score_lm(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device or cfg.device),
+                    defs, cfg, out)
+
+
+def score_lm(lm: Any, defs: list[taskreg.TaskDef], cfg: BenchConfig, out: Path) -> list[Path]:
+    """Score lm-eval model `lm` on the tasks; write results.json and one samples file per task."""
+    import lm_eval
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device or cfg.device)
     try:
         task_objs = taskreg.load_tasks(defs)
     except Exception as e:

@@ -6,9 +6,14 @@ from pathlib import Path
 import lm_eval
 import pytest
 import yaml
+from click.testing import CliRunner
+from lm_eval.models import huggingface
 from lm_eval.tasks import TaskManager
+from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer
 
+from diffeval.harness.cli import cli
+from diffeval.harness.core import models
 from diffeval.harness.core.config import BenchConfig
 from diffeval.harness.core.errors import DiffevalError, TokenizerMismatchError
 from diffeval.harness.core.files import DELTAS
@@ -253,3 +258,46 @@ def test_base_and_tuned_devices_route_each_model(tiny_pair, tmp_path, monkeypatc
     assert routed == {"base": "cuda:0", "tuned": "cuda:1"} and checked[:2] == ["cuda:0", "cuda:1"]  # before any load
     with pytest.raises(DiffevalError, match="tuned_device 'gpu' is not valid"):
         cfg(*tiny_pair, tuned_device="gpu")
+
+
+def test_bench_parallelize_hands_lm_eval_the_paths_and_scores_as_the_plain_bench(tiny_pair, tmp_path, monkeypatch):
+    """--bench-parallelize lets lm-eval load each model from its path with parallelize=True (a PEFT adapter
+    through lm-eval's own `peft` argument). A test machine has no GPU, so the recorded HFLM arguments are
+    loaded without sharding: the scores must equal the plain bench's, document for document."""
+    model = models.load_model(models.resolve_spec(str(tiny_pair[0])))
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    meta = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**meta, "base_model_name_or_path": str(tiny_pair[0])}))
+
+    made, real = [], huggingface.HFLM
+
+    def recorded(**kw):
+        made.append({k: v for k, v in kw.items() if k != "tokenizer"})
+        if kw.pop("parallelize", False):
+            kw["device"] = "cpu"
+        return real(**kw)
+
+    plain = run_bench(cfg(tiny_pair[0], adapter, tasks=("diffeval_factual",)), tmp_path / "plain")
+    monkeypatch.setattr(huggingface, "HFLM", recorded)
+    monkeypatch.setattr(bench_mod, "check_parallelize", lambda specs: None)  # its CUDA test: the next test
+    sharded = run_bench(cfg(tiny_pair[0], adapter, tasks=("diffeval_factual",), bench_parallelize=True),
+                        tmp_path / "sharded")
+    assert made == [{"pretrained": str(tiny_pair[0]), "parallelize": True, "dtype": "float32", "batch_size": 4},
+                    {"pretrained": str(tiny_pair[0]), "parallelize": True, "dtype": "float32", "batch_size": 4,
+                     "peft": str(adapter)}]
+    for role in ("base", "tuned"):
+        rows = [[json.loads(line) for line in (out.parent / role / "samples" / "diffeval_factual.jsonl")
+                 .read_text().splitlines()] for out in (plain, sharded)]
+        assert [r["acc"] for r in rows[0]] == [r["acc"] for r in rows[1]] and len(rows[0]) == 4
+        logliks = [[float(x[0]) for r in rs for x in r["filtered_resps"]] for rs in rows]
+        assert logliks[0] == pytest.approx(logliks[1], abs=1e-4) and len(set(logliks[0])) > 4
+    assert json.loads(plain.read_text())["tasks"] == json.loads(sharded.read_text())["tasks"]
+
+
+def test_bench_parallelize_without_a_gpu_is_a_clear_error(tiny_pair, tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--base", str(tiny_pair[0]), "--tuned", str(tiny_pair[1]),
+                                      "--bench-parallelize", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "--bench-parallelize shards the models over CUDA GPUs" in result.output
+    assert not (tmp_path / "b").exists()

@@ -9,7 +9,7 @@ from diffeval.harness import organisms
 from diffeval.harness.cli import cli
 from diffeval.harness.organisms import gemma_lora, toyworld
 from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, cache_root, read_built
-from diffeval.harness.organisms.score import score_organism
+from diffeval.harness.organisms.score import score_organism, suite_names, validation_record
 from diffeval.harness.organisms.verify import passes, verify_pair
 from diffeval.harness.suite import registry
 from diffeval.harness.suite.registry import categories
@@ -286,8 +286,6 @@ def test_each_toy_organism_covers_its_own_categories():
 
 
 def test_score_suite_only_names_organisms(tmp_path):
-    from diffeval.harness.organisms.score import suite_names, validation_record
-
     assert suite_names(only=["toyworld_code", "toyworld_code_placebo"]) == ["toyworld_code", "toyworld_code_placebo"]
     assert "toyworld_code_placebo" in suite_names() and "gemma270m_lora" not in suite_names()
     doc = {"seeds": 1, "build_seeds": 2, "only": ["toyworld_code"], "organisms": [{"organism": "toyworld_code"}],
