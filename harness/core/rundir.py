@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import re
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,6 +134,7 @@ class RunDir:
         previous = (self.manifest["stages"].get(name) or {}).get("seconds")
         progress.stage_started(name, previous)
         self._set(name, {"status": "running", "input_hash": input_hash, "started": _now()})
+        scope = reset_peak_memory()
         t0 = time.perf_counter()
         try:
             yield rec
@@ -142,7 +144,8 @@ class RunDir:
         outputs = [str(Path(p).resolve().relative_to(self.path.resolve())) for p in rec["outputs"]]
         self._set(name, {
             "status": "done", "input_hash": input_hash, "ended": _now(),
-            "seconds": round(time.perf_counter() - t0, 2), "outputs": outputs, "sha256": _hashes(self.path, outputs),
+            "seconds": round(time.perf_counter() - t0, 2), **peak_memory(scope), "outputs": outputs,
+            "sha256": _hashes(self.path, outputs),
         })
         self._verified.add(name)
         progress.stage_done(name, time.perf_counter() - t0)
@@ -152,6 +155,38 @@ class RunDir:
         self.manifest["packages"] = package_versions()
         self.manifest["updated"] = _now()
         atomic_write_json(self.manifest_path, self.manifest)
+
+
+def reset_peak_memory() -> str:
+    """Start measuring a stage's peak memory: "stage" where the process's peak resident set can be reset (Linux,
+    /proc/self/clear_refs), else "process" (the peak since the process began). CUDA peaks are reset too."""
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
+        sys.modules["torch"].cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "stage"
+    except OSError:
+        return "process"
+
+
+def peak_memory(scope: str) -> dict[str, Any]:
+    """The manifest's memory fields of a finished stage: peak resident set in MiB (`peak_rss_scope` says whether
+    it is the stage's own or the process's), and with CUDA in use the peak allocated per device."""
+    out: dict[str, Any] = {}
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        out = {"peak_rss_mib": round(kib / 1024, 1), "peak_rss_scope": scope}
+    except (OSError, StopIteration):
+        import resource  # noqa: PLC0415 (POSIX only; reached only without /proc)
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out = {"peak_rss_mib": round(peak / (2**20 if sys.platform == "darwin" else 1024), 1), "peak_rss_scope": "process"}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        out["peak_cuda_mib"] = {f"cuda:{i}": round(torch.cuda.max_memory_allocated(i) / 2**20, 1)
+                                for i in range(torch.cuda.device_count())}
+    return out
 
 
 def _hashes(root: Path, outputs: list[str]) -> dict[str, str]:

@@ -290,3 +290,20 @@ def test_run_with_a_given_crosscoder_uses_it_instead_of_training(tiny_pair, tiny
         pipeline.run(tiny_cfg(tiny_pair, crosscoder=str(other)), copy_run(tiny_run, tmp_path / "run2"))
     with pytest.raises(DiffevalError, match="does not exist"):
         tiny_cfg(tiny_pair, crosscoder=str(tmp_path / "nowhere"))
+
+
+def test_each_stage_records_its_own_peak_memory(tmp_path):
+    """The manifest gives every stage its own peak resident set: a stage that holds 400 MB shows it, and the
+    small stage after it does not inherit it (on Linux the peak is reset when a stage starts)."""
+    run = RunDir(tmp_path / "r")
+    with run.stage("big", "a") as rec:
+        held = np.ones(50_000_000)  # 400 MB, touched
+        rec["outputs"] = []
+    del held
+    with run.stage("small", "b") as rec:
+        rec["outputs"] = []
+    stages = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]
+    big, small = stages["big"], stages["small"]
+    assert big["peak_rss_mib"] >= 380
+    if big["peak_rss_scope"] == "stage":
+        assert small["peak_rss_scope"] == "stage" and small["peak_rss_mib"] < big["peak_rss_mib"] - 300
