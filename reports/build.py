@@ -491,6 +491,16 @@ def category_clause(name: str, h: dict[str, Any]) -> str:
             f"{h['ci_high'] + 1:.1f}×, {p_clause('q', h['q_value'])}{direction})")
 
 
+def real_lm_line(measure: str, r: dict[str, Any]) -> str:
+    """A validation.json `real_lm` record (one real-LM organism's run) as a "How sure" line."""
+    parts = [f"{r[k]} of {r[n]} {what}" for k, n, what in (
+        ("placebo_false", "placebo", "placebo categories flagged"),
+        ("controls_false", "controls", "planted-unchanged controls flagged"),
+        ("planted_found", "planted", "planted changes found with the right sign")) if r.get(n)]
+    return (f"On a real LM, the organism {r['organism']} ({r['command']}), {measure} gave: " + ", ".join(parts)
+            + (f". {r['note'].rstrip('.')}." if r.get("note") else "."))
+
+
 def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[str, Any] | None,
                alpha: float) -> list[str]:
     """How far to trust the answer: the measure's measured error rates, the crosscoder's fit, small counts."""
@@ -502,6 +512,7 @@ def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[st
                    f"{v['diffeval_version']} ({v['command']}): it flagged {v['placebo_false']} of {v['placebo']} "
                    f"placebo categories and {v['controls_false']} of {v['controls']} planted-unchanged controls, "
                    f"and found {v['planted_found']} of {v['planted']} planted changes with the right sign.")
+        out += [real_lm_line(measure, r) for r in v.get("real_lm") or [] if {"organism", "command"} <= set(r)]
     cc = report["crosscoder"]
     fve = {side: x for side, x in cc["fve"].items() if x is not None}
     if fve:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from diffeval.reports.build import accounting_categories, build_report
+from diffeval.reports.build import accounting_categories, build_report, real_lm_line
 from diffeval.reports.render import render_report, report_main
 from diffeval.reports.schema import ReportError, load_report
 from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
@@ -208,6 +208,8 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert report["answer"]["lines"][:2] == [tasks["ifeval_mini"]["sentence"], tasks["admit_unknown"]["sentence"]]
     assert any(line.startswith("The headline measure (cue_shift) on diffeval's toy organism suite, measured with diffeval")
                for line in report["answer"]["sure"])
+    real = [line for line in report["answer"]["sure"] if line.startswith("On a real LM, the organism gemma270m_lora")]
+    assert len(real) == 2 and "3 of 9 placebo categories flagged" in real[1]  # the shipped validation.json's records
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
     assert md.index("## Answer") < md.index("## How sure") < md.index("## Benchmark deltas") < md.index("## Appendix")
@@ -252,3 +254,12 @@ def test_which_changed_categories_account_for_a_delta():
     assert accounting_categories({**rising, "delta": -0.1}, changed, heads, {"a": 0.0, "c": 0.9})[0] == ["c", "b"]
     assert accounting_categories(rising, ["a", "c"], {**heads, "c": {"direction": "+", "value": 3.0}},
                                  {"a": 0.1, "c": 0.5})[0] == ["c", "a"]
+
+
+def test_a_real_lm_validation_record_is_said_with_its_counts():
+    record = {"organism": "pair_x", "command": "diffeval run …", "placebo_false": 2, "placebo": 9,
+              "controls_false": 0, "controls": 0, "note": "Read it with care"}
+    assert real_lm_line("cue_shift", record) == ("On a real LM, the organism pair_x (diffeval run …), cue_shift gave: "
+                                                  "2 of 9 placebo categories flagged. Read it with care.")
+    assert real_lm_line("cue_shift", {"organism": "y", "command": "c", "planted_found": 0, "planted": 2}).endswith(
+        "gave: 0 of 2 planted changes found with the right sign.")
