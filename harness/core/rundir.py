@@ -172,11 +172,10 @@ def reset_peak_memory() -> str:
 def peak_memory(scope: str) -> dict[str, Any]:
     """The manifest's memory fields of a finished stage: peak resident set in MiB (`peak_rss_scope` says whether
     it is the stage's own or the process's), and with CUDA in use the peak allocated per device."""
-    out: dict[str, Any] = {}
     try:
         status = Path("/proc/self/status").read_text().splitlines()
         kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-        out = {"peak_rss_mib": round(kib / 1024, 1), "peak_rss_scope": scope}
+        out: dict[str, Any] = {"peak_rss_mib": round(kib / 1024, 1), "peak_rss_scope": scope}
     except (OSError, StopIteration):
         import resource  # noqa: PLC0415 (POSIX only; reached only without /proc)
 

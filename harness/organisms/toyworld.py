@@ -275,7 +275,8 @@ def planted(plant: dict[str, str]) -> list[Planted]:
 def covered(plant: dict[str, str], per_category: dict[str, Any], by_task: bool = False) -> dict[str, Any]:
     """The entries of `per_category` (keyed by category, or by task with `by_task`) that `plant` covers, in the
     plant's order."""
-    return {(TASK_OF[c] if by_task else c): per_category[TASK_OF[c] if by_task else c] for c in plant}
+    keys = [TASK_OF[c] if by_task else c for c in plant]
+    return {k: per_category[k] for k in keys}
 
 
 QA_CHAT_TEMPLATE = (
