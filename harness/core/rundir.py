@@ -159,22 +159,30 @@ class RunDir:
 
 def reset_peak_memory() -> str:
     """Start measuring a stage's peak memory: "stage" where the process's peak resident set can be reset (Linux,
-    /proc/self/clear_refs), else "process" (the peak since the process began). CUDA peaks are reset too."""
+    /proc/self/clear_refs) and the reset took effect, else "process" (the peak since the process began). Some
+    sandboxes accept the write and keep the old peak; a reset is trusted only when the peak then sits within
+    64 MiB of the current resident set. CUDA peaks are reset too."""
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
         sys.modules["torch"].cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return "stage"
-    except OSError:
+        fields = _status_kib("VmHWM:", "VmRSS:")
+    except (OSError, StopIteration, ValueError):
         return "process"
+    return "stage" if fields["VmHWM:"] - fields["VmRSS:"] <= 64 * 1024 else "process"
+
+
+def _status_kib(*names: str) -> dict[str, int]:
+    """The named fields of /proc/self/status, in KiB."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {name: next(int(line.split()[1]) for line in lines if line.startswith(name)) for name in names}
 
 
 def peak_memory(scope: str) -> dict[str, Any]:
     """The manifest's memory fields of a finished stage: peak resident set in MiB (`peak_rss_scope` says whether
     it is the stage's own or the process's), and with CUDA in use the peak allocated per device."""
     try:
-        status = Path("/proc/self/status").read_text().splitlines()
-        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        kib = _status_kib("VmHWM:")["VmHWM:"]
         out: dict[str, Any] = {"peak_rss_mib": round(kib / 1024, 1), "peak_rss_scope": scope}
     except (OSError, StopIteration):
         import resource  # noqa: PLC0415 (POSIX only; reached only without /proc)

@@ -307,3 +307,15 @@ def test_each_stage_records_its_own_peak_memory(tmp_path):
     assert big["peak_rss_mib"] >= 380
     if big["peak_rss_scope"] == "stage":
         assert small["peak_rss_scope"] == "stage" and small["peak_rss_mib"] < big["peak_rss_mib"] - 300
+
+
+def test_a_peak_reset_that_did_not_take_is_reported_as_the_process_peak(monkeypatch):
+    """A sandbox may accept the write to /proc/self/clear_refs and keep the old peak: the stage then says its
+    peak is the process's, not its own."""
+    from diffeval.harness.core import rundir  # noqa: PLC0415
+
+    monkeypatch.setattr(rundir, "_status_kib", lambda *names: {"VmHWM:": 1500 * 1024, "VmRSS:": 800 * 1024})
+    monkeypatch.setattr(rundir.Path, "write_text", lambda self, text: len(text))
+    assert rundir.reset_peak_memory() == "process"
+    monkeypatch.setattr(rundir, "_status_kib", lambda *names: {"VmHWM:": 801 * 1024, "VmRSS:": 800 * 1024})
+    assert rundir.reset_peak_memory() == "stage"
