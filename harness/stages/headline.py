@@ -1,6 +1,6 @@
 """The headline measure: how far fine-tuning moved the representation where each category's probe texts
-ask for an answer, against how far it moved it on the rest of the same texts (the cue shift), and which
-latents carry the change.
+ask for an answer, against how far it moved it where the other categories' texts ask for one (the cue
+shift), and which latents carry the change.
 
 Both models read every probe text, token for token, so at every position the paired activations x^B, x^T
 at the crosscoder's layer differ only because the weights do. In the crosscoder's scaled space a row's
@@ -9,15 +9,25 @@ relative paired difference is
     r = ‖x^T − x^B‖² / ((‖x^B‖² + ‖x^T‖²) / 2).
 
 A probe's answer cue is its last token (or its prompt's last token when the models continued it; for
-`Q: …\nA:` the colon after A, where a model settles what it will answer); its other positions give the
-pair's drift on ordinary reading, D = the mean over all probe texts of their mean r before the cue. Category
-c's cue shift is mean_{i∈c} r_cue,i / D − 1: how many times more than elsewhere fine-tuning moved the
-representation where c's texts call for an answer. Fine-tuning moves every representation a little (a
-placebo that replays the base's own data moves the busiest cues up to about twice the drift), so a
-category is *changed* when its cue shift exceeds MIN_FOLD × D with confidence: a one-sided bootstrap test
-(texts of c and the drift's texts resampled) of fold ≤ MIN_FOLD, BH-adjusted across categories, with a
-percentile CI. MIN_FOLD = 3 was chosen on the toyworld organism alone (its unchanged categories reach 1.5×
-the drift and its changed ones 8×) and is reported, not tuned, on the rest of the suite.
+`Q: …\nA:` the colon after A, where a model settles what it will answer). Fine-tuning moves every answer
+cue, whatever the category: any adapter trained on answers does, and a placebo that replays the base's own
+data moves a real LM's cues 1–5 times as far as the rest of the text. So the null is the cues of the other
+categories, not the text around the cues: category c's cue shift is
+
+    mean_{i∈c} r_cue,i / B_c − 1,    B_c = the median over the other categories g of mean_{i∈g} r_cue,i,
+
+how many times more than a typical category's cues c's cues moved. The median keeps B_c at an unchanged
+category's level while fewer than half of the other categories changed; when most did, B_c rises and the
+measure reports less, never more (a conservative failure). A category is *changed* when its cue shift
+exceeds MIN_FOLD × B_c with confidence: a one-sided bootstrap test (every category's texts resampled, B_c
+recomputed per replicate) of fold ≤ MIN_FOLD, BH-adjusted across categories, with a percentile CI. It needs
+at least two other categories with two texts each; with fewer it is not estimated. MIN_FOLD = 3 was kept
+from the previous measure, chosen on the toyworld organism alone, and is reported, not tuned, on the rest
+of the suite.
+
+The common shift (the median category's mean cue r over the drift D, D = the mean over all probe texts of
+their mean r before the cue) is reported beside it as `common_fold`, and each category's cue r over D as
+`drift_fold`: they say how far all answer positions moved, which the headline deliberately does not count.
 
 The cue shift is unsigned: a changed mechanism moves the representation whichever way the behaviour moved.
 The direction comes from reference answers when a probe corpus gives them (`desired` and `undesired`
@@ -47,7 +57,9 @@ from diffeval.harness.stages.latent_sums import sequences
 
 NAME = HEADLINE_MEASURE
 N_BOOT = 4000  # bootstrap replicates for the CI and the test (smallest p: 1/4001)
-MIN_FOLD = 3.0  # a changed category's cues moved at least this many times the drift (chosen on toyworld)
+MIN_FOLD = 3.0  # a changed category's cues moved at least this many times a typical category's (see above)
+NULL = "other_categories"  # what the cue shift is measured against; reports/validation.json names it too
+MIN_TEXTS = 2  # texts a category needs to enter the measure, as itself or as part of another's null
 
 
 def cue_rows(acts_dir: Path, category_of_source: dict[str, str],
@@ -137,21 +149,41 @@ def cue_differences(model: Any, acts_dir: Path, rows: np.ndarray, members: dict[
     return r.cpu().numpy().astype(np.float64), own.numpy().astype(np.float64), per_cat.numpy()
 
 
-def cue_shift(r: np.ndarray, inside: np.ndarray, drift_per_text: np.ndarray, n_boot: int = N_BOOT,
-              seed: int = 0) -> dict[str, Any]:
-    """One category's cue shift over the drift: value, bootstrap CI, the one-sided bootstrap p of
-    fold ≤ MIN_FOLD, and the text counts."""
-    a, d = r[inside], drift_per_text[np.isfinite(drift_per_text)]
-    out: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "drift": None,
-                           "min_fold": MIN_FOLD, "n_texts": int(len(a)), "n_other": int((~inside).sum())}
-    if len(a) < 2 or len(d) < 2 or d.mean() <= 0:
-        return out
+def cue_shifts(r: np.ndarray, labels: np.ndarray, names: list[str], drift_per_text: np.ndarray,
+               n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per category in `names`: its cue shift over the median of the other categories' mean cue r (all
+    categories in `labels` with MIN_TEXTS texts or more form the null), the bootstrap CI, the one-sided
+    bootstrap p of fold ≤ MIN_FOLD, the drift folds and the text counts."""
+    groups = [g for g in dict.fromkeys(labels.tolist()) if int((labels == g).sum()) >= MIN_TEXTS]
     rng = np.random.default_rng(seed)
-    fold = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) / d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    lo, hi = np.quantile(fold, [0.025, 0.975])
-    p = float((1 + np.sum(fold <= MIN_FOLD)) / (n_boot + 1))
-    out.update(value=float(a.mean() / d.mean() - 1), ci_low=float(lo - 1), ci_high=float(hi - 1), p_value=p,
-               drift=float(d.mean()))
+    mean = {g: float(r[labels == g].mean()) for g in groups}
+    boot = {}
+    for g in groups:
+        a = r[labels == g]
+        boot[g] = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
+    d = drift_per_text[np.isfinite(drift_per_text)]
+    drift = float(d.mean()) if len(d) and d.mean() > 0 else None
+    common = float(np.median(list(mean.values()))) if mean else None
+    out = {}
+    for c in names:
+        inside = labels == c
+        row: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "null": NULL,
+                               "baseline": None, "min_fold": MIN_FOLD, "n_texts": int(inside.sum()),
+                               "n_other": int((~inside).sum()), "drift": drift,
+                               "drift_fold": None if drift is None or not inside.any() else float(r[inside].mean() / drift),
+                               "common_fold": None if drift is None or common is None else common / drift}
+        others = [g for g in groups if g != c]
+        out[c] = row
+        if c not in groups or len(others) < 2:
+            continue
+        baseline = float(np.median([mean[g] for g in others]))
+        boot_base = np.median(np.stack([boot[g] for g in others]), axis=0)
+        if baseline <= 0 or np.any(boot_base <= 0):
+            continue
+        fold = boot[c] / boot_base
+        lo, hi = np.quantile(fold, [0.025, 0.975])
+        row.update(value=mean[c] / baseline - 1, ci_low=float(lo - 1), ci_high=float(hi - 1), baseline=baseline,
+                   p_value=float((1 + np.sum(fold <= MIN_FOLD)) / (n_boot + 1)))
     return out
 
 
@@ -172,10 +204,11 @@ def headline_rows(r: np.ndarray, own: np.ndarray, cats: list[str], names: list[s
     """Per category in `names`: the cue shift with its BH q over `names`, `significant`, `own_share`, and
     the direction where reference answers give one."""
     labels = np.asarray(cats, dtype=object)
+    shifts = cue_shifts(r, labels, names, drift_per_text, seed=seed)
     rows = []
     for c in names:
         inside = labels == c
-        row = {"measure": NAME, **cue_shift(r, inside, drift_per_text, seed=seed)}
+        row = {"measure": NAME, **shifts[c]}
         row["own_share"] = float(own[inside].mean()) if inside.any() else None
         row.update(direction(margins.get(c, np.zeros(0)), alpha))
         rows.append(row)

@@ -154,6 +154,7 @@ def _run_until_killed(cmd: list[str], manifest: Path, targets: list[str], timeou
     return None
 
 
+@pytest.mark.long
 def test_sigkill_inside_each_stage_then_rerun_gives_the_same_attribution(tiny_run, tmp_path):
     """(about 2 min: the run is restarted once per stage) SIGKILL while a stage runs, re-run, and again at the
     next stage not yet killed, until a re-run finishes; its attribution.json equals the uninterrupted run's."""

@@ -15,30 +15,59 @@ from diffeval.harness.stages.latents import per_probe
 from diffeval.harness.suite.taxonomy import read_probe_rows
 
 
-def test_a_category_whose_cues_moved_far_more_than_the_drift_is_found_and_the_rest_are_not():
+def test_a_category_whose_cues_moved_far_more_than_the_others_is_found_and_the_rest_are_not():
     rng = np.random.default_rng(0)
     drift = rng.gamma(2.0, 0.05, 300)            # each text's mean r before its cue: about 0.1
     r = rng.gamma(2.0, 0.05, 300)                # cues that moved like the rest of the text...
-    r[:50] *= 8                                  # ...except category a's: eight times the drift
-    r[50:100] *= 2                               # category b's cues moved twice as much: within placebo drift
-    cats = ["a"] * 50 + ["b"] * 50 + ["c"] * 200
-    rows = H.headline_rows(r, np.zeros(300), cats, ["a", "b", "c"], 0.05, {}, drift)
-    by = dict(zip("abc", rows, strict=True))
+    r[:50] *= 8                                  # ...except category a's: eight times as far
+    r[50:100] *= 2                               # category b's cues moved twice as far: within a placebo's spread
+    cats = ["a"] * 50 + ["b"] * 50 + ["c"] * 100 + ["d"] * 100
+    rows = H.headline_rows(r, np.zeros(300), cats, ["a", "b", "c", "d"], 0.05, {}, drift)
+    by = dict(zip("abcd", rows, strict=True))
     assert by["a"]["significant"] and by["a"]["value"] > H.MIN_FOLD - 1 and by["a"]["ci_low"] > 0
-    assert not by["b"]["significant"] and by["b"]["value"] > 0.5  # moved, but not beyond MIN_FOLD × the drift
-    assert not by["c"]["significant"]
+    assert not by["b"]["significant"] and by["b"]["value"] > 0.5  # moved, but not beyond MIN_FOLD × the others
+    assert not by["c"]["significant"] and not by["d"]["significant"]
     assert by["a"]["n_texts"] == 50 and by["a"]["n_other"] == 250 and by["a"]["direction"] is None
+    assert by["a"]["null"] == H.NULL and 6 < by["a"]["drift_fold"] < 10
+
+
+def test_a_shift_common_to_every_categorys_cues_is_not_a_change_of_any_category():
+    """Every cue moved four times the drift (as a real LM's adapter trained on answers moves them): measured
+    against the drift every category would pass MIN_FOLD; against the other categories none does, and the
+    one whose cues moved eight times further still stands out."""
+    rng = np.random.default_rng(3)
+    drift = rng.gamma(2.0, 0.05, 400)
+    r = rng.gamma(2.0, 0.05, 400) * 4
+    r[:50] *= 8
+    cats = [c for c in "abcdefgh" for _ in range(50)]
+    rows = {c: row for c, row in zip("abcdefgh", H.headline_rows(r, np.zeros(400), cats, list("abcdefgh"), 0.05,
+                                                                  {}, drift), strict=True)}
+    assert rows["a"]["significant"]
+    assert not any(rows[c]["significant"] for c in "bcdefgh")
+    assert all(rows[c]["drift_fold"] > H.MIN_FOLD for c in "abcdefgh")
+    assert 3.5 < rows["b"]["common_fold"] < 4.5
 
 
 def test_the_cue_shift_test_holds_its_level_at_the_threshold():
-    """Cues that moved exactly MIN_FOLD × the drift are the null's boundary: rejected about 5 % of the time."""
+    """Cues that moved exactly MIN_FOLD × the other categories' are the null's boundary: rejected about 5 % of
+    the time."""
     rng = np.random.default_rng(1)
     hits, trials = 0, 200
+    labels = np.array(["a"] * 30 + ["b"] * 40 + ["c"] * 40 + ["d"] * 40, dtype=object)
     for _ in range(trials):
-        drift = rng.lognormal(0, 0.5, 200)
-        r = rng.lognormal(0, 0.5, 30) * H.MIN_FOLD
-        hits += H.cue_shift(r, np.ones(30, dtype=bool), drift, n_boot=400, seed=int(rng.integers(1 << 30)))["p_value"] < 0.05
+        r = rng.lognormal(0, 0.5, len(labels))
+        r[:30] *= H.MIN_FOLD
+        row = H.cue_shifts(r, labels, ["a"], np.ones(10), n_boot=400, seed=int(rng.integers(1 << 30)))["a"]
+        hits += row["p_value"] < 0.05
     assert hits / trials <= 0.1  # nominal 0.05; binomial sd over 200 trials ≈ 0.015
+
+
+def test_the_cue_shift_is_not_estimated_without_two_other_categories():
+    r = np.r_[np.full(10, 5.0), np.ones(10)]
+    labels = np.array(["a"] * 10 + ["b"] * 10, dtype=object)
+    rows = H.headline_rows(r, np.zeros(20), list(labels), ["a", "b"], 0.05, {}, np.ones(20))
+    assert all(row["value"] is None and row["p_value"] is None and not row["significant"] for row in rows)
+    assert rows[0]["drift_fold"] == 5.0  # the drift fold is still reported
 
 
 def test_the_direction_follows_the_reference_margins_and_abstains_without_evidence():

