@@ -32,7 +32,7 @@ from diffeval.harness.core import files
 from diffeval.harness.core.config import from_dict
 from diffeval.harness.core.errors import DiffevalError, did_you_mean
 from diffeval.harness.core.io import atomic_write_json, atomic_write_text, read_json
-from diffeval.harness.core.runconfig import HEADLINE_MEASURE, RunConfig
+from diffeval.harness.core.runconfig import HEADLINE_MEASURE, HEADLINE_NULL, RunConfig
 from diffeval.harness.organisms import RECIPES, default_run_flags, get
 from diffeval.harness.organisms.base import Planted
 
@@ -150,7 +150,7 @@ VALIDATION_NAME = "validation.json"  # what reports quote as the headline measur
 
 def validation_record(doc: dict[str, Any]) -> dict[str, Any]:
     """The headline measure's suite result in the form reports read (reports/validation.json is one)."""
-    return {"format_version": 1, "measure": HEADLINE_MEASURE, "diffeval_version": __version__,
+    return {"format_version": 1, "measure": HEADLINE_MEASURE, "null": HEADLINE_NULL, "diffeval_version": __version__,
             "command": f"diffeval organisms score --suite --seeds {doc['seeds']} --build-seeds {doc['build_seeds']}"
                        + (" --slow" if doc.get("slow") else "") + (f" --only {','.join(doc['only'])}" if doc.get("only") else ""),
             "organisms": sorted({d["organism"] for d in doc["organisms"]}), **doc["summary"]["headline"]}

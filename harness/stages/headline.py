@@ -52,13 +52,13 @@ from scipy.stats import wilcoxon
 from diffeval.crosscoders.data import as_source, read_manifest
 from diffeval.harness.core import files
 from diffeval.harness.core.fdr import benjamini_hochberg
-from diffeval.harness.core.runconfig import HEADLINE_MEASURE
+from diffeval.harness.core.runconfig import HEADLINE_MEASURE, HEADLINE_NULL
 from diffeval.harness.stages.latent_sums import sequences
 
 NAME = HEADLINE_MEASURE
 N_BOOT = 4000  # bootstrap replicates for the CI and the test (smallest p: 1/4001)
 MIN_FOLD = 3.0  # a changed category's cues moved at least this many times a typical category's (see above)
-NULL = "other_categories"  # what the cue shift is measured against; reports/validation.json names it too
+NULL = HEADLINE_NULL  # what the cue shift is measured against; reports/validation.json names it too
 MIN_TEXTS = 2  # texts a category needs to enter the measure, as itself or as part of another's null
 
 

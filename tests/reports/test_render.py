@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from diffeval.reports.build import accounting_categories, build_report, real_lm_line
+from diffeval.reports.build import accounting_categories, build_report, real_lm_line, sure_lines
 from diffeval.reports.render import render_report, report_main
 from diffeval.reports.schema import ReportError, load_report
 from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
@@ -208,8 +208,8 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert report["answer"]["lines"][:2] == [tasks["ifeval_mini"]["sentence"], tasks["admit_unknown"]["sentence"]]
     assert any(line.startswith("The headline measure (cue_shift) on diffeval's toy organism suite, measured with diffeval")
                for line in report["answer"]["sure"])
-    real = [line for line in report["answer"]["sure"] if line.startswith("On a real LM, the organism gemma270m_lora")]
-    assert len(real) == 2 and "3 of 9 placebo categories flagged" in real[1]  # the shipped validation.json's records
+    # the shipped validation.json holds no real-LM record for this null yet, and the report says so
+    assert any(line.startswith("Not yet validated on a real LM's organism") for line in report["answer"]["sure"])
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
     assert md.index("## Answer") < md.index("## How sure") < md.index("## Benchmark deltas") < md.index("## Appendix")
@@ -263,3 +263,19 @@ def test_a_real_lm_validation_record_is_said_with_its_counts():
                                                   "2 of 9 placebo categories flagged. Read it with care.")
     assert real_lm_line("cue_shift", {"organism": "y", "command": "c", "planted_found": 0, "planted": 2}).endswith(
         "gave: 0 of 2 planted changes found with the right sign.")
+
+
+def test_a_validation_of_another_null_is_not_quoted_as_this_measures(run_dir):
+    """validation.json holds for one (measure, null): a suite result measured against another null is not
+    quoted, and the report says the measure's error rates are unknown."""
+    report = build_report(run_dir)
+    cats = {c["category"]: c for c in report["categories"]}
+    v = {"measure": "cue_shift", "null": "drift", "diffeval_version": "0", "command": "c", "placebo_false": 0,
+         "placebo": 9, "controls_false": 0, "controls": 6, "planted_found": 3, "planted": 3,
+         "real_lm": [{"organism": "g", "command": "c", "planted_found": 0, "planted": 2}]}
+    lines = sure_lines(report, cats, v, 0.05)
+    assert not any("toy organism suite" in line or line.startswith("On a real LM") for line in lines)
+    assert any("has no validation on the organism suite" in line for line in lines)
+    same = sure_lines(report, cats, {**v, "null": "other_categories"}, 0.05)
+    assert any("found 3 of 3 planted changes" in line for line in same)
+    assert any(line.startswith("On a real LM, the organism g") for line in same)
