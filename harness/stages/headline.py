@@ -21,9 +21,10 @@ category's level while fewer than half of the other categories changed; when mos
 measure reports less, never more (a conservative failure). A category is *changed* when its cue shift
 exceeds MIN_FOLD × B_c with confidence: a one-sided bootstrap test (every category's texts resampled, B_c
 recomputed per replicate) of fold ≤ MIN_FOLD, BH-adjusted across categories, with a percentile CI. It needs
-at least two other categories with two texts each; with fewer it is not estimated. MIN_FOLD = 3 was kept
-from the previous measure, chosen on the toyworld organism alone, and is reported, not tuned, on the rest
-of the suite.
+at least two other categories with two texts each; with fewer it is not estimated. MIN_FOLD = 2 was chosen
+on the toyworld organism alone (build seed 0: its unchanged categories reach 1.55× and its changed ones
+3.45× to 6.7×; the geometric midpoint 2.31, rounded down to a whole fold) and is reported, not tuned, on the
+rest of the suite.
 
 The common shift (the median category's mean cue r over the drift D, D = the mean over all probe texts of
 their mean r before the cue) is reported beside it as `common_fold`, and each category's cue r over D as
@@ -57,7 +58,7 @@ from diffeval.harness.stages.latent_sums import sequences
 
 NAME = HEADLINE_MEASURE
 N_BOOT = 4000  # bootstrap replicates for the CI and the test (smallest p: 1/4001)
-MIN_FOLD = 3.0  # a changed category's cues moved at least this many times a typical category's (see above)
+MIN_FOLD = 2.0  # a changed category's cues moved at least this many times a typical category's (see above)
 NULL = HEADLINE_NULL  # what the cue shift is measured against; reports/validation.json names it too
 MIN_TEXTS = 2  # texts a category needs to enter the measure, as itself or as part of another's null
 
