@@ -157,10 +157,10 @@ def cue_shifts(r: np.ndarray, labels: np.ndarray, names: list[str], drift_per_te
     bootstrap p of fold ≤ MIN_FOLD, the drift folds and the text counts."""
     groups = [g for g in dict.fromkeys(labels.tolist()) if int((labels == g).sum()) >= MIN_TEXTS]
     rng = np.random.default_rng(seed)
-    mean = {g: float(r[labels == g].mean()) for g in groups}
-    boot = {}
+    mean, boot = {}, {}
     for g in groups:
         a = r[labels == g]
+        mean[g] = float(a.mean())
         boot[g] = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
     d = drift_per_text[np.isfinite(drift_per_text)]
     drift = float(d.mean()) if len(d) and d.mean() > 0 else None
