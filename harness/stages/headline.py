@@ -1,6 +1,6 @@
 """The headline measure: how far fine-tuning moved the representation where each category's probe texts
-ask for an answer, against how far it moved it where the other categories' texts ask for one (the cue
-shift), and which latents carry the change.
+ask for an answer, against how far it moved the text around every cue and where the other categories' texts
+ask for an answer (the cue shift), and which latents carry the change.
 
 Both models read every probe text, token for token, so at every position the paired activations x^B, x^T
 at the crosscoder's layer differ only because the weights do. In the crosscoder's scaled space a row's
@@ -11,24 +11,28 @@ relative paired difference is
 A probe's answer cue is its last token (or its prompt's last token when the models continued it; for
 `Q: …\nA:` the colon after A, where a model settles what it will answer). Fine-tuning moves every answer
 cue, whatever the category: any adapter trained on answers does, and a placebo that replays the base's own
-data moves a real LM's cues 1–5 times as far as the rest of the text. So the null is the cues of the other
-categories, not the text around the cues: category c's cue shift is
+data moves a real LM's cues 1–5 times as far as the rest of the text. So a category's cues are measured
+against two nulls, and the larger one is its baseline:
 
-    mean_{i∈c} r_cue,i / B_c − 1,    B_c = the median over the other categories g of mean_{i∈g} r_cue,i,
+    mean_{i∈c} r_cue,i / B_c − 1,    B_c = max(D, M_c),
 
-how many times more than a typical category's cues c's cues moved. The median keeps B_c at an unchanged
-category's level while fewer than half of the other categories changed; when most did, B_c rises and the
-measure reports less, never more (a conservative failure). A category is *changed* when its cue shift
-exceeds MIN_FOLD × B_c with confidence: a one-sided bootstrap test (every category's texts resampled, B_c
-recomputed per replicate) of fold ≤ MIN_FOLD, BH-adjusted across categories, with a percentile CI. It needs
-at least two other categories with two texts each; with fewer it is not estimated. MIN_FOLD = 2 was chosen
-on the toyworld organism alone (build seed 0: its unchanged categories reach 0.55× and its changed ones
-3.45× to 5.72×; 2 is the whole fold inside that gap, and its placebo's categories stay under it) and is
-reported, not tuned, on the rest of the suite.
+where D, the drift, is the mean over all probe texts of their mean r before the cue (how far the text around
+every cue moved), and M_c is the median over the other categories g of mean_{i∈g} r_cue,i (how far a typical
+category's cues moved). Against D alone, a pair that moved every cue flags every category; against M_c
+alone, a pair whose cues mostly moved less than the text around them makes a modest move look specific
+(toyworld_code's placebo at build seed 1: two categories at 3.3× M_c but 1.5× D). Needing both keeps the
+two failures out. The median keeps M_c at an unchanged category's level while fewer than half of the other
+categories changed; when most did, M_c rises and the measure reports less, never more (a conservative
+failure). A category is *changed* when its cue fold (shift + 1) exceeds MIN_FOLD with confidence: a
+one-sided bootstrap test (every category's texts resampled with their drift, B_c recomputed per replicate)
+of fold ≤ MIN_FOLD, BH-adjusted across categories, with a percentile CI. It needs at least two other
+categories with two texts each; with fewer it is not estimated. MIN_FOLD = 2 was chosen on the toyworld
+organism alone, at build seed 0 (docs/method.md gives its folds), and is reported, not tuned, on the rest of
+the suite.
 
-The common shift (the median category's mean cue r over the drift D, D = the mean over all probe texts of
-their mean r before the cue) is reported beside it as `common_fold`, and each category's cue r over D as
-`drift_fold`: they say how far all answer positions moved, which the headline deliberately does not count.
+Each category's cue r over D is reported as `drift_fold`, and the median category's as `common_fold`: how
+far all answer positions moved, which the headline deliberately does not count. `baseline_from` says which
+null was the larger.
 
 The cue shift is unsigned: a changed mechanism moves the representation whichever way the behaviour moved.
 The direction comes from reference answers when a probe corpus gives them (`desired` and `undesired`
@@ -58,7 +62,7 @@ from diffeval.harness.stages.latent_sums import sequences
 
 NAME = HEADLINE_MEASURE
 N_BOOT = 4000  # bootstrap replicates for the CI and the test (smallest p: 1/4001)
-MIN_FOLD = 2.0  # a changed category's cues moved at least this many times a typical category's (see above)
+MIN_FOLD = 2.0  # a changed category's cues moved at least this many times their baseline (see above)
 NULL = HEADLINE_NULL  # what the cue shift is measured against; reports/validation.json names it too
 MIN_TEXTS = 2  # texts a category needs to enter the measure, as itself or as part of another's null
 
@@ -152,38 +156,48 @@ def cue_differences(model: Any, acts_dir: Path, rows: np.ndarray, members: dict[
 
 def cue_shifts(r: np.ndarray, labels: np.ndarray, names: list[str], drift_per_text: np.ndarray,
                n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Per category in `names`: its cue shift over the median of the other categories' mean cue r (all
-    categories in `labels` with MIN_TEXTS texts or more form the null), the bootstrap CI, the one-sided
-    bootstrap p of fold ≤ MIN_FOLD, the drift folds and the text counts."""
+    """Per category in `names`: its cue shift over its baseline, the larger of the drift and the median of the
+    other categories' mean cue r (all categories in `labels` with MIN_TEXTS texts or more form that median),
+    the bootstrap CI, the one-sided bootstrap p of fold ≤ MIN_FOLD, the drift folds and the text counts."""
     groups = [g for g in dict.fromkeys(labels.tolist()) if int((labels == g).sum()) >= MIN_TEXTS]
     rng = np.random.default_rng(seed)
+    finite = np.isfinite(drift_per_text)
+    d_val = np.where(finite, drift_per_text, 0.0)
     mean, boot = {}, {}
-    for g in groups:
-        a = r[labels == g]
-        mean[g] = float(a.mean())
-        boot[g] = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-    d = drift_per_text[np.isfinite(drift_per_text)]
-    drift = float(d.mean()) if len(d) and d.mean() > 0 else None
+    d_sum, d_n = np.zeros(n_boot), np.zeros(n_boot)
+    for g in dict.fromkeys(labels.tolist()):  # every text is resampled with its own drift, in its category
+        at = np.flatnonzero(labels == g)
+        pick = at[rng.integers(0, len(at), (n_boot, len(at)))]
+        d_sum += d_val[pick].sum(1)
+        d_n += finite[pick].sum(1)
+        if g in groups:
+            mean[g] = float(r[at].mean())
+            boot[g] = r[pick].mean(1)
+    drift = float(d_val.sum() / finite.sum()) if finite.any() else None
+    drift = drift if drift is not None and drift > 0 else None
+    boot_drift = d_sum / np.maximum(d_n, 1) if drift is not None else np.zeros(n_boot)
     common = float(np.median(list(mean.values()))) if mean else None
     out = {}
     for c in names:
         inside = labels == c
         row: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "null": NULL,
-                               "baseline": None, "min_fold": MIN_FOLD, "n_texts": int(inside.sum()),
-                               "n_other": int((~inside).sum()), "drift": drift,
+                               "baseline": None, "baseline_from": None, "min_fold": MIN_FOLD,
+                               "n_texts": int(inside.sum()), "n_other": int((~inside).sum()), "drift": drift,
                                "drift_fold": None if drift is None or not inside.any() else float(r[inside].mean() / drift),
                                "common_fold": None if drift is None or common is None else common / drift}
         others = [g for g in groups if g != c]
         out[c] = row
         if c not in groups or len(others) < 2:
             continue
-        baseline = float(np.median([mean[g] for g in others]))
-        boot_base = np.median(np.stack([boot[g] for g in others]), axis=0)
+        typical = float(np.median([mean[g] for g in others]))
+        baseline = max(typical, drift or 0.0)
+        boot_base = np.maximum(np.median(np.stack([boot[g] for g in others]), axis=0), boot_drift)
         if baseline <= 0 or np.any(boot_base <= 0):
             continue
         fold = boot[c] / boot_base
         lo, hi = np.quantile(fold, [0.025, 0.975])
         row.update(value=mean[c] / baseline - 1, ci_low=float(lo - 1), ci_high=float(hi - 1), baseline=baseline,
+                   baseline_from="other_categories" if typical >= (drift or 0.0) else "drift",
                    p_value=float((1 + np.sum(fold <= MIN_FOLD)) / (n_boot + 1)))
     return out
 

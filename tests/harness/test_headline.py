@@ -48,18 +48,43 @@ def test_a_shift_common_to_every_categorys_cues_is_not_a_change_of_any_category(
     assert 3.5 < rows["b"]["common_fold"] < 4.5
 
 
-def test_the_cue_shift_test_holds_its_level_at_the_threshold():
-    """Cues that moved exactly MIN_FOLD × the other categories' are the null's boundary: rejected about 5 % of
-    the time."""
+@pytest.mark.parametrize("bound", ["other_categories", "drift"])
+def test_the_cue_shift_test_holds_its_level_at_the_threshold(bound):
+    """Cues that moved exactly MIN_FOLD × their baseline are the null's boundary: rejected about 5 % of the
+    time, whether the baseline is the other categories' cues or (where those moved less) the drift."""
     rng = np.random.default_rng(1)
     hits, trials = 0, 200
     labels = np.array(["a"] * 30 + ["b"] * 40 + ["c"] * 40 + ["d"] * 40, dtype=object)
     for _ in range(trials):
         r = rng.lognormal(0, 0.5, len(labels))
-        r[:30] *= H.MIN_FOLD
-        row = H.cue_shifts(r, labels, ["a"], np.ones(10), n_boot=400, seed=int(rng.integers(1 << 30)))["a"]
+        drift = rng.lognormal(0, 0.5, len(labels)) * (0.1 if bound == "other_categories" else 3.0)
+        r[:30] *= H.MIN_FOLD * (1.0 if bound == "other_categories" else 3.0)
+        row = H.cue_shifts(r, labels, ["a"], drift, n_boot=400, seed=int(rng.integers(1 << 30)))["a"]
+        assert row["baseline_from"] == bound
         hits += row["p_value"] < 0.05
     assert hits / trials <= 0.1  # nominal 0.05; binomial sd over 200 trials ≈ 0.015
+
+
+def test_cues_that_moved_less_than_the_text_around_them_do_not_make_a_modest_move_specific():
+    """Most categories' cues moved half as far as the text before them, two moved 1.5× as far (a placebo at
+    toyworld_code's build seed 1 looked like this): over the other categories alone those two are 3× and would
+    pass MIN_FOLD, over the drift they are not; a category whose cues moved 6× the drift still is."""
+    rng = np.random.default_rng(4)
+    n = 40
+    drift = rng.gamma(4.0, 0.025, 9 * n)                 # about 0.1 everywhere
+    r = rng.gamma(4.0, 0.0125, 9 * n)                    # cues at half the drift...
+    r[:2 * n] *= 3                                       # ...but categories a and b at 1.5× it
+    r[2 * n:3 * n] *= 12                                 # and category c at 6× it
+    cats = [c for c in "abcdefghi" for _ in range(n)]
+    rows = {c: row for c, row in zip("abcdefghi", H.headline_rows(r, np.zeros(9 * n), cats, list("abcdefghi"),
+                                                                   0.05, {}, drift), strict=True)}
+    assert not rows["a"]["significant"] and not rows["b"]["significant"]
+    assert rows["a"]["baseline_from"] == "drift" and rows["a"]["value"] < 1
+    assert rows["c"]["significant"] and rows["c"]["value"] > 4
+    assert not any(rows[c]["significant"] for c in "defghi")
+    other_only = rows["a"]["drift"] * rows["a"]["drift_fold"] / np.median([r[cats.index(g):cats.index(g) + n].mean()
+                                                                          for g in "bcdefghi"])
+    assert other_only > 2.5  # the other categories' median alone would have let a through
 
 
 def test_the_cue_shift_is_not_estimated_without_two_other_categories():
