@@ -305,8 +305,8 @@ def headline(report: dict[str, Any], alpha: float) -> list[str]:
     lines = [headline_sentence(c) for c in changed]
     if measured and not changed:
         lines.append(f"No category's mechanisms changed detectably: at no category's answer cues did fine-tuning move "
-                     f"the models' activations clearly beyond its threshold times as far as at the other categories' "
-                     f"cues (cue shift, every BH q ≥ {alpha:g}).")
+                     f"the models' activations clearly beyond its threshold times as far as both the text around every cue and "
+                     f"the other categories' cues (cue shift, every BH q ≥ {alpha:g}).")
     elif cats and not measured:
         lines.append("The headline measure is unavailable: the run has no probe activations to read it on.")
     if not cats:
@@ -337,7 +337,7 @@ def headline_sentence(c: dict[str, Any]) -> str:
     own = "" if h.get("own_share") is None else f"; its own latents carry {100 * h['own_share']:.0f} % of that difference"
     fold = f"{h['min_fold']:g}" if h.get("min_fold") else "the threshold"
     line = (f"{c['category']}: changed — where its {h.get('n_texts')} probe texts call for an answer, fine-tuning moved "
-            f"the models' activations {h['value'] + 1:.1f}× as far as at a typical other category's answer cues "
+            f"the models' activations {h['value'] + 1:.1f}× as far as {baseline_words(h)} "
             f"(cue shift {format_shift(h['value'])}, 95% CI {format_shift(h['ci_low'])} to {format_shift(h['ci_high'])}; "
             f"above {fold}× at {p_clause('q', h['q_value'])}){own}.")
     if h.get("direction"):
@@ -485,9 +485,18 @@ def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[s
     return line + "."
 
 
+def baseline_words(h: dict[str, Any]) -> str:
+    """What the category's cue shift was measured against, in words (stages/headline.py's baseline)."""
+    if h.get("null") == "other_categories":
+        return "at a typical other category's answer cues"
+    if h.get("baseline_from") == "drift":
+        return "the text around every answer cue (which moved more than a typical other category's cues)"
+    return "at a typical other category's answer cues (which moved more than the text around every cue)"
+
+
 def category_clause(name: str, h: dict[str, Any]) -> str:
     direction = {"+": ", direction +", "-": ", direction −"}.get(h.get("direction"), ", direction not identified")
-    return (f"{name} changed (cue shift {h['value'] + 1:.1f}× the other categories', 95% CI {h['ci_low'] + 1:.1f}–"
+    return (f"{name} changed (cue shift {h['value'] + 1:.1f}× its baseline, 95% CI {h['ci_low'] + 1:.1f}–"
             f"{h['ci_high'] + 1:.1f}×, {p_clause('q', h['q_value'])}{direction})")
 
 

@@ -8,7 +8,15 @@ from click.testing import CliRunner
 from diffeval.harness import organisms
 from diffeval.harness.cli import cli
 from diffeval.harness.organisms import gemma_lora, toyworld
-from diffeval.harness.organisms.base import Planted, Recipe, build, built_dir, cache_root, read_built
+from diffeval.harness.organisms.base import (
+    Planted,
+    Recipe,
+    build,
+    built_dir,
+    cache_root,
+    code_fingerprint,
+    read_built,
+)
 from diffeval.harness.organisms.score import score_organism, suite_names, validation_record
 from diffeval.harness.organisms.verify import passes, verify_pair
 from diffeval.harness.suite import registry
@@ -77,6 +85,15 @@ def test_interrupted_build_is_never_taken_for_built(organism_cache):
     with pytest.raises(RuntimeError):
         build(recipe)
     assert not stale.exists()
+
+
+def test_the_recipe_hash_ignores_comments_docstrings_and_layout_but_not_code():
+    src = 'def f(x):\n    """Twice x."""\n    return 2 * x\n'
+    cosmetic = '# a comment\ndef f(x):\n    """Twice x, said otherwise."""\n\n    return 2*x  # doubled\n'
+    assert code_fingerprint(src) == code_fingerprint(cosmetic)
+    assert code_fingerprint(src) != code_fingerprint(src.replace("2 * x", "3 * x"))
+    assert code_fingerprint(src) != code_fingerprint(src.replace('"""Twice x."""', 'x = "Twice x."'))
+    assert code_fingerprint('def g():\n    """Only a docstring."""\n') == code_fingerprint("def g():\n    pass\n")
 
 
 def test_unknown_organism_suggests():

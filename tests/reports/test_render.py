@@ -40,7 +40,8 @@ def test_build_report_recovers_the_planted_numbers(run_dir):
     assert report["headline_measure"] == "cue_shift"
     head = report["headline"]
     assert head[0] == ("instruction_following: changed — where its 16 probe texts call for an answer, fine-tuning "
-                       "moved the models' activations 8.2× as far as at a typical other category's answer cues (cue "
+                       "moved the models' activations 8.2× as far as the text around every answer cue (which moved more than a "
+                       "typical other category's cues) (cue "
                        "shift +720.0 %, 95% CI +510.0 % to +930.0 %; above 3× at q = 0.00075); its own latents carry "
                        "35 % of that difference. Direction +: the tuned model "
                        "prefers the desired reference answers more than the base (margin shift +12.50 nats over 16 "
@@ -199,7 +200,7 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert tasks["ifeval_mini"]["categories"] == ["instruction_following"]
     assert tasks["ifeval_mini"]["sentence"].startswith(
         "ifeval_mini rose +0.400, 95% CI +0.240 to +0.560, q < 0.0001: instruction_following changed (cue shift 8.2× "
-        "the other categories', 95% CI 6.1–10.3×, q = 0.00075, direction +)")
+        "its baseline, 95% CI 6.1–10.3×, q = 0.00075, direction +)")
     # it fell, and the only changed category its prompts engage rose: nothing explains it, and that is said
     assert tasks["admit_unknown"]["categories"] == [] and tasks["admit_unknown"]["against"] == ["instruction_following"]
     assert ("no category the headline measure finds changed accounts for it (unexplained); instruction_following "
@@ -276,6 +277,6 @@ def test_a_validation_of_another_null_is_not_quoted_as_this_measures(run_dir):
     lines = sure_lines(report, cats, v, 0.05)
     assert not any("toy organism suite" in line or line.startswith("On a real LM") for line in lines)
     assert any("has no validation on the organism suite" in line for line in lines)
-    same = sure_lines(report, cats, {**v, "null": "other_categories"}, 0.05)
+    same = sure_lines(report, cats, {**v, "null": "drift_or_other_categories"}, 0.05)
     assert any("found 3 of 3 planted changes" in line for line in same)
     assert any(line.startswith("On a real LM, the organism g") for line in same)
