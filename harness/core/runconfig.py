@@ -25,7 +25,7 @@ from diffeval.harness.core.stageconfig import (
 
 SPECIFIC_BY = ("latent_scaling", "delta_norm")
 HEADLINE_MEASURE = "cue_shift"  # the measure of the report's headline (harness/stages/headline.py)
-HEADLINE_NULL = "drift_or_other_categories"  # the larger of the two is the baseline; a validation holds for one (measure, null)
+HEADLINE_NULL = "drift_or_other_categories"  # its baseline, the larger of the two; a validation holds for one null
 ATTRIBUTION_SHIFTS = ("auto", HEADLINE_MEASURE, "share", "usage", "mass")
 CAUSAL_MODES = ("ablate", "revert")
 ANNOTATORS = ("enrichment", "llm")
