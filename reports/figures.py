@@ -198,8 +198,8 @@ def summary(report: dict[str, Any], path: Path) -> Path | None:
         ax.set_yticks(y, [_label(c["category"]) + {"+": " (+)", "-": " (−)"}.get(c["headline"].get("direction"), "")
                           for c in cats])
         ax.invert_yaxis()
-        ax.set_xlabel("cue shift: answer-cue change over its baseline (the larger of the drift and the other "
-                      "categories' cues) (×), 95% CI; dashed: threshold", fontsize=8)
+        ax.set_xlabel("cue shift: answer-cue change over its baseline (×), 95% CI; dashed: threshold\n"
+                      "baseline: the larger of the drift and the other categories' cues", fontsize=9)
         ax.set_title(f"categories (blue: changed, BH q < {alpha:g})", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
