@@ -209,8 +209,9 @@ def test_the_answer_comes_first_and_names_what_explains_each_significant_delta(r
     assert report["answer"]["lines"][:2] == [tasks["ifeval_mini"]["sentence"], tasks["admit_unknown"]["sentence"]]
     assert any(line.startswith("The headline measure (cue_shift) on diffeval's toy organism suite, measured with diffeval")
                for line in report["answer"]["sure"])
-    # the shipped validation.json holds no real-LM record for this null yet, and the report says so
-    assert any(line.startswith("Not yet validated on a real LM's organism") for line in report["answer"]["sure"])
+    # the shipped validation.json's real-LM records are quoted with their counts
+    assert any(line.startswith("On a real LM, the organism gemma270m_lora_placebo") and "0 of 9 placebo categories" in line
+               for line in report["answer"]["sure"])
     report_main(run_dir)
     md = (run_dir / "report.md").read_text()
     assert md.index("## Answer") < md.index("## How sure") < md.index("## Benchmark deltas") < md.index("## Appendix")
