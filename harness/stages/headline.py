@@ -173,8 +173,8 @@ def cue_shifts(r: np.ndarray, labels: np.ndarray, names: list[str], drift_per_te
         if g in groups:
             mean[g] = float(r[at].mean())
             boot[g] = r[pick].mean(1)
-    drift = float(d_val.sum() / finite.sum()) if finite.any() else None
-    drift = drift if drift is not None and drift > 0 else None
+    drift = float(d_val.sum() / finite.sum()) if finite.any() and d_val.sum() > 0 else None
+    floor = drift or 0.0  # the drift's part of the baseline (none where it is undefined)
     boot_drift = d_sum / np.maximum(d_n, 1) if drift is not None else np.zeros(n_boot)
     common = float(np.median(list(mean.values()))) if mean else None
     out = {}
@@ -190,14 +190,14 @@ def cue_shifts(r: np.ndarray, labels: np.ndarray, names: list[str], drift_per_te
         if c not in groups or len(others) < 2:
             continue
         typical = float(np.median([mean[g] for g in others]))
-        baseline = max(typical, drift or 0.0)
+        baseline = max(typical, floor)
         boot_base = np.maximum(np.median(np.stack([boot[g] for g in others]), axis=0), boot_drift)
         if baseline <= 0 or np.any(boot_base <= 0):
             continue
         fold = boot[c] / boot_base
         lo, hi = np.quantile(fold, [0.025, 0.975])
         row.update(value=mean[c] / baseline - 1, ci_low=float(lo - 1), ci_high=float(hi - 1), baseline=baseline,
-                   baseline_from="other_categories" if typical >= (drift or 0.0) else "drift",
+                   baseline_from="other_categories" if typical >= floor else "drift",
                    p_value=float((1 + np.sum(fold <= MIN_FOLD)) / (n_boot + 1)))
     return out
 
