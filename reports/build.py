@@ -486,12 +486,14 @@ def task_sentence(t: dict[str, Any], q: float, named: list[str], against: list[s
 
 
 def baseline_words(h: dict[str, Any]) -> str:
-    """What the category's cue shift was measured against, in words (stages/headline.py's baseline)."""
-    if h.get("null") == "other_categories":
-        return "at a typical other category's answer cues"
+    """What the category's cue shift was measured against, in words (stages/headline.py's baseline). Rows of
+    earlier versions had one null: the other categories' cues (`null` says so), or before that the drift."""
     if h.get("baseline_from") == "drift":
         return "the text around every answer cue (which moved more than a typical other category's cues)"
-    return "at a typical other category's answer cues (which moved more than the text around every cue)"
+    if h.get("baseline_from") == "other_categories":
+        return "at a typical other category's answer cues (which moved more than the text around every cue)"
+    return "at a typical other category's answer cues" if h.get("null") == "other_categories" else \
+        "the text around every answer cue"
 
 
 def category_clause(name: str, h: dict[str, Any]) -> str:

@@ -9,7 +9,13 @@ import shutil
 
 import pytest
 
-from diffeval.reports.build import accounting_categories, build_report, real_lm_line, sure_lines
+from diffeval.reports.build import (
+    accounting_categories,
+    baseline_words,
+    build_report,
+    real_lm_line,
+    sure_lines,
+)
 from diffeval.reports.render import render_report, report_main
 from diffeval.reports.schema import ReportError, load_report
 from tests.reports.conftest import EVIL_CONTEXT, TUNED_NAME
@@ -256,6 +262,14 @@ def test_which_changed_categories_account_for_a_delta():
     assert accounting_categories({**rising, "delta": -0.1}, changed, heads, {"a": 0.0, "c": 0.9})[0] == ["c", "b"]
     assert accounting_categories(rising, ["a", "c"], {**heads, "c": {"direction": "+", "value": 3.0}},
                                  {"a": 0.1, "c": 0.5})[0] == ["c", "a"]
+
+
+def test_the_baseline_is_named_as_the_row_measured_it():
+    assert baseline_words({"baseline_from": "drift"}).startswith("the text around every answer cue (which")
+    assert baseline_words({"baseline_from": "other_categories"}).startswith("at a typical other category's answer cues (")
+    # rows of earlier versions: the other categories' cues alone, and before that (no `null`) the drift alone
+    assert baseline_words({"null": "other_categories"}) == "at a typical other category's answer cues"
+    assert baseline_words({}) == "the text around every answer cue"
 
 
 def test_a_real_lm_validation_record_is_said_with_its_counts():
