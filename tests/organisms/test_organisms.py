@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from diffeval.harness.organisms.base import (
     built_dir,
     cache_root,
     code_fingerprint,
+    paths,
     read_built,
 )
 from diffeval.harness.organisms.score import score_organism, suite_names, validation_record
@@ -164,6 +166,48 @@ def test_run_without_models_uses_the_default_organism(default_organism, tmp_path
     rerun = CliRunner().invoke(cli, ["run", "--n-steps", "200", "--out", str(tmp_path / "r")])  # everything cached
     assert rerun.exit_code == 0, rerun.output
     assert load_report(tmp_path / "r" / "report.json")["categories"] == report["categories"]
+
+
+# toyworld at a small build budget: the same world, plants, tasks and probes, a smaller model (64 wide, 2 layers)
+# trained for 800 + 200 steps instead of 1000 + 400 (about 100 s for the organism and its placebo on 2 cores,
+# against about 240 s at full size), so that the default suite holds a known-answer run
+QUICK_BUILD = {"d_model": 64, "n_layers": 2, "base_steps": 800, "tune_steps": 200}
+
+
+@pytest.fixture(scope="module")
+def quick_toyworld(organism_cache):
+    """toyworld and its placebo built at QUICK_BUILD, as variants of their recipes: {name: (recipe, paths)}."""
+    built = {}
+    for name in ("toyworld", "toyworld_placebo"):
+        recipe = organisms.get(name)
+        recipe = dataclasses.replace(recipe, name=f"{name}_quick", params={**recipe.params, **QUICK_BUILD})
+        build(recipe)
+        built[name] = (recipe, paths(recipe))
+    return built
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["toyworld", "toyworld_placebo"])
+def test_known_answers_end_to_end_at_a_small_budget(quick_toyworld, name, tmp_path):
+    """The default suite's known-answer run: a toy organism and its placebo, given to `diffeval run` as a user
+    gives a pair (HF directories, lm-eval YAML tasks, probe texts with reference answers). Their benchmark deltas
+    are as declared, and the headline finds each planted change with its sign and nothing where nothing was
+    planted. The organism-marked tests below do the same at the organisms' full build size."""
+    recipe, where = quick_toyworld[name]
+    tasks = [t for p in recipe.planted for t in p.tasks]
+    result = CliRunner().invoke(cli, [
+        "run", "--base", str(where["base"]), "--tuned", str(where["tuned"]), "--tasks-dir", str(where["tasks_dir"]),
+        "--probes-dir", str(where["probes_dir"]), "--tasks", ",".join(tasks), "--n-steps", "100",
+        "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    deltas = {r["task"]: r for r in json.loads((tmp_path / "r" / "bench" / "deltas.json").read_text())["tasks"]}
+    for p in recipe.planted:  # the small build is still the organism it declares
+        for task in p.tasks:
+            assert passes(p.direction, deltas[task]["ci_low"], deltas[task]["ci_high"]), (p, deltas[task])
+    report = load_report(tmp_path / "r" / "report.json")
+    _assert_known_answers(report, recipe.planted)
+    nothing = any(line.startswith("No category's mechanisms changed detectably") for line in report["headline"])
+    assert nothing is (recipe.placebo_of is not None)
 
 
 def _assert_first_screen_answers(report: dict, output: str, report_md: Path, planted: list[Planted]) -> None:
