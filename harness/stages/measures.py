@@ -177,8 +177,11 @@ def exposure(act: np.ndarray, tokens: np.ndarray, task_of_seq: list[str | None],
 
 
 def spearman_with_p(pred: np.ndarray, obs: np.ndarray, n_resamples: int = 20000, seed: int = 0) -> tuple[float | None, float | None, str | None]:
-    """Spearman's ρ and a two-sided permutation p-value (exact when scipy can enumerate)."""
-    from scipy.stats import permutation_test, spearmanr
+    """Spearman's ρ and a two-sided permutation p-value (exact when scipy can enumerate).
+
+    ρ is Pearson's r of the ranks, and re-pairing the samples only re-pairs their ranks, so the data are ranked
+    once and every permutation's ρ is computed in one vectorised pass (8 tasks: all 40 320 pairings at once)."""
+    from scipy.stats import permutation_test, rankdata, spearmanr
 
     if len(pred) < 3:
         return None, None, f"{len(pred)} task(s): a correlation needs at least 3"
@@ -186,9 +189,14 @@ def spearman_with_p(pred: np.ndarray, obs: np.ndarray, n_resamples: int = 20000,
         which = "predicted" if np.ptp(pred) == 0 else "observed"
         return None, None, f"all {which} deltas are equal: the rank correlation is undefined"
     rho = float(spearmanr(pred, obs).statistic)
-    res = permutation_test((pred, obs), lambda x, y: spearmanr(x, y).statistic, permutation_type="pairings",
+    res = permutation_test((rankdata(pred), rankdata(obs)), _pearson, permutation_type="pairings", vectorized=True,
                            n_resamples=n_resamples, alternative="two-sided", random_state=seed)
     return rho, float(res.pvalue), None
+
+
+def _pearson(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    xc, yc = x - x.mean(axis, keepdims=True), y - y.mean(axis, keepdims=True)
+    return (xc * yc).sum(axis) / np.sqrt((xc * xc).sum(axis) * (yc * yc).sum(axis))
 
 
 def attribute(w: np.ndarray, shifts: np.ndarray, tasks: list[str], categories: list[str],

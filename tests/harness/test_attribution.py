@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import permutation_test, spearmanr
 
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.runconfig import RunConfig
@@ -215,3 +216,18 @@ def test_changed_enrichment_with_nothing_changed_is_never_significant():
 def test_log_ratio_is_finite_when_a_category_loses_all_its_mass() -> None:
     assert log_ratio(0.5) == pytest.approx(math.log(1.5)) and log_ratio(None) == 0.0
     assert log_ratio(-1.0) == pytest.approx(math.log(0.01)) and math.isfinite(log_ratio(-1.0))
+
+
+@pytest.mark.parametrize(("n", "ties", "resamples"), [(6, False, 20000), (7, True, 20000), (12, False, 500)])
+def test_spearman_p_equals_scipys_permutation_test_of_spearmanr(n, ties, resamples) -> None:
+    """The vectorised statistic on ranks gives the p-value of scipy's permutation test calling spearmanr on each
+    pairing: exact enumeration (n ≤ 7) and random pairings alike, ties included."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    y = 0.7 * x + rng.normal(size=n)
+    if ties:
+        x, y = np.round(x), np.round(2 * y)
+    rho, p, _ = A.spearman_with_p(x, y, n_resamples=resamples)
+    ref = permutation_test((x, y), lambda a, b: spearmanr(a, b).statistic, permutation_type="pairings",
+                           n_resamples=resamples, alternative="two-sided", random_state=0)
+    assert rho == pytest.approx(spearmanr(x, y).statistic) and p == pytest.approx(ref.pvalue, rel=1e-12)
