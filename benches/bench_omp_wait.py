@@ -1,13 +1,17 @@
-"""Crosscoder training steps with OpenMP's default waiting (workers spin a while after each parallel region:
-OMP_WAIT_POLICY unset) vs workers that sleep at once (PASSIVE, what `import diffeval` sets unless told
-otherwise), on an idle machine and beside `--busy N` processes that keep the cores loaded.
+"""Training steps under OpenMP's waiting settings, on an idle machine and beside `--busy N` processes that keep
+the cores loaded: OpenMP's default (workers spin about 300 000 times after each parallel region), PASSIVE
+(they sleep at once) and a short spin (`GOMP_SPINCOUNT`, what `import diffeval` sets unless told otherwise).
 
-The policy is read when torch loads OpenMP, so each setting runs in a child process of its own (which imports
-torch before diffeval, so the unset case stays unset); the two
-alternate (A B A B …, `--repeats` pairs) so they share the machine's noise, and the parent prints each
-one's median step time and the ratio.
+Two kinds of step: the crosscoder's (d_model 576, 4096 latents, k 32, batch 1024, a third of the latents dead
+so that the auxiliary loss runs) and a toy organism's language-model step (hidden 96, 3 blocks, batch 64 of
+padded rows up to 46 tokens: many small kernels with short gaps between them).
 
-    python -m benches.bench_omp_wait [--steps 30] [--repeats 3] [--busy 2]
+The settings are read when torch loads OpenMP, so each runs in a child process of its own (which imports torch
+before diffeval, so the environment given is the one OpenMP sees). They alternate (A B C A B C …, `--repeats`
+rounds) so they share the machine's noise, and the parent prints each one's median step time and its ratio to
+the default's.
+
+    python -m benches.bench_omp_wait [--steps 20] [--repeats 3] [--busy 2] [--job crosscoder|lm|both]
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import subprocess
 import sys
 import time
 
-CHILD = r"""
-import json, sys, time, torch
+CROSSCODER = r"""
+import json, statistics, sys, time, torch
 from diffeval.crosscoders import CrossCoderConfig
 from diffeval.crosscoders.train import build_crosscoder
 steps = int(sys.argv[1])
@@ -33,7 +37,7 @@ model = build_crosscoder(cfg)
 model.init_from_data(data[:4096])
 opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 dead = torch.zeros(cfg.n_latents, dtype=torch.bool)
-dead[::8] = True  # the auxiliary loss runs as in training once latents die
+dead[::3] = True  # the auxiliary loss runs as in training once latents die
 times = []
 for step in range(steps + 3):
     x = data[(step * 1024) % (len(data) - 1024):][:1024]
@@ -44,39 +48,73 @@ for step in range(steps + 3):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     times.append(time.perf_counter() - t0)
-print(json.dumps({"step_s": sorted(times[3:])[len(times[3:]) // 2], "threads": torch.get_num_threads()}))
+print(json.dumps({"step_s": statistics.median(times[3:])}))
 """
 
+LANGUAGE_MODEL = r"""
+import json, statistics, sys, time, torch
+from diffeval.harness.organisms.tiny import tiny_llama
+steps = int(sys.argv[1])
+model = tiny_llama(384, 0, hidden=96, layers=3, heads=4).train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+g = torch.Generator().manual_seed(0)
+ids = torch.randint(3, 384, (64, 46), generator=g)
+mask = (torch.arange(46)[None] < torch.randint(8, 47, (64,), generator=g)[:, None]).long()
+times = []
+for _ in range(steps + 3):
+    t0 = time.perf_counter()
+    loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"step_s": statistics.median(times[3:])}))
+"""
+
+JOBS = {"crosscoder": CROSSCODER, "lm": LANGUAGE_MODEL}
+SETTINGS = {
+    "OpenMP default": {},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "GOMP_SPINCOUNT=1000 (diffeval's)": {"GOMP_SPINCOUNT": "1000"},
+    "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+}
 LOAD = "import torch\na, b = torch.randn(768, 768), torch.randn(768, 768)\nwhile True:\n    a @ b\n"
 
 
-def child(policy: str | None, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": policy} if policy else {})
-    out = subprocess.run([sys.executable, "-c", CHILD, str(steps)], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def child(code: str, env_extra: dict[str, str], steps: int) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | env_extra
+    out = subprocess.run([sys.executable, "-c", "import torch\n" + code, str(steps)], env=env, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["step_s"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--busy", type=int, default=0, help="processes that keep the cores loaded meanwhile")
+    ap.add_argument("--job", choices=[*JOBS, "both"], default="both")
     args = ap.parse_args()
+    jobs = list(JOBS) if args.job == "both" else [args.job]
     load = [subprocess.Popen([sys.executable, "-c", LOAD], env={**os.environ, "OMP_NUM_THREADS": "1"})
             for _ in range(args.busy)]
     try:
         time.sleep(1 if load else 0)
-        runs: dict[str, list[float]] = {"default": [], "PASSIVE": []}
+        runs = {(job, name): [] for job in jobs for name in SETTINGS}
         for _ in range(args.repeats):
-            for policy in runs:
-                runs[policy].append(child(None if policy == "default" else policy, args.steps)["step_s"])
+            for job in jobs:
+                for name, env in SETTINGS.items():
+                    runs[job, name].append(child(JOBS[job], env, args.steps))
     finally:
         for p in load:
             p.kill()
-    default, passive = (statistics.median(runs[p]) for p in ("default", "PASSIVE"))
-    print(f"{os.cpu_count()} cores, {args.busy} busy processes beside, d_model 576, 4096 latents, k 32, batch 1024")
-    print(f"OMP_WAIT_POLICY unset    {1000 * default:7.1f} ms/step")
-    print(f"OMP_WAIT_POLICY=PASSIVE  {1000 * passive:7.1f} ms/step   speed-up {default / passive:.2f}x")
+    print(f"{os.cpu_count()} cores, {args.busy} busy processes beside, median of {args.repeats} runs of {args.steps} steps")
+    for job in jobs:
+        default = statistics.median(runs[job, "OpenMP default"])
+        for name in SETTINGS:
+            t = statistics.median(runs[job, name])
+            print(f"{job:<10} {name:<34} {1000 * t:8.1f} ms/step   speed-up over the default {default / t:.2f}x")
 
 
 if __name__ == "__main__":

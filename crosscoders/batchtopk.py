@@ -77,11 +77,31 @@ class BatchTopKCrossCoder(CrossCoderBase):
         k_aux = min(self.cfg.aux_k, len(dead_ids))
         top = pre[:, dead_ids].topk(k_aux, dim=1)
         keep = top.values > 0
-        rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(keep)[keep]
-        cols = dead_ids[top.indices[keep]]
-        if not len(rows):
+        if not keep.any():
             return residual.new_zeros(())
         L = self.cfg.n_latents
-        vals = sparse_encode(pre, xf, self.enc_matrix(), self.b_enc, rows, cols)
-        approx = sparse_decode(rows, cols, vals, self.W_dec.reshape(L, -1), pre.shape[0])
+        if k_aux * DENSE_AUX_DENSITY >= len(dead_ids):
+            approx = _dense_aux_decode(xf, self.enc_matrix(), self.b_enc, self.W_dec.reshape(L, -1), dead_ids,
+                                       top.indices, keep)
+        else:
+            rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(keep)[keep]
+            cols = dead_ids[top.indices[keep]]
+            vals = sparse_encode(pre, xf, self.enc_matrix(), self.b_enc, rows, cols)
+            approx = sparse_decode(rows, cols, vals, self.W_dec.reshape(L, -1), pre.shape[0])
         return (approx - residual).pow(2).sum(-1).mean()
+
+
+# The auxiliary loss runs densely over the dead latents when its top aux_k keeps at least this share of them
+# (1/DENSE_AUX_DENSITY): a small dictionary's few hundred dead latents then cost two small matrix products,
+# where the sparse path would sort B·aux_k pairs twice (benches/bench_crosscoder.py --aux measures both).
+DENSE_AUX_DENSITY = 4
+
+
+def _dense_aux_decode(xf: torch.Tensor, W_enc_flat: torch.Tensor, b_enc: torch.Tensor, W_dec_flat: torch.Tensor,
+                      dead_ids: torch.Tensor, top: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The dead latents' reconstruction [B, n*d] from the selected (row, dead latent) pairs `top` [B, aux_k]
+    (where `keep`), computed as dense products over the dead latents: the same function of the weights as the
+    sparse path's, and the same gradients."""
+    mask = xf.new_zeros(xf.shape[0], len(dead_ids)).scatter_(1, top, keep.to(xf.dtype))
+    f = torch.addmm(b_enc.index_select(0, dead_ids), xf, W_enc_flat.index_select(0, dead_ids).t()) * mask
+    return f @ W_dec_flat.index_select(0, dead_ids)  # index_select's backward adds rows back without sorting

@@ -123,3 +123,15 @@ def test_dependencies_run_one_way():
                 if parts[:2] == ["diffeval", "harness"] and (lib == "crosscoders" or parts[2:3] != ["core"]):
                     bad.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(("given", "seen"), [
+    ({}, "1000"),  # OpenMP workers spin briefly, then sleep (benches/bench_omp_wait.py)
+    ({"GOMP_SPINCOUNT": "5"}, "5"),  # a user's own setting stands
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "None"),  # so does a wait policy: no spin count is forced over it
+])
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose(given, seen):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
+    out = subprocess.run([sys.executable, "-c", "import os, diffeval; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == seen

@@ -1,8 +1,12 @@
 """The sparse BatchTopK building blocks give the gradients the dense formulation gives."""
 
+import pytest
 import torch
 
+from diffeval.crosscoders import batchtopk
+from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.crosscoders.sparse import batch_topk, encoder_grad, sparse_decode, sparse_encode
+from diffeval.crosscoders.train import build_crosscoder
 
 
 def _problem(seed: int = 0, B: int = 64, d: int = 24, L: int = 200, k: int = 5):
@@ -41,3 +45,25 @@ def test_dense_and_sparse_encoder_gradients_agree() -> None:
     dense = encoder_grad(grad_vals, x, rows, cols, 200, dense=True)
     torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-5)
     assert dense.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n_dead", [40, 600])  # aux_k 256 keeps every one of 40 dead latents, and 256 of 600
+def test_dense_and_sparse_auxiliary_losses_agree(monkeypatch, n_dead) -> None:
+    """The auxiliary loss's dense path (over a few dead latents) is the sparse path's function: same loss, same
+    gradients for every parameter."""
+    cfg = CrossCoderConfig(n_models=2, d_model=16, n_latents=800, k=4, dtype="float32")
+    x = torch.randn(128, 2, 16, generator=torch.Generator().manual_seed(n_dead))
+    dead = torch.zeros(800, dtype=torch.bool)
+    dead[torch.randperm(800, generator=torch.Generator().manual_seed(1))[:n_dead]] = True
+    results = []
+    for density in (10**9, 0):  # every aux dense; every aux sparse
+        monkeypatch.setattr(batchtopk, "DENSE_AUX_DENSITY", density)
+        torch.manual_seed(0)
+        model = build_crosscoder(cfg)
+        model.init_from_data(x)
+        loss, info = model.training_loss(x, cfg.k, dead)
+        loss.backward()
+        results.append((info["aux"], *(p.grad for p in (model.W_enc_T, model.b_enc, model.W_dec, model.b_dec))))
+    assert float(results[0][0]) > 0
+    for dense, sparse in zip(*results, strict=True):
+        torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-6)
