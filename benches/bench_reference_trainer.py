@@ -8,7 +8,7 @@ Prints rows/s of each, the ratio, and each one's held-out FVE after the same ste
 
 diffeval's trainer runs with its defaults (the bfloat16 selection forward, fused Adam); the reference with
 lr 1e-3 and warmup 10 like ours. `import diffeval` comes first, as in any use of diffeval, so OpenMP's wait
-policy is diffeval's default for both; `--torch-first` imports torch first (OpenMP's own default).
+waiting is diffeval's default for both (a short spin); `--torch-first` imports torch first (OpenMP's own default).
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def main() -> None:
             recon = ref.ae.decode(ref.ae.encode(xb.clone(), use_threshold=False))
             f_ref += torch.tensor(fve(recon.reshape(B, -1), xb.reshape(B, -1), 2))
         f_ours, f_ref = f_ours / (len(held) // B), f_ref / (len(held) // B)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, {steps} steps of {B} rows")
+    waits = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {waits}, {steps} steps of {B} rows")
     print(f"dictionary_learning BatchTopKCrossCoderTrainer {steps * B / t_ref:8.0f} rows/s   held-out FVE "
           f"{f_ref[0]:.3f} / {f_ref[1]:.3f}")
     print(f"diffeval                                       {steps * B / t_ours:8.0f} rows/s   held-out FVE "
