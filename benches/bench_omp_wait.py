@@ -25,10 +25,8 @@ import sys
 import time
 
 CROSSCODER = r"""
-import json, statistics, sys, time, torch
 from diffeval.crosscoders import CrossCoderConfig
 from diffeval.crosscoders.train import build_crosscoder
-steps = int(sys.argv[1])
 torch.manual_seed(0)
 cfg = CrossCoderConfig(d_model=576, n_models=2, n_latents=4096, k=32, batch_size=1024, dtype="float32")
 basis, z = torch.randn(64, 576), torch.randn(8192, 64)
@@ -38,32 +36,31 @@ model.init_from_data(data[:4096])
 opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 dead = torch.zeros(cfg.n_latents, dtype=torch.bool)
 dead[::3] = True  # the auxiliary loss runs as in training once latents die
-times = []
-for step in range(steps + 3):
-    x = data[(step * 1024) % (len(data) - 1024):][:1024]
-    t0 = time.perf_counter()
-    loss = model.training_loss(x, cfg.k, dead)[0]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    times.append(time.perf_counter() - t0)
-print(json.dumps({"step_s": statistics.median(times[3:])}))
+
+def step_loss(step):
+    return model.training_loss(data[(step * 1024) % (len(data) - 1024):][:1024], cfg.k, dead)[0]
 """
 
 LANGUAGE_MODEL = r"""
-import json, statistics, sys, time, torch
 from diffeval.harness.organisms.tiny import tiny_llama
-steps = int(sys.argv[1])
 model = tiny_llama(384, 0, hidden=96, layers=3, heads=4).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 g = torch.Generator().manual_seed(0)
 ids = torch.randint(3, 384, (64, 46), generator=g)
 mask = (torch.arange(46)[None] < torch.randint(8, 47, (64,), generator=g)[:, None]).long()
+
+def step_loss(step):
+    return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+"""
+
+# what each job's child runs around its setup: torch first (so the environment given is the one OpenMP sees),
+# then the job's `model`, `opt` and `step_loss`, then the timed training steps
+PROLOGUE = "import json, statistics, sys, time, torch\nsteps = int(sys.argv[1])\n"
+TIMED_STEPS = r"""
 times = []
-for _ in range(steps + 3):
+for step in range(steps + 3):
     t0 = time.perf_counter()
-    loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    loss = step_loss(step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -84,7 +81,7 @@ LOAD = "import torch\na, b = torch.randn(768, 768), torch.randn(768, 768)\nwhile
 
 def child(code: str, env_extra: dict[str, str], steps: int) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | env_extra
-    out = subprocess.run([sys.executable, "-c", "import torch\n" + code, str(steps)], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", PROLOGUE + code + TIMED_STEPS, str(steps)], env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["step_s"]
 

@@ -17,6 +17,11 @@ from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.crosscoders.distributed import global_batch_topk
 from diffeval.crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
 
+# The auxiliary loss runs densely over the dead latents when its top aux_k keeps at least this share of them
+# (1/DENSE_AUX_DENSITY): a small dictionary's few hundred dead latents then cost two small matrix products,
+# where the sparse path would sort B·aux_k pairs twice (benches/bench_aux.py measures both).
+DENSE_AUX_DENSITY = 4
+
 
 class BatchTopKCrossCoder(CrossCoderBase):
     architecture = "batchtopk"
@@ -89,12 +94,6 @@ class BatchTopKCrossCoder(CrossCoderBase):
             vals = sparse_encode(pre, xf, self.enc_matrix(), self.b_enc, rows, cols)
             approx = sparse_decode(rows, cols, vals, self.W_dec.reshape(L, -1), pre.shape[0])
         return (approx - residual).pow(2).sum(-1).mean()
-
-
-# The auxiliary loss runs densely over the dead latents when its top aux_k keeps at least this share of them
-# (1/DENSE_AUX_DENSITY): a small dictionary's few hundred dead latents then cost two small matrix products,
-# where the sparse path would sort B·aux_k pairs twice (benches/bench_crosscoder.py --aux measures both).
-DENSE_AUX_DENSITY = 4
 
 
 def _dense_aux_decode(xf: torch.Tensor, W_enc_flat: torch.Tensor, b_enc: torch.Tensor, W_dec_flat: torch.Tensor,
