@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # other processes that spinning takes the cores from the main thread's sequential work (a sort of the active
 # latents, an embedding_bag backward); workers that sleep at once (OMP_WAIT_POLICY=PASSIVE) then wake too
 # late for the next of a small model's many short kernels, and a toy organism's training step takes 1.6x as
-# long on an idle machine. A short spin keeps both: benches/bench_omp_wait.py measures the three settings on
+# long on an idle machine. A short spin keeps most of both: benches/bench_omp_wait.py measures the settings on
 # both kinds of work, idle and busy (docs/development.md has the numbers). Set before torch loads OpenMP,
 # and never over a user's own setting of either variable.
 if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
