@@ -13,14 +13,9 @@ from __future__ import annotations
 import torch
 
 from diffeval.crosscoders.base import CrossCoderBase
-from diffeval.crosscoders.config import CrossCoderConfig
+from diffeval.crosscoders.config import DENSE_AUX_DENSITY, CrossCoderConfig
 from diffeval.crosscoders.distributed import global_batch_topk
 from diffeval.crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
-
-# The auxiliary loss runs densely over the dead latents when its top aux_k keeps at least this share of them
-# (1/DENSE_AUX_DENSITY): a small dictionary's few hundred dead latents then cost two small matrix products,
-# where the sparse path would sort B·aux_k pairs twice (benches/bench_aux.py measures both).
-DENSE_AUX_DENSITY = 4
 
 
 class BatchTopKCrossCoder(CrossCoderBase):

@@ -9,6 +9,11 @@ from typing import Any
 ARCHITECTURES = ("batchtopk", "l1")
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16", "bfloat16")  # what an activation cache's shards hold (data.to_stored)
+# The auxiliary loss runs densely over the dead latents when its top aux_k keeps at least this share of them
+# (1/DENSE_AUX_DENSITY): a small dictionary's few hundred dead latents then cost two small matrix products,
+# where the sparse path would sort B·aux_k pairs twice (benches/bench_aux.py measures both).
+DENSE_AUX_DENSITY = 4
+
 STREAM_BUFFER_ROWS = 65_536  # a streamed crosscoder's shuffle buffer: 64 batches of 1024, so rows of one
 # sequence rarely share a batch (crosscoders.stream)
 

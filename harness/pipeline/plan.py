@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from diffeval.crosscoders.config import STREAM_BUFFER_ROWS, CrossCoderConfig
+from diffeval.crosscoders.config import DENSE_AUX_DENSITY, STREAM_BUFFER_ROWS, CrossCoderConfig
 from diffeval.harness.core import files, models
 from diffeval.harness.core.io import read_json
 from diffeval.harness.core.runconfig import STREAM_CACHE_ROWS, RunConfig, n_latents_for
@@ -57,8 +57,7 @@ def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
     load_s = 2 * size.n_params * (rates.gguf_load_s if size.gguf else 0.0)
     per_token_s = 2 * 2 * size.body_params * depth / rates.forward_flops
     step_s = rates.step_fixed_s + 2 * BATCH * 2 * size.d_model * n_latents / rates.step_flops
-    # while latents are dead the auxiliary loss adds up to aux_k pairs a row (CrossCoderConfig.aux_k)
-    aux_s = BATCH * min(AUX_K, n_latents) * 2 * size.d_model * rates.aux_pair_s
+    aux_s = aux_step_s(rates, n_latents, size.d_model)
     steps = 0 if cfg.crosscoder else cfg.n_steps
     streamed = cfg.streams()
     cache_rows = min(cfg.tokens, STREAM_CACHE_ROWS) if streamed else cfg.tokens
@@ -70,6 +69,15 @@ def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
             "buffer_bytes": min(cfg.tokens, STREAM_BUFFER_ROWS) * 2 * size.d_model * 4 if streamed else 0,
             "models_bytes": 2 * size.n_params * DTYPE_BYTES.get(cfg.dtype, 4),
             "crosscoder_bytes": 4 * 2 * n_latents * 2 * size.d_model * 4, "n_latents": n_latents}
+
+
+def aux_step_s(rates: Rates, n_latents: int, d_model: int) -> float:
+    """The auxiliary loss' cost a step while latents are dead. A dictionary of at most aux_k ×
+    DENSE_AUX_DENSITY latents always takes the dense path (batchtopk): a decode of all its latents, forward and
+    backward; a larger one, at worst, the sparse path's aux_k (row, latent) pairs a row."""
+    if n_latents <= AUX_K * DENSE_AUX_DENSITY:
+        return 3 * BATCH * n_latents * 2 * 2 * d_model / rates.step_flops
+    return BATCH * AUX_K * 2 * d_model * rates.aux_pair_s
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

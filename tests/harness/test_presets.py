@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from diffeval.crosscoders.config import STREAM_BUFFER_ROWS
+from diffeval.crosscoders.config import DENSE_AUX_DENSITY, STREAM_BUFFER_ROWS, CrossCoderConfig
 from diffeval.harness.cli import cli
 from diffeval.harness.cli.run import run_config
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.presets import PRESETS, auto_preset, preset_values
 from diffeval.harness.core.runconfig import STREAM_CACHE_ROWS, RunConfig
-from diffeval.harness.pipeline.plan import Size, estimates
+from diffeval.harness.pipeline.plan import RATES, Size, aux_step_s, estimates
 
 
 def test_a_pair_gets_quick_on_a_cpu_or_when_small_and_standard_on_a_gpu() -> None:
@@ -77,6 +77,18 @@ def test_estimates_grow_with_the_budget_and_skip_training_for_a_given_crosscoder
     given = estimates(RunConfig(base="a", tuned="b", crosscoder=str(tmp_path / "cc")), size)
     assert given["crosscoder_s"] == given["crosscoder_max_s"] == 0
     assert set(PRESETS) == {"quick", "standard", "paper"}
+
+
+def test_the_auxiliary_loss_estimate_follows_the_path_training_takes() -> None:
+    """Up to aux_k × DENSE_AUX_DENSITY latents every dead set is decoded densely; above, the sparse bound holds."""
+    rates, aux_k = RATES["cpu"], CrossCoderConfig.aux_k
+    small = aux_k * DENSE_AUX_DENSITY
+    sparse = aux_step_s(rates, small + 1, 96)
+    assert sparse == CrossCoderConfig.batch_size * aux_k * 2 * 96 * rates.aux_pair_s
+    assert aux_step_s(rates, small, 96) < sparse / 5  # the quick start's 768 latents are in this range
+    assert aux_step_s(rates, 64, 96) < aux_step_s(rates, small, 96)
+    quick = estimates(RunConfig(base="a", tuned="b"), Size(96, 500_000, 300_000, 4, gguf=False))
+    assert quick["crosscoder_max_s"] < 1.2 * quick["crosscoder_s"]
 
 
 def test_a_config_that_gives_the_whole_budget_gets_no_preset(tiny_pair, tmp_path) -> None:
