@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,10 @@ def fve(recon: torch.Tensor, target: torch.Tensor, n_models: int) -> list[float]
 
 
 def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = None,
-                     resume: bool = True, progress: bool = True) -> CrossCoderBase:
+                     resume: bool = True, progress: bool = True,
+                     on_metrics: Callable[[dict], None] | None = None) -> CrossCoderBase:
     """Train a crosscoder on `acts`: an [N, n_models, d_model] tensor, an activation directory, or a RowStream
-    (activations computed on the fly)."""
+    (activations computed on the fly). `on_metrics` receives every metrics row (every cfg.log_every steps)."""
 
     source = as_source(acts, cfg)
     model = build_crosscoder(cfg).to(cfg.device)
@@ -108,6 +110,8 @@ def train_crosscoder(cfg: CrossCoderConfig, acts: Any, out: str | Path | None = 
             bar.set_postfix(loss=f"{row['loss']:.4f}", fve=f"{min(row['fve']):.3f}", l0=f"{row['l0']:.1f}")
             if out and _is_main():
                 _append_jsonl(out / METRICS_FILE, row)
+            if on_metrics is not None and _is_main():
+                on_metrics(row)
         if out and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and _is_main():
             save_checkpoint(out, model, opt, step + 1, since_fired)
     if out and _is_main():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,47 @@ def stage_done(name: str, seconds: float) -> None:
 
 def stage_reused(name: str) -> None:
     log.debug("%s: reused (inputs unchanged)", name)  # shown from -v on: a cached run stays quiet
+
+
+class Heartbeat:
+    """Progress of one long loop as a line on stderr at most every `every_s` seconds, where no progress bar is
+    shown (stderr is not a terminal: a log file, nohup, CI), so that an hour-long stage is not silent there.
+
+    `beat(done, detail)` reports `done` of `total` units, the rate since the first beat (so neither a resumed
+    loop's earlier units nor its start-up count) and the time left at that rate; on a terminal it does nothing
+    (tqdm's bar is drawn there)."""
+
+    def __init__(self, name: str, total: int, unit: str, every_s: float = 60.0) -> None:
+        self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
+        self.start = self.last = time.perf_counter()
+        self.first: int | None = None
+        self.active = not _isatty(sys.stderr)
+
+    def beat(self, done: int, detail: str = "") -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first, self.start = done, now
+        if not self.active or now - self.last < self.every_s or done <= self.first:
+            return
+        self.last = now
+        rate = (done - self.first) / (now - self.start)
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        share = 100 * done / max(self.total, 1)
+        log.info("%s: %d of %d %s (%.0f %%)%s, about %s left", self.name, done, self.total, self.unit, share,
+                 f", {detail}" if detail else "", _duration(left))
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "an unknown time"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 @contextmanager

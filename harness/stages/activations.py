@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from diffeval.crosscoders.cache import RANK_DIR, ShardWriter, merge_rank_dirs
 from diffeval.crosscoders.data import FORMAT_VERSION, ActivationDirError, verify_cache
-from diffeval.harness.core import files, models
+from diffeval.harness.core import files, models, progress
 from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
@@ -170,6 +170,7 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     writer = ShardWriter(work, manifest, budget, cfg.shard_rows, cfg.store_dtype)
     start, skip = writer.resume_point(rank * cfg.batch_size)
     bar = tqdm(total=budget, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
+    beat = progress.Heartbeat("activations" if world == 1 else f"activations (rank {rank} of {world})", budget, "rows")
     for first in range(start, len(seqs), world * cfg.batch_size):
         batch = cached.pop(first, None) or forward(first)
         keep = batch.inliers(cfg, manifest["median_norm"])
@@ -177,6 +178,7 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
         writer.add(batch.acts[keep], batch.rows[keep], first, batch.sequences, skip)
         skip = 0
         bar.update(writer.total - before)
+        beat.beat(writer.total)
         if writer.total >= budget:
             break
     writer.finish()

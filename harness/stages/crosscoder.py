@@ -10,7 +10,7 @@ from typing import Any
 from diffeval.crosscoders import load_crosscoder, train_crosscoder
 from diffeval.crosscoders.data import ActivationDirError, ActivationStore, crosscoder_config, read_manifest
 from diffeval.crosscoders.files import file_sha256, write_json_atomic
-from diffeval.harness.core import files
+from diffeval.harness.core import files, progress
 from diffeval.harness.core.config import config_hash
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.runconfig import n_latents_for
@@ -44,11 +44,19 @@ def stage_crosscoder(run: RunDir, cfg: CrosscoderStageConfig) -> Path:
         fresh_stage_dir(out, key)  # a checkpoint of these inputs resumes; any other configuration's is cleared
         with run.stage("crosscoder", key) as rec:
             try:
-                train_crosscoder(cc_cfg, paired_stream(stream[0], seed=cfg.seed) if stream else acts, out=out)
+                beat = progress.Heartbeat("crosscoder", cc_cfg.n_steps, "steps")
+                train_crosscoder(cc_cfg, paired_stream(stream[0], seed=cfg.seed) if stream else acts, out=out,
+                                 on_metrics=lambda row: beat.beat(row["step"], metrics_summary(row)))
             except (ActivationDirError, FloatingPointError, ValueError) as e:
                 raise DiffevalError(str(e)) from None
             rec["outputs"] = [out / files.CROSSCODER_WEIGHTS, out / files.CROSSCODER_CFG, out / files.CROSSCODER_METRICS]
     return out
+
+
+def metrics_summary(row: dict) -> str:
+    """One training metrics row as a person reads it in a log: loss, FVE per model, dead share, throughput."""
+    fve = "/".join(f"{v:.2f}" for v in row["fve"])
+    return f"loss {row['loss']:.3g}, FVE {fve}, {100 * row['dead_fraction']:.0f} % dead, {row['rows_per_s']:.0f} rows/s"
 
 
 def open_crosscoder(run_path: Path, device: str = "cpu") -> Any:
