@@ -1,5 +1,5 @@
 """The auxiliary dead-latent loss: its sparse path against its dense one, over the share of dead latents that
-its top aux_k keeps (k_aux / n_dead, the density that `batchtopk.DENSE_AUX_DENSITY` switches on).
+its top aux_k keeps (k_aux / n_dead, the density that `crosscoders.config.DENSE_AUX_DENSITY` switches on).
 
 Per size and dead count, both paths compute the same loss and gradients from the same model and batch
 (tests/crosscoders/test_sparse.py checks that they agree); they alternate step by step in one process, and the
@@ -18,14 +18,14 @@ import time
 import torch
 
 from benches.common import parse
-from diffeval.crosscoders import CrossCoderConfig, batchtopk
+from diffeval.crosscoders import CrossCoderConfig, config
 from diffeval.crosscoders.train import build_crosscoder
 
 CASES = [(96, 768, 270), (96, 768, 2000 // 3), (576, 4096, 512), (576, 4096, 1024), (576, 4096, 2048)]
 
 
 def aux_time(model, x: torch.Tensor, dead: torch.Tensor, density: int, device: torch.device) -> float:
-    batchtopk.DENSE_AUX_DENSITY = density
+    config.DENSE_AUX_DENSITY = density
     model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -41,7 +41,7 @@ def aux_time(model, x: torch.Tensor, dead: torch.Tensor, density: int, device: t
 
 def main() -> None:
     args, device = parse(__doc__, {"steps": 20})
-    saved = batchtopk.DENSE_AUX_DENSITY
+    saved = config.DENSE_AUX_DENSITY
     print(f"{torch.get_num_threads()} threads, {device}, batch 1024, aux_k 256")
     print(f"{'d_model':>7} {'latents':>7} {'dead':>5} {'density':>7} {'sparse ms':>9} {'dense ms':>9} {'dense speed-up':>14}")
     try:
@@ -60,7 +60,7 @@ def main() -> None:
             density = min(cfg.aux_k, n_dead) / n_dead
             print(f"{d:>7} {L:>7} {n_dead:>5} {density:>7.2f} {sparse:>9.1f} {dense:>9.1f} {sparse / dense:>13.2f}x")
     finally:
-        batchtopk.DENSE_AUX_DENSITY = saved
+        config.DENSE_AUX_DENSITY = saved
     print(f"diffeval runs the dense path where the density is at least 1/{saved}")
 
 

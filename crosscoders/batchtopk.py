@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from diffeval.crosscoders.base import CrossCoderBase
-from diffeval.crosscoders.config import DENSE_AUX_DENSITY, CrossCoderConfig
+from diffeval.crosscoders.config import CrossCoderConfig, aux_runs_dense
 from diffeval.crosscoders.distributed import global_batch_topk
 from diffeval.crosscoders.sparse import batch_topk, sparse_decode, sparse_encode
 
@@ -80,7 +80,7 @@ class BatchTopKCrossCoder(CrossCoderBase):
         if not keep.any():
             return residual.new_zeros(())
         L = self.cfg.n_latents
-        if k_aux * DENSE_AUX_DENSITY >= len(dead_ids):
+        if aux_runs_dense(len(dead_ids), self.cfg.aux_k):
             approx = _dense_aux_decode(xf, self.enc_matrix(), self.b_enc, self.W_dec.reshape(L, -1), dead_ids,
                                        top.indices, keep)
         else:

@@ -14,6 +14,12 @@ STORE_DTYPES = ("float32", "float16", "bfloat16")  # what an activation cache's 
 # where the sparse path would sort B·aux_k pairs twice (benches/bench_aux.py measures both).
 DENSE_AUX_DENSITY = 4
 
+
+def aux_runs_dense(n_dead: int, aux_k: int) -> bool:
+    """Whether the auxiliary loss decodes its `n_dead` dead latents densely: its top aux_k keeps at least
+    1/DENSE_AUX_DENSITY of them (batchtopk; plan's time estimate follows the same rule)."""
+    return min(aux_k, n_dead) * DENSE_AUX_DENSITY >= n_dead
+
 STREAM_BUFFER_ROWS = 65_536  # a streamed crosscoder's shuffle buffer: 64 batches of 1024, so rows of one
 # sequence rarely share a batch (crosscoders.stream)
 

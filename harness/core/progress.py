@@ -90,22 +90,22 @@ class Heartbeat:
 
     def __init__(self, name: str, total: int, unit: str, every_s: float = 60.0) -> None:
         self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
-        self.start = self.last = time.perf_counter()
+        self.start = self.last = 0.0  # set by the first beat
         self.first: int | None = None
         self.active = not _isatty(sys.stderr)
 
     def beat(self, done: int, detail: str = "") -> None:
         now = time.perf_counter()
         if self.first is None:
-            self.first, self.start = done, now
+            self.first, self.start, self.last = done, now, now
         if not self.active or now - self.last < self.every_s or done <= self.first:
             return
         self.last = now
-        rate = (done - self.first) / (now - self.start)
+        rate = (done - self.first) / max(now - self.start, 1e-9)
         left = (self.total - done) / rate if rate > 0 else float("inf")
         share = 100 * done / max(self.total, 1)
         log.info("%s: %d of %d %s (%.0f %%)%s, about %s left", self.name, done, self.total, self.unit, share,
-                 f", {detail}" if detail else "", _duration(left))
+                 f", {detail}" if detail else "", duration(left))
 
 
 def _isatty(stream: object) -> bool:
@@ -115,7 +115,8 @@ def _isatty(stream: object) -> bool:
         return False
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A time as a person reads it: seconds under 2 minutes, minutes under 2 hours, then hours."""
     if seconds == float("inf"):
         return "an unknown time"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -8,9 +8,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-from diffeval.crosscoders.config import DENSE_AUX_DENSITY, STREAM_BUFFER_ROWS, CrossCoderConfig
+from diffeval.crosscoders.config import (
+    DENSE_AUX_DENSITY,
+    STREAM_BUFFER_ROWS,
+    CrossCoderConfig,
+    aux_runs_dense,
+)
 from diffeval.harness.core import files, models
 from diffeval.harness.core.io import read_json
+from diffeval.harness.core.progress import duration
 from diffeval.harness.core.runconfig import STREAM_CACHE_ROWS, RunConfig, n_latents_for
 
 STAGE_NAMES = ("bench.base", "bench.tuned", "bench.deltas", "activations", "crosscoder", "transcripts", "probes",
@@ -23,19 +29,26 @@ class Rates:
     estimates they give with finished runs; docs/development.md has the ratios)."""
 
     forward_flops: float      # model forward, FLOP/s (2 FLOPs per non-embedding parameter per token)
+    row_s: float              # per collected row beside the forward: tokenising, the outlier filter, the shard writes
     gguf_load_s: float        # seconds per parameter to de-quantise a GGUF model
     step_fixed_s: float       # crosscoder step cost that does not grow with its size (data, selection, aux loss, Adam)
     step_flops: float         # the dense encoder forward that selects the active latents, FLOP/s
     aux_pair_s: float         # the auxiliary loss' sparse encode + decode, per (row, dead latent) pair and dimension
+    aux_dense_flops: float    # the auxiliary loss' dense path over few dead latents, FLOP/s
 
 
 RATES = {
-    # 2 CPU cores: the quick start's crosscoder (78 ms a step at d 96), benches/bench_crosscoder.py (d 576,
-    # 4096 latents), the Gemma-3-270M organism's collection and de-quantisation
-    "cpu": Rates(forward_flops=20e9, gguf_load_s=1.3e-7, step_fixed_s=0.07, step_flops=150e9, aux_pair_s=1.5e-9),
-    # one H200: benches/bench_crosscoder.py --device cuda (d 576 and 2304); the forward and auxiliary-loss rates
-    # are round figures that no measurement here has checked
-    "cuda": Rates(forward_flops=100e12, gguf_load_s=1.3e-7, step_fixed_s=0.004, step_flops=20e12, aux_pair_s=1e-12),
+    # 2 CPU cores: the quick start's crosscoder (33-41 ms a step at d 96 with the dense auxiliary loss) and
+    # collection (1-2 s for 50 000 rows of a tiny pair: row_s); benches/bench_crosscoder.py (d 576, 4096
+    # latents); benches/bench_aux.py (38-57 GFLOP/s on the dense auxiliary path); the Gemma-3-270M organism's
+    # collection (50 000 rows), streamed crosscoder (1 M rows, about 250 row pairs a second) and
+    # de-quantisation (docs/real-pairs.md)
+    "cpu": Rates(forward_flops=55e9, row_s=2e-5, gguf_load_s=1.3e-7, step_fixed_s=0.035, step_flops=150e9,
+                 aux_pair_s=1.5e-9, aux_dense_flops=50e9),
+    # one H200: benches/bench_crosscoder.py --device cuda (d 576 and 2304); the forward, per-row and
+    # auxiliary-loss rates are round figures that no measurement here has checked
+    "cuda": Rates(forward_flops=100e12, row_s=0.0, gguf_load_s=1.3e-7, step_fixed_s=0.004, step_flops=20e12,
+                  aux_pair_s=1e-12, aux_dense_flops=20e12),
 }
 BATCH, AUX_K = CrossCoderConfig.batch_size, CrossCoderConfig.aux_k  # rows per step, auxiliary-loss latents per row
 
@@ -55,7 +68,7 @@ def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
     n_latents = n_latents_for(cfg.n_latents, size.d_model)
     depth = (cfg.layer if 0 < cfg.layer < 1 else (cfg.layer + 1) / max(size.n_layers, 1)) if size.n_layers else 1.0
     load_s = 2 * size.n_params * (rates.gguf_load_s if size.gguf else 0.0)
-    per_token_s = 2 * 2 * size.body_params * depth / rates.forward_flops
+    per_token_s = 2 * 2 * size.body_params * depth / rates.forward_flops + rates.row_s
     step_s = rates.step_fixed_s + 2 * BATCH * 2 * size.d_model * n_latents / rates.step_flops
     aux_s = aux_step_s(rates, n_latents, size.d_model)
     steps = 0 if cfg.crosscoder else cfg.n_steps
@@ -72,12 +85,15 @@ def estimates(cfg: RunConfig, size: Size) -> dict[str, float]:
 
 
 def aux_step_s(rates: Rates, n_latents: int, d_model: int) -> float:
-    """The auxiliary loss' cost a step while latents are dead. A dictionary of at most aux_k ×
-    DENSE_AUX_DENSITY latents always takes the dense path (batchtopk): a decode of all its latents, forward and
-    backward; a larger one, at worst, the sparse path's aux_k (row, latent) pairs a row."""
-    if n_latents <= AUX_K * DENSE_AUX_DENSITY:
-        return 3 * BATCH * n_latents * 2 * 2 * d_model / rates.step_flops
-    return BATCH * AUX_K * 2 * d_model * rates.aux_pair_s
+    """The auxiliary loss' cost a step at worst while latents are dead. A dictionary whose every latent may
+    be dead and still decoded densely (`aux_runs_dense`) costs that dense decode of all its latents; a larger
+    one the dearer of the largest dense decode and the sparse path's aux_k (row, latent) pairs a row."""
+    def dense(n_dead: int) -> float:  # five products over [batch, n_dead] × [n_dead, 2 d]: two forward, three backward
+        return 5 * 2 * BATCH * n_dead * 2 * d_model / rates.aux_dense_flops
+
+    if aux_runs_dense(n_latents, AUX_K):
+        return dense(n_latents)
+    return max(dense(AUX_K * DENSE_AUX_DENSITY), BATCH * AUX_K * 2 * d_model * rates.aux_pair_s)
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -103,7 +119,7 @@ def plan(cfg: RunConfig, run_dir: Path) -> str:
                 [f"memory: both models ({cfg.dtype})", _gb(est["models_bytes"])],
                 ["memory: crosscoder training", _gb(est["crosscoder_bytes"])],
                 *([["memory: the stream's shuffle buffer", _gb(est["buffer_bytes"])]] if est["buffer_bytes"] else []),
-                [f"time: activation collection ({where})", _minutes(est["activations_s"])],
+                [f"time: activation collection ({where})", duration(est["activations_s"])],
                 [f"time: crosscoder training ({where}{', streamed: the forward passes included' if cfg.streams() else ''})",
                  "none (--crosscoder given)" if cfg.crosscoder else _span(est["crosscoder_s"], est["crosscoder_max_s"])]]
     preset = f"preset {cfg.preset}: " if cfg.preset else ""
@@ -126,13 +142,9 @@ def pair_size(tuned: str) -> Size:
 
 def _span(low: float, high: float) -> str:
     """The training time from no dead latent to the auxiliary loss at full cost (one figure when they agree)."""
-    if _minutes(low) == _minutes(high):
-        return _minutes(low)
-    return f"{_minutes(low)} to {_minutes(high)} (the upper figure while {AUX_K}+ latents are dead: the auxiliary loss)"
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    if duration(low) == duration(high):
+        return duration(low)
+    return f"{duration(low)} to {duration(high)} (the upper figure while many latents are dead: the auxiliary loss)"
 
 
 def model_size(spec: Any, detail: bool = False) -> tuple[int, ...]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffeval.crosscoders import batchtopk
+from diffeval.crosscoders import batchtopk, config
 from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.crosscoders.sparse import batch_topk, encoder_grad, sparse_decode, sparse_encode
 from diffeval.crosscoders.train import build_crosscoder
@@ -57,7 +57,7 @@ def test_dense_and_sparse_auxiliary_losses_agree(monkeypatch, n_dead) -> None:
     dead[torch.randperm(800, generator=torch.Generator().manual_seed(1))[:n_dead]] = True
     results = []
     for density in (10**9, 0):  # every aux dense; every aux sparse
-        monkeypatch.setattr(batchtopk, "DENSE_AUX_DENSITY", density)
+        monkeypatch.setattr(config, "DENSE_AUX_DENSITY", density)
         torch.manual_seed(0)
         model = build_crosscoder(cfg)
         model.init_from_data(x)
@@ -67,3 +67,18 @@ def test_dense_and_sparse_auxiliary_losses_agree(monkeypatch, n_dead) -> None:
     assert float(results[0][0]) > 0
     for dense, sparse in zip(*results, strict=True):
         torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_latents", [1024, 1025])  # aux_k 256 x DENSE_AUX_DENSITY 4: the last dense size, the first sparse
+def test_the_auxiliary_loss_takes_the_path_that_plan_estimates(monkeypatch, n_latents) -> None:
+    """With every latent dead, training decodes densely exactly where `aux_runs_dense` says so (plan's
+    estimate reads the same rule)."""
+    calls = []
+    real = batchtopk._dense_aux_decode
+    monkeypatch.setattr(batchtopk, "_dense_aux_decode", lambda *a: calls.append(1) or real(*a))
+    cfg = CrossCoderConfig(n_models=2, d_model=8, n_latents=n_latents, k=4, dtype="float32")
+    x = torch.randn(64, 2, 8, generator=torch.Generator().manual_seed(0))
+    model = build_crosscoder(cfg)
+    model.init_from_data(x)
+    model.training_loss(x, cfg.k, torch.ones(n_latents, dtype=torch.bool))
+    assert bool(calls) == config.aux_runs_dense(n_latents, cfg.aux_k) == (n_latents == 1024)

@@ -2,13 +2,13 @@
 
 import io
 import logging
-import re
 
 import torch
 
 from diffeval.crosscoders import train_crosscoder
 from diffeval.crosscoders.config import CrossCoderConfig
 from diffeval.harness.core import progress
+from diffeval.harness.stages.crosscoder import metrics_summary
 
 
 class _Terminal(io.StringIO):
@@ -16,7 +16,10 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _lines(monkeypatch, stderr: io.StringIO, beats: list[tuple[int, str]]) -> list[str]:
+def _lines(monkeypatch, stderr: io.StringIO, beats: list[tuple[float, int, str]]) -> list[str]:
+    """The lines a heartbeat over 200 steps logs for beats (clock time in s, steps done, detail)."""
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr("sys.stderr", stderr)
     seen = []
     handler = logging.Handler()
@@ -25,8 +28,9 @@ def _lines(monkeypatch, stderr: io.StringIO, beats: list[tuple[int, str]]) -> li
     old_level = progress.log.level
     progress.log.setLevel(logging.INFO)
     try:
-        beat = progress.Heartbeat("crosscoder", 200, "steps", every_s=0.0)
-        for done, detail in beats:
+        beat = progress.Heartbeat("crosscoder", 200, "steps", every_s=60.0)
+        for now, done, detail in beats:
+            clock[0] = now
             beat.beat(done, detail)
     finally:
         progress.log.removeHandler(handler)
@@ -34,15 +38,23 @@ def _lines(monkeypatch, stderr: io.StringIO, beats: list[tuple[int, str]]) -> li
     return seen
 
 
-def test_a_heartbeat_reports_done_share_detail_and_time_left_when_stderr_is_not_a_terminal(monkeypatch):
-    seen = _lines(monkeypatch, io.StringIO(), [(50, "loss 1"), (100, "loss 0.5"), (150, "")])
-    assert len(seen) == 2  # the first beat only sets the start: nothing is known about the rate yet
-    assert re.fullmatch(r"crosscoder: 100 of 200 steps \(50 %\), loss 0\.5, about \d+ s left", seen[0]), seen[0]
-    assert re.fullmatch(r"crosscoder: 150 of 200 steps \(75 %\), about \d+ s left", seen[1]), seen[1]
+def test_a_heartbeat_logs_at_most_once_a_minute_with_the_rate_since_its_first_beat(monkeypatch):
+    """Start-up (the first 100 s) is not in the rate: 50 steps in 60 s after the first beat leave 100 steps,
+    2 min at that rate; a beat 30 s after a line is held back."""
+    beats = [(100.0, 50, "loss 1"), (130.0, 75, "held back"), (160.0, 100, "loss 0.5"), (190.0, 120, "held back"),
+             (220.0, 150, "")]
+    seen = _lines(monkeypatch, io.StringIO(), beats)
+    assert seen == ["crosscoder: 100 of 200 steps (50 %), loss 0.5, about 2 min left",
+                    "crosscoder: 150 of 200 steps (75 %), about 60 s left"]
 
 
 def test_a_heartbeat_is_silent_on_a_terminal_where_the_bar_is_drawn(monkeypatch):
-    assert _lines(monkeypatch, _Terminal(), [(50, ""), (100, ""), (150, "")]) == []
+    assert _lines(monkeypatch, _Terminal(), [(0.0, 50, ""), (100.0, 100, ""), (200.0, 150, "")]) == []
+
+
+def test_durations_read_as_seconds_minutes_then_hours():
+    assert [progress.duration(s) for s in (59, 119, 120, 7199, 7200, float("inf"))] == \
+        ["59 s", "119 s", "2 min", "120 min", "2.0 h", "an unknown time"]
 
 
 def test_training_hands_every_metrics_row_to_its_callback():
@@ -54,7 +66,5 @@ def test_training_hands_every_metrics_row_to_its_callback():
 
 
 def test_the_crosscoder_stage_summarises_a_metrics_row_in_one_phrase():
-    from diffeval.harness.stages.crosscoder import metrics_summary
-
     row = {"step": 250, "loss": 12.345, "fve": [0.812, 0.787], "dead_fraction": 0.031, "rows_per_s": 245.4}
     assert metrics_summary(row) == "loss 12.3, FVE 0.81/0.79, 3 % dead, 245 rows/s"
