@@ -88,11 +88,11 @@ class Heartbeat:
     loop's earlier units nor its start-up count) and the time left at that rate; on a terminal it does nothing
     (tqdm's bar is drawn there)."""
 
-    def __init__(self, name: str, total: int, unit: str, every_s: float = 60.0) -> None:
+    def __init__(self, name: str, total: int, unit: str, every_s: float = 60.0, enabled: bool = True) -> None:
         self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
         self.start = self.last = 0.0  # set by the first beat
         self.first: int | None = None
-        self.active = not _isatty(sys.stderr)
+        self.active = enabled and not _isatty(sys.stderr)
 
     def beat(self, done: int, detail: str = "") -> None:
         now = time.perf_counter()
@@ -101,8 +101,8 @@ class Heartbeat:
         if not self.active or now - self.last < self.every_s or done <= self.first:
             return
         self.last = now
-        rate = (done - self.first) / max(now - self.start, 1e-9)
-        left = (self.total - done) / rate if rate > 0 else float("inf")
+        rate = (done - self.first) / max(now - self.start, 1e-9)  # done > first here: the rate is positive
+        left = (self.total - done) / rate
         share = 100 * done / max(self.total, 1)
         log.info("%s: %d of %d %s (%.0f %%)%s, about %s left", self.name, done, self.total, self.unit, share,
                  f", {detail}" if detail else "", duration(left))

@@ -170,8 +170,7 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     writer = ShardWriter(work, manifest, budget, cfg.shard_rows, cfg.store_dtype)
     start, skip = writer.resume_point(rank * cfg.batch_size)
     bar = tqdm(total=budget, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
-    beat = progress.Heartbeat("activations", budget, "rows")  # rank 0's share stands for every rank's
-    beat.active &= rank == 0
+    beat = progress.Heartbeat("activations", budget, "rows", enabled=rank == 0)  # rank 0's share stands for all
     for first in range(start, len(seqs), world * cfg.batch_size):
         batch = cached.pop(first, None) or forward(first)
         keep = batch.inliers(cfg, manifest["median_norm"])
