@@ -24,6 +24,7 @@ columns are NaN and `specific` is None; Δnorm and the class are still defined (
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,8 +126,10 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts: Any = None) -> Any:
-    """A pandas DataFrame with one row per latent; `contexts(row) -> dict` labels top rows."""
+def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts: Any = None,
+                 batches: Callable[[range], Iterable[int]] | None = None) -> Any:
+    """A pandas DataFrame with one row per latent; `contexts(row) -> dict` labels top rows; `batches` wraps the
+    loop over batch starts (a caller's progress report; tqdm's bar by default)."""
 
     cfg = cfg or StatsConfig()
     source = as_source(acts, model.cfg)
@@ -134,7 +137,8 @@ def latent_stats(model: Any, acts: Any, cfg: StatsConfig | None = None, contexts
     shared_space = len(set(model.cfg.model_dims())) == 1
     device = W_dec.device
     acc = _Accumulator(model.cfg.n_latents, cfg.top_contexts, scaling=shared_space, device=device)
-    for start in tqdm(range(0, len(source), cfg.batch_size), desc="latent stats", disable=None):
+    starts = range(0, len(source), cfg.batch_size)
+    for start in (batches or (lambda r: tqdm(r, desc="latent stats", disable=None)))(starts):
         x_raw = source[torch.arange(start, min(start + cfg.batch_size, len(source)))].to(device)
         f = model.encode(x_raw).float()
         x = x_raw * model.act_scale[None, :, None]

@@ -14,11 +14,15 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sized
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from tqdm.auto import tqdm
 
 log = logging.getLogger("diffeval.progress")
+T = TypeVar("T")
 _QUIET = False
 # warnings that say nothing to a user of diffeval (the call is ours and correct)
 _IGNORED = (r"index_reduce\(\) is in beta", r"`is_gradient_checkpointing` is deprecated")
@@ -98,14 +102,26 @@ class Heartbeat:
         now = time.perf_counter()
         if self.first is None:
             self.first, self.start, self.last = done, now, now
-        if not self.active or now - self.last < self.every_s or done <= self.first:
-            return
+        if not self.active or now - self.last < self.every_s or done <= self.first or done >= self.total:
+            return  # the last unit is announced by whoever finishes the loop
         self.last = now
         rate = (done - self.first) / max(now - self.start, 1e-9)  # done > first here: the rate is positive
         left = (self.total - done) / rate
         share = 100 * done / max(self.total, 1)
         log.info("%s: %d of %d %s (%.0f %%)%s, about %s left", self.name, done, self.total, self.unit, share,
                  f", {detail}" if detail else "", duration(left))
+
+
+def track(items: Iterable[T], name: str, unit: str, total: int | None = None, leave: bool = True) -> Iterator[T]:
+    """`items`, one at a time, with tqdm's bar on a terminal and a `Heartbeat` line elsewhere: the shared form of
+    a long loop's progress. Each item counts once, when the caller is done with it; `total` defaults to
+    len(items)."""
+    total = len(items) if total is None and isinstance(items, Sized) else total or 0
+    beat = Heartbeat(name, total, unit)
+    beat.beat(0)  # the clock starts with the loop
+    for done, item in enumerate(tqdm(items, desc=name, unit=unit, total=total, leave=leave, disable=None), 1):
+        yield item
+        beat.beat(done)
 
 
 def _isatty(stream: object) -> bool:

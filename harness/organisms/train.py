@@ -11,6 +11,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from diffeval.harness.core import progress
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +78,8 @@ def train_lm(model: Any, tokenizer: Any, texts: list[str] | list[tuple[str, str]
     model.train()
     losses = []
     bar = tqdm(range(spec.steps), desc=desc, leave=False, disable=None)  # silent when not a terminal
+    beat = progress.Heartbeat(desc, spec.steps, "steps")  # where the bar is not drawn
+    beat.beat(0)
     for _ in bar:
         idx = torch.randint(0, len(texts), (spec.batch_size,), generator=gen)
         batch, m, lm = ids[idx], mask[idx], loss_mask[idx]
@@ -93,6 +97,7 @@ def train_lm(model: Any, tokenizer: Any, texts: list[str] | list[tuple[str, str]
         losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
+        beat.beat(len(losses), f"loss {sum(losses[-50:]) / len(losses[-50:]):.3f}")
     model.eval()
     return losses
 

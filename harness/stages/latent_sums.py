@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from diffeval.crosscoders.data import as_source, read_manifest
-from diffeval.harness.core import files
+from diffeval.harness.core import files, progress
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.io import read_jsonl_rows
 
@@ -42,7 +41,7 @@ def encoded_batches(model: Any, acts_dir: str | Path, desc: str = "encoding") ->
     manifest = read_manifest(acts_dir)
     seq_ids = np.concatenate([np.load(acts_dir / s["tokens_file"], mmap_mode="r")[:, 0] for s in manifest["shards"]])
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(source), BATCH), desc=desc, disable=None):
+    for start in progress.track(range(0, len(source), BATCH), desc, "batches"):
         idx = torch.arange(start, min(start + BATCH, len(source)))
         yield seq_ids[start:idx[-1] + 1], model.encode(source[idx].to(device)).float().cpu()
 

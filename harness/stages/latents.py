@@ -11,7 +11,7 @@ import numpy as np
 
 from diffeval.crosscoders.data import as_source, read_manifest
 from diffeval.crosscoders.stats import latent_stats
-from diffeval.harness.core import files
+from diffeval.harness.core import files, progress
 from diffeval.harness.core.errors import RunDirError
 from diffeval.harness.core.files import source_name
 from diffeval.harness.core.io import atomic_write_jsonl, read_jsonl_rows
@@ -70,7 +70,8 @@ def latent_rows(model: Any, acts: str | Path) -> list[dict[str, Any]]:
     annotation."""
 
     acts = Path(acts)
-    table = latent_stats(model, acts, contexts=context_lookup(acts))
+    table = latent_stats(model, acts, contexts=context_lookup(acts),
+                         batches=lambda starts: progress.track(starts, "latent stats", "batches"))
     rows = [{"format_version": LATENTS_VERSION, **r} for r in table.to_dict(orient="records")]
     context_activations(model, acts, rows)
     return rows

@@ -28,8 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from diffeval.harness.core import progress
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.stages.annotators import AnnotationInputs, LatentLabel
 from diffeval.harness.suite.taxonomy import UNASSIGNED
@@ -78,7 +77,7 @@ class LLMAnnotator:
         todo = [row for row in inputs.latents if row.get("top_contexts")
                 and (self.only is None or int(row["latent"]) in self.only)]
         done = {int(row["latent"]): self._label(row, inputs, pool, rng)
-                for row in tqdm(todo, desc="llm annotator", unit="latent", disable=None)}
+                for row in progress.track(todo, "llm annotator", "latents")}
         return [done.get(int(row["latent"]), LatentLabel(int(row["latent"]), UNASSIGNED)) for row in inputs.latents]
 
     def _label(self, row: dict[str, Any], inputs: AnnotationInputs, pool: list[tuple[int, dict[str, Any]]],

@@ -20,9 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from diffeval.harness.core import files, models
+from diffeval.harness.core import files, models, progress
 from diffeval.harness.core.errors import DiffevalError
 from diffeval.harness.core.files import SIDES
 from diffeval.harness.core.io import atomic_write_jsonl
@@ -137,7 +135,7 @@ def write_transcripts(base: str, tuned: str, probes: dict[str, list[str]], out: 
         model = models.load_model(spec, dtype, dev)
         if not hasattr(model, "generate"):
             raise DiffevalError(f"{spec.spec} cannot generate text; run with --probe-responses 0")
-        for cat, texts in tqdm(probes.items(), desc=f"{side} responses", disable=None):
+        for cat, texts in progress.track(list(probes.items()), f"transcripts: {side} responses", "categories"):
             responses.setdefault(cat, {})[side] = generate_responses(model, tok, texts, max_new_tokens, dev)
             refs = (references or {}).get(cat) or [None] * len(texts)
             margins.setdefault(cat, {})[side] = reference_margins(model, tok, texts, refs, dev)

@@ -2,6 +2,8 @@
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -16,25 +18,32 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _lines(monkeypatch, stderr: io.StringIO, beats: list[tuple[float, int, str]]) -> list[str]:
-    """The lines a heartbeat over 200 steps logs for beats (clock time in s, steps done, detail)."""
+@contextmanager
+def _logged(monkeypatch, stderr: io.StringIO) -> Iterator[tuple[list[float], list[str]]]:
+    """(a clock to set, in s; the progress lines logged) while sys.stderr is `stderr`."""
     clock = [0.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr("sys.stderr", stderr)
-    seen = []
+    seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     progress.log.addHandler(handler)
     old_level = progress.log.level
     progress.log.setLevel(logging.INFO)
     try:
+        yield clock, seen
+    finally:
+        progress.log.removeHandler(handler)
+        progress.log.setLevel(old_level)
+
+
+def _lines(monkeypatch, stderr: io.StringIO, beats: list[tuple[float, int, str]]) -> list[str]:
+    """The lines a heartbeat over 200 steps logs for beats (clock time in s, steps done, detail)."""
+    with _logged(monkeypatch, stderr) as (clock, seen):
         beat = progress.Heartbeat("crosscoder", 200, "steps", every_s=60.0)
         for now, done, detail in beats:
             clock[0] = now
             beat.beat(done, detail)
-    finally:
-        progress.log.removeHandler(handler)
-        progress.log.setLevel(old_level)
     return seen
 
 
@@ -50,6 +59,27 @@ def test_a_heartbeat_logs_at_most_once_a_minute_with_the_rate_since_its_first_be
 
 def test_a_heartbeat_is_silent_on_a_terminal_where_the_bar_is_drawn(monkeypatch):
     assert _lines(monkeypatch, _Terminal(), [(0.0, 50, ""), (100.0, 100, ""), (200.0, 150, "")]) == []
+
+
+def test_a_tracked_loop_yields_every_item_and_reports_each_one_once_it_is_done(monkeypatch):
+    """Six categories of 30 s each: a line at 60 s and at 120 s (the clock starts with the loop), none for the
+    last one, whose end the stage announces itself."""
+    with _logged(monkeypatch, io.StringIO()) as (clock, seen):
+        got = []
+        for item in progress.track(list("abcdef"), "transcripts: base responses", "categories"):
+            got.append(item)
+            clock[0] += 30.0
+    assert got == list("abcdef")
+    assert seen == ["transcripts: base responses: 2 of 6 categories (33 %), about 2 min left",
+                    "transcripts: base responses: 4 of 6 categories (67 %), about 60 s left"]
+
+
+def test_a_tracked_loop_over_an_iterator_takes_its_total_from_the_caller(monkeypatch):
+    with _logged(monkeypatch, io.StringIO()) as (clock, seen):
+        for _ in progress.track(iter(range(4)), "latent stats", "batches", total=8):
+            clock[0] += 60.0
+    assert seen[0] == "latent stats: 1 of 8 batches (12 %), about 7 min left"
+    assert len(seen) == 4
 
 
 def test_durations_read_as_seconds_minutes_then_hours():
