@@ -1,7 +1,7 @@
 """What a run says on stderr: each stage announced by name, and third-party output kept out of the way.
 
 `diffeval -v`/`-vv` lets everything through. At the default level, the command line calls `configure(0)`:
-the stages that run are announced, transformers' loading bars and two known library warnings are
+the stages that run are announced, transformers' loading bars and three known library warnings are
 silenced, and what lm-eval writes to stderr while it scores (its per-task bars, a `git` probe's complaint
 outside a repository) goes to a log file in the run directory instead of the terminal.
 Library callers that never call `configure` see everything, as before.
@@ -25,7 +25,9 @@ log = logging.getLogger("diffeval.progress")
 T = TypeVar("T")
 _QUIET = False
 # warnings that say nothing to a user of diffeval (the call is ours and correct)
-_IGNORED = (r"index_reduce\(\) is in beta", r"`is_gradient_checkpointing` is deprecated")
+# (peft's, on saving an adapter of a GGUF base that has no config.json: LoRA leaves the vocabulary alone)
+_IGNORED = (r"index_reduce\(\) is in beta", r"`is_gradient_checkpointing` is deprecated",
+            r"Could not find a config file in .* will assume that the vocabulary was not modified")
 
 
 def configure(verbose: int) -> None:

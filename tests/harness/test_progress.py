@@ -2,6 +2,7 @@
 
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -98,3 +99,20 @@ def test_training_hands_every_metrics_row_to_its_callback():
 def test_the_crosscoder_stage_summarises_a_metrics_row_in_one_phrase():
     row = {"step": 250, "loss": 12.345, "fve": [0.812, 0.787], "dead_fraction": 0.031, "rows_per_s": 245.4}
     assert metrics_summary(row) == "loss 12.3, FVE 0.81/0.79, 3 % dead, 245 rows/s"
+
+
+def test_the_quiet_level_silences_the_known_library_warnings_and_nothing_else(monkeypatch):
+    monkeypatch.setattr(progress, "_QUIET", progress._QUIET)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    handlers, level, propagate = progress.log.handlers[:], progress.log.level, progress.log.propagate
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            progress.configure(0)
+            warnings.warn("Could not find a config file in /tmp/x/base - will assume that the vocabulary was not "
+                          "modified.", UserWarning, stacklevel=1)
+            warnings.warn("index_reduce() is in beta and the API may change at any time.", UserWarning, stacklevel=1)
+            warnings.warn("Could not find the tokenizer.", UserWarning, stacklevel=1)
+    finally:
+        progress.log.handlers[:], progress.log.level, progress.log.propagate = handlers, level, propagate
+    assert [str(w.message) for w in seen] == ["Could not find the tokenizer."]
