@@ -34,7 +34,7 @@ from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
 from diffeval.harness.core.stageconfig import ActivationsStageConfig, stage_key
-from diffeval.harness.stages.corpus import corpus_sequences
+from diffeval.harness.stages.corpus import corpus_sequences, length_buckets
 from diffeval.harness.stages.inputs import bench_tasks
 from diffeval.harness.stages.transcripts import stage_transcripts
 from diffeval.harness.suite import CORPUS_DIR
@@ -100,8 +100,9 @@ def launch_rank() -> tuple[int, int]:
     return rank, world
 
 
-SEQUENCES_VERSION = 3  # 2: sequences.jsonl holds each token's decoded text ("pieces") beside its raw token;
-# 3: a probe's prompt tokens enter the corpus once (corpus.transcript_sequences)
+SEQUENCES_VERSION = 4  # 2: sequences.jsonl holds each token's decoded text ("pieces") beside its raw token;
+# 3: a probe's prompt tokens enter the corpus once (corpus.transcript_sequences);
+# 4: sequences ordered by length within windows of batches (corpus.length_buckets)
 
 
 def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
@@ -124,12 +125,24 @@ def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
 
 def collection_inputs(cfg: ActivationsConfig) -> tuple[list[Any], Any, list[dict[str, Any]]]:
     """Both models' specs, the tokenizer they share (checked; padding on the right, so that row positions are
-    token indices, which the transcripts rely on) and the sequences to collect on."""
+    token indices, which the transcripts rely on) and the sequences to collect on, in batches of about one
+    length (`corpus.length_buckets`)."""
     specs = [models.resolve_spec(cfg.base), models.resolve_spec(cfg.tuned)]
     toks = [models.load_tokenizer(s) for s in specs]
     models.check_same_tokenizer(toks[0], toks[1], cfg.base, cfg.tuned)
-    toks[1].padding_side = "right"
-    return specs, toks[1], corpus_sequences(cfg, toks[1])
+    tok = toks[1]
+    tok.padding_side = "right"
+    seqs = corpus_sequences(cfg, tok)
+    return specs, tok, length_buckets(seqs, token_lengths(tok, [s["text"] for s in seqs], cfg.seq_len), cfg.batch_size)
+
+
+def token_lengths(tok: Any, texts: list[str], max_length: int, chunk: int = 4096) -> list[int]:
+    """Each text's length in tokens as a forward batch sees it (special tokens, truncation), read in chunks so
+    that a large corpus's token ids are never all held at once."""
+    out: list[int] = []
+    for start in range(0, len(texts), chunk):
+        out += [len(ids) for ids in tok(texts[start:start + chunk], truncation=True, max_length=max_length)["input_ids"]]
+    return out
 
 
 @dataclass

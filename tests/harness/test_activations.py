@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,8 +24,10 @@ from diffeval.harness.stages import corpus
 from diffeval.harness.stages.activations import (
     ActivationsConfig,
     collect_activations,
+    collection_inputs,
     decoder_blocks,
     resolve_layer,
+    token_lengths,
     truncated_hidden,
 )
 from diffeval.harness.stages.corpus import corpus_sequences, shipped_corpus
@@ -321,3 +324,35 @@ def test_each_model_is_loaded_on_its_own_device(tiny_pair, acts_dir, tmp_path, m
     assert seen == ["cpu", "cpu"]
     one, two = ActivationStore(acts_dir), ActivationStore(out)
     assert len(one) == len(two) and torch.equal(one[torch.arange(len(one))], two[torch.arange(len(two))])
+
+
+def _fill(lengths: list[int], batch_size: int) -> float:
+    """The share of a forward batch's token slots (each padded to its longest sequence) that hold tokens."""
+    batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+    return sum(map(sum, batches)) / sum(max(b) * len(b) for b in batches)
+
+
+def test_length_buckets_keep_each_window_and_fill_the_batches():
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(3, 20), 128]) for _ in range(1000)]
+    seqs = [{"doc_id": i, "text": "x" * n} for i, n in enumerate(lengths)]
+    out = corpus.length_buckets(seqs, lengths, batch_size=16, window=8)
+    assert sorted(s["doc_id"] for s in out) == list(range(1000))
+    span = 8 * 16
+    for start in range(0, 1000, span):  # a window holds the sequences it held: the sources stay mixed at that scale
+        assert {s["doc_id"] for s in out[start:start + span]} == set(range(start, min(start + span, 1000)))
+    after = [lengths[s["doc_id"]] for s in out]
+    assert _fill(lengths, 16) < 0.6 < 0.85 < _fill(after, 16)
+    assert out == corpus.length_buckets(seqs, lengths, batch_size=16, window=8)  # the order is fixed by its seed
+    firsts = [max(after[i:i + 16]) for i in range(0, span, 16)]  # a window's batches come in a shuffled order
+    assert firsts != sorted(firsts)
+
+
+def test_the_collection_orders_its_sequences_into_batches_of_one_length(tiny_pair, shipped_corpus_dir):
+    cfg = ActivationsConfig(base=tiny_pair[0], tuned=tiny_pair[1], tasks=("diffeval_factual",), batch_size=4)
+    _, tok, seqs = collection_inputs(cfg)
+    plain = corpus_sequences(cfg, tok)
+    assert sorted(s["text"] for s in seqs) == sorted(s["text"] for s in plain)
+    lengths = token_lengths(tok, [s["text"] for s in seqs], cfg.seq_len)
+    assert lengths == [len(tok(s["text"], truncation=True, max_length=cfg.seq_len)["input_ids"]) for s in seqs]
+    assert _fill(lengths, 4) > _fill(token_lengths(tok, [s["text"] for s in plain], cfg.seq_len), 4)
