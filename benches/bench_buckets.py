@@ -25,7 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from benches.common import parse
 from diffeval.harness.core import models
-from diffeval.harness.stages.activations import decoder_blocks, token_lengths, truncated_hidden
+from diffeval.harness.stages.activations import decoder_blocks, row_counts, truncated_hidden
 from diffeval.harness.stages.corpus import BUCKET_BATCHES, length_buckets
 from diffeval.harness.suite import CORPUS_DIR
 
@@ -40,7 +40,7 @@ def main() -> None:
     if args.model:
         spec = models.resolve_spec(args.model)
         model, tok = models.load_model(spec, "float32", str(device)), models.load_tokenizer(spec)
-        lengths = token_lengths(tok, texts, args.seq_len)
+        lengths = row_counts(tok, texts, args.seq_len)
         vocab = model.config.vocab_size
     else:
         cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

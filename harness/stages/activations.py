@@ -105,8 +105,9 @@ SEQUENCES_VERSION = 4  # 2: sequences.jsonl holds each token's decoded text ("pi
 # 4: sequences ordered by length within windows of batches (corpus.length_buckets)
 
 
-def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
-    """Collect paired activations into `out` (resuming a previous partial run of the same config)."""
+def collect_activations(cfg: ActivationsConfig, out: str | Path, name: str = "activations") -> Path:
+    """Collect paired activations into `out` (resuming a previous partial run of the same config); `name` is
+    what its progress says."""
 
     out = Path(out)
     rank, world = launch_rank()
@@ -117,7 +118,7 @@ def collect_activations(cfg: ActivationsConfig, out: str | Path) -> Path:
     work = out / RANK_DIR.format(rank) if world > 1 else out
     manifest = _resume_manifest(work, key)
     if not manifest["complete"]:
-        _collect_rank(cfg, work, manifest, specs, tok, seqs, rank, world)
+        _collect_rank(cfg, work, manifest, specs, tok, seqs, rank, world, name)
     if world > 1:
         _after_all_ranks(lambda: merge_rank_dirs(out, world) if rank == 0 else None)
     return out
@@ -133,15 +134,18 @@ def collection_inputs(cfg: ActivationsConfig) -> tuple[list[Any], Any, list[dict
     tok = toks[1]
     tok.padding_side = "right"
     seqs = corpus_sequences(cfg, tok)
-    return specs, tok, length_buckets(seqs, token_lengths(tok, [s["text"] for s in seqs], cfg.seq_len), cfg.batch_size)
+    for seq, n in zip(seqs, row_counts(tok, [s["text"] for s in seqs], cfg.seq_len), strict=True):
+        seq["n_rows"] = n  # sequences.jsonl keeps it
+    return specs, tok, length_buckets(seqs, [s["n_rows"] for s in seqs], cfg.batch_size)
 
 
-def token_lengths(tok: Any, texts: list[str], max_length: int, chunk: int = 4096) -> list[int]:
-    """Each text's length in tokens as a forward batch sees it (special tokens, truncation), read in chunks so
-    that a large corpus's token ids are never all held at once."""
+def row_counts(tok: Any, texts: list[str], max_length: int, chunk: int = 4096) -> list[int]:
+    """Per text, the rows a forward batch can give: its tokens as the batch reads them (special tokens,
+    truncation) that are not BOS. Read in chunks, so that a large corpus's token ids are never all held."""
     out: list[int] = []
     for start in range(0, len(texts), chunk):
-        out += [len(ids) for ids in tok(texts[start:start + chunk], truncation=True, max_length=max_length)["input_ids"]]
+        ids = tok(texts[start:start + chunk], truncation=True, max_length=max_length)["input_ids"]
+        out += [sum(t != tok.bos_token_id for t in row) for row in ids]
     return out
 
 
@@ -158,7 +162,7 @@ class _Batch:
 
 
 def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], specs: list[Any], tok: Any,
-                  seqs: list[dict[str, Any]], rank: int, world: int) -> None:
+                  seqs: list[dict[str, Any]], rank: int, world: int, name: str = "activations") -> None:
     """This rank's share: batches rank, rank + world, … of `seqs`, until its share of the budget."""
 
     device = cfg.device
@@ -182,8 +186,10 @@ def _collect_rank(cfg: ActivationsConfig, work: Path, manifest: dict[str, Any], 
     budget = cfg.tokens // world + (rank < cfg.tokens % world)
     writer = ShardWriter(work, manifest, budget, cfg.shard_rows, cfg.store_dtype)
     start, skip = writer.resume_point(rank * cfg.batch_size)
-    bar = tqdm(total=budget, initial=manifest["rows"], desc="activations", unit="tok", disable=None)
-    beat = progress.Heartbeat("activations", budget, "rows", enabled=rank == 0)  # rank 0's share stands for all
+    # what this rank will write: its budget, or every row of the corpus where that comes first (the probes)
+    expected = min(budget, sum(max(0, q["n_rows"] - q.get("skip", 0)) for q in seqs) // world)
+    bar = tqdm(total=expected, initial=manifest["rows"], desc=name, unit="tok", disable=None)
+    beat = progress.Heartbeat(name, expected, "rows", enabled=rank == 0)  # rank 0's share stands for all
     for first in range(start, len(seqs), world * cfg.batch_size):
         batch = cached.pop(first, None) or forward(first)
         keep = batch.inliers(cfg, manifest["median_norm"])
@@ -334,5 +340,5 @@ def collect_into(run: RunDir, name: str, out: str, key: str, acts: ActivationsCo
     else:
         fresh_stage_dir(run.path / out, key)
         with run.stage(name, key) as rec:
-            rec["outputs"] = [collect_activations(acts, run.path / out) / files.MANIFEST]
+            rec["outputs"] = [collect_activations(acts, run.path / out, name) / files.MANIFEST]
     return run.path / out

@@ -27,7 +27,7 @@ from diffeval.harness.stages.activations import (
     collection_inputs,
     decoder_blocks,
     resolve_layer,
-    token_lengths,
+    row_counts,
     truncated_hidden,
 )
 from diffeval.harness.stages.corpus import corpus_sequences, shipped_corpus
@@ -353,6 +353,25 @@ def test_the_collection_orders_its_sequences_into_batches_of_one_length(tiny_pai
     _, tok, seqs = collection_inputs(cfg)
     plain = corpus_sequences(cfg, tok)
     assert sorted(s["text"] for s in seqs) == sorted(s["text"] for s in plain)
-    lengths = token_lengths(tok, [s["text"] for s in seqs], cfg.seq_len)
-    assert lengths == [len(tok(s["text"], truncation=True, max_length=cfg.seq_len)["input_ids"]) for s in seqs]
-    assert _fill(lengths, 4) > _fill(token_lengths(tok, [s["text"] for s in plain], cfg.seq_len), 4)
+    lengths = row_counts(tok, [s["text"] for s in seqs], cfg.seq_len)
+    assert lengths == [s["n_rows"] for s in seqs] == [
+        sum(t != tok.bos_token_id for t in tok(s["text"], truncation=True, max_length=cfg.seq_len)["input_ids"])
+        for s in seqs]
+    assert _fill(lengths, 4) > _fill(row_counts(tok, [s["text"] for s in plain], cfg.seq_len), 4)
+
+
+@pytest.mark.parametrize("tokens", [10**6, 150])
+def test_the_collections_progress_counts_to_the_rows_it_will_write(tiny_pair, tmp_path, monkeypatch, tokens):
+    """A budget larger than the corpus (the probes' collection) counts to the corpus's rows, not the budget."""
+    totals = []
+    real = acts_mod.progress.Heartbeat
+
+    def recorded(name, total, unit, **kw):
+        totals.append((name, total))
+        return real(name, total, unit, **kw)
+
+    monkeypatch.setattr(acts_mod.progress, "Heartbeat", recorded)
+    cfg = ActivationsConfig(base=str(tiny_pair[0]), tuned=str(tiny_pair[1]), tokens=tokens, seq_len=32, batch_size=4,
+                            tasks=("diffeval_factual",))
+    rows = len(ActivationStore(collect_activations(cfg, tmp_path / "acts", name="probes")))
+    assert totals == [("probes", rows)]
