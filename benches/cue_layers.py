@@ -1,7 +1,7 @@
 """The headline's cue folds at every layer of a finished run's pair: where in depth fine-tuning moved each
 category's answer cues beyond the text around them and the other categories' cues.
 
-    python -m benches.cue_layers RUN_DIR [--layers 0,4,9,13,17] [--dtype float32]
+    python -m benches.cue_layers RUN_DIR [--layers 0,4,9,13,17] [--dtype float32] [--base A --tuned B]
 
 The run fixes the pair, the probe prompts (its transcripts: each probe counts once, its cue is its prompt's
 last token) and the layer its headline read. Both models read each prompt, and every block's output is
@@ -10,6 +10,9 @@ here over the prompts' positions), so that the run's own layer reproduces its he
 folds are `harness/stages/headline.cue_shifts` on those rows, the same null and test at `MIN_FOLD`, BH across
 categories at `--alpha`. A diagnostic of where a change lives, not a second headline: the run's layer stays
 the one its settings chose.
+
+`--base`/`--tuned` read the run's probe prompts with another pair of the same tokenizer (a placebo of
+the run's organism, whose probes are the same).
 """
 
 from __future__ import annotations
@@ -91,16 +94,19 @@ def main() -> None:
     ap.add_argument("--layers", default="", help="comma-separated block indices; empty = every block")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--base", default="", help="another base model (default: the run's)")
+    ap.add_argument("--tuned", default="", help="another tuned model (default: the run's)")
     args = ap.parse_args()
     cfg = json.loads((args.run / files.CONFIG).read_text())
+    pair = {"base": args.base or cfg["base"], "tuned": args.tuned or cfg["tuned"]}
     texts, cats = prompts(args.run)
     wanted = [int(x) for x in args.layers.split(",")] if args.layers else None
-    (n_blocks, base), (_, tuned) = (hidden_states(cfg[side], texts, args.dtype, wanted) for side in ("base", "tuned"))
+    (n_blocks, base), (_, tuned) = (hidden_states(pair[side], texts, args.dtype, wanted) for side in ("base", "tuned"))
     blocks = list(base)
-    run_layer = resolve_layer(cfg["layer"], n_blocks, cfg["tuned"])
+    run_layer = resolve_layer(cfg["layer"], n_blocks, pair["tuned"])
     names = list(dict.fromkeys(cats))
     print(f"cue fold over the larger null, per block (* = significant, fold > {MIN_FOLD} at BH q < {args.alpha}); "
-          f"{len(texts)} probes; the run read block {run_layer}")
+          f"{len(texts)} probes of {args.run}, read by {pair['base']} and {pair['tuned']}; the run read block {run_layer}")
     print(f"{'block':>5} " + " ".join(f"{c[:12]:>13}" for c in names))
     for b in blocks:
         shifts = folds_at(base[b], tuned[b], cats, args.alpha)
