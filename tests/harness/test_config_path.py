@@ -26,7 +26,7 @@ def test_run_dtype_reaches_activation_collection(tiny_pair, tmp_path, monkeypatc
     without the dtype and collected in float32)."""
     seen = []
 
-    def capture(cfg, out):
+    def capture(cfg, out, name):
         seen.append(cfg)
         raise KeyboardInterrupt  # stop before any model work
 
