@@ -34,7 +34,7 @@ from diffeval.harness.core.config import ActivationsConfig
 from diffeval.harness.core.errors import DiffevalError, RunDirError
 from diffeval.harness.core.rundir import RunDir, file_stamp, fresh_stage_dir
 from diffeval.harness.core.stageconfig import ActivationsStageConfig, stage_key
-from diffeval.harness.stages.corpus import corpus_sequences, length_buckets
+from diffeval.harness.stages.corpus import bucket_window, corpus_sequences, length_buckets, prompts_read_once
 from diffeval.harness.stages.inputs import bench_tasks
 from diffeval.harness.stages.transcripts import stage_transcripts
 from diffeval.harness.suite import CORPUS_DIR
@@ -136,7 +136,9 @@ def collection_inputs(cfg: ActivationsConfig) -> tuple[list[Any], Any, list[dict
     seqs = corpus_sequences(cfg, tok)
     for seq, n in zip(seqs, row_counts(tok, [s["text"] for s in seqs], cfg.seq_len), strict=True):
         seq["n_rows"] = n  # sequences.jsonl keeps it
-    return specs, tok, length_buckets(seqs, [s["n_rows"] for s in seqs], cfg.batch_size)
+    rows = [s["n_rows"] for s in seqs]
+    window = bucket_window(rows, cfg.batch_size, cfg.tokens)
+    return specs, tok, prompts_read_once(length_buckets(seqs, rows, cfg.batch_size, window))
 
 
 def row_counts(tok: Any, texts: list[str], max_length: int, chunk: int = 4096) -> list[int]:

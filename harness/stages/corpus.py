@@ -6,8 +6,9 @@ the tuned model's chat template). Each text reaches the corpus once: a corpus te
 prompt is left to the transcript, and a probe's second transcript row adds only its response's positions.
 
 A forward batch is padded to its longest sequence, so the collection orders the sequences by length within
-windows of `BUCKET_BATCHES` batches (`length_buckets`): on the documentation corpus of docs/real-pairs.md,
-Gemma-3-270M's batches of 16 fill 66 % of their token slots in corpus order and 99 % so ordered.
+windows of up to `BUCKET_BATCHES` batches (`length_buckets`, `bucket_window`): on the documentation corpus
+of docs/real-pairs.md, Gemma-3-270M's batches of 16 fill 64 % of their token slots in corpus order and 99 %
+so ordered.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from diffeval.harness.stages.transcripts import read_transcripts
 from diffeval.harness.suite import CORPUS_DIR, registry
 
 log = logging.getLogger(__name__)
-BUCKET_BATCHES = 64  # forward batches whose sequences are ordered by length together
+BUCKET_BATCHES = 64  # forward batches whose sequences are ordered by length together (at most)
+MIN_WINDOWS = 8  # a token budget spans at least this many windows, so that it reads every source
 
 
 def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, Any]]:
@@ -56,12 +58,22 @@ def corpus_sequences(cfg: ActivationsConfig, chat_tok: Any) -> list[dict[str, An
     return seqs
 
 
+def bucket_window(lengths: list[int], batch_size: int, budget: int) -> int:
+    """Batches per window of `length_buckets`: BUCKET_BATCHES, or fewer where the token budget would otherwise
+    span fewer than MIN_WINDOWS windows (a window mixes the sources as `_interleave` does, its batches come
+    in a random order, and a budget of a few batches must still read every kind of text; 1 = corpus order)."""
+    mean = max(1.0, sum(lengths) / max(len(lengths), 1))
+    return max(1, min(BUCKET_BATCHES, int(budget / (MIN_WINDOWS * batch_size * mean))))
+
+
 def length_buckets(seqs: list[dict[str, Any]], lengths: list[int], batch_size: int,
                    window: int = BUCKET_BATCHES, seed: int = 0) -> list[dict[str, Any]]:
     """`seqs` reordered so that each forward batch holds sequences of about one length (`lengths`, in tokens as
     the forward pass sees them): each window of `window` batches keeps its sequences, sorted by length and cut
     into batches, and those batches come in a seeded random order, so that a stream's rows do not run from
     short texts to long ones. The mixing of sources (`_interleave`) holds at the scale of a window."""
+    if window <= 1:
+        return list(seqs)  # a window of one batch: its composition is the corpus order's
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     span = window * batch_size
@@ -83,7 +95,21 @@ def transcript_sequences(path: str, source: str) -> list[dict[str, Any]]:
         skip = row["prompt_tokens"] if row["index"] in seen else 0
         seen.add(row["index"])
         seqs.append({"kind": "transcript", "source": source, "doc_id": row["index"], "side": row["side"],
-                     "text": row["text"], "prompt": row.get("prompt", ""), "skip": skip})
+                     "text": row["text"], "prompt": row.get("prompt", ""), "prompt_tokens": row["prompt_tokens"],
+                     "skip": skip})
+    return seqs
+
+
+def prompts_read_once(seqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`seqs` (in collection order, e.g. after `length_buckets`) with each probe's first transcript row read
+    whole and its later rows from their responses on, so that the row that skips a prompt never comes before
+    the one that reads it."""
+    seen: set[tuple[str, int]] = set()
+    for seq in seqs:
+        if seq.get("kind") == "transcript":
+            key = (seq["source"], seq["doc_id"])
+            seq["skip"] = seq["prompt_tokens"] if key in seen else 0
+            seen.add(key)
     return seqs
 
 

@@ -375,3 +375,19 @@ def test_the_collections_progress_counts_to_the_rows_it_will_write(tiny_pair, tm
                             tasks=("diffeval_factual",))
     rows = len(ActivationStore(collect_activations(cfg, tmp_path / "acts", name="probes")))
     assert totals == [("probes", rows)]
+
+
+def test_a_small_budget_keeps_the_corpus_order_and_a_large_one_the_full_window():
+    lengths = [30] * 5000
+    assert corpus.bucket_window(lengths, 16, budget=3000) == 1  # 6 batches' rows: every source must be in them
+    assert corpus.bucket_window(lengths, 16, budget=8 * 16 * 30 * 10) == 10
+    assert corpus.bucket_window(lengths, 16, budget=10**9) == corpus.BUCKET_BATCHES
+    seqs = [{"doc_id": i, "text": str(i)} for i in range(100)]
+    assert corpus.length_buckets(seqs, list(range(100, 0, -1)), 16, window=1) == seqs
+
+
+def test_the_first_transcript_row_in_collection_order_reads_the_prompt():
+    rows = [{"kind": "transcript", "source": "t", "doc_id": 0, "prompt_tokens": 5, "skip": s} for s in (0, 5)]
+    rows.append({"kind": "plain", "source": "c", "text": "x"})
+    out = corpus.prompts_read_once([rows[1], rows[2], rows[0]])  # reordered: the skipping row first
+    assert [r.get("skip") for r in out] == [0, None, 5]
