@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from benches.common import parse
+from benches.common import parse, sync
 from diffeval.crosscoders import CrossCoderConfig, config
 from diffeval.crosscoders.train import build_crosscoder
 
@@ -27,15 +27,13 @@ CASES = [(96, 768, 270), (96, 768, 2000 // 3), (576, 4096, 512), (576, 4096, 102
 def aux_time(model, x: torch.Tensor, dead: torch.Tensor, density: int, device: torch.device) -> float:
     config.DENSE_AUX_DENSITY = density
     model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     t0 = time.perf_counter()
     xf = model.flat_in(x)
     with torch.no_grad():
         pre = torch.addmm(model.b_enc, xf, model.enc_matrix().t()).relu_()
     model._aux_loss(pre, xf, torch.randn_like(xf), dead).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - t0
 
 

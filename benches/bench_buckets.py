@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benches.common import parse
+from benches.common import parse, sync
 from diffeval.harness.core import models
 from diffeval.harness.stages.activations import decoder_blocks, row_counts, truncated_hidden
 from diffeval.harness.stages.corpus import BUCKET_BATCHES, length_buckets
@@ -73,12 +73,10 @@ def main() -> None:
         for start in range(0, n, args.batch_size):
             for name, order in orders.items():
                 x, mask = batch(order, start)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync(device)
                 t0 = time.perf_counter()
                 truncated_hidden(model, blocks, layer, x, mask)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync(device)
                 seconds[name] += time.perf_counter() - t0
                 slots[name] += x.numel()
     tokens = sum(lengths[:n])

@@ -14,13 +14,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benches.common import parse
+from benches.common import parse, sync
 from diffeval.harness.stages.activations import decoder_blocks, truncated_hidden
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from benches.common import parse
+from benches.common import parse, sync
 from diffeval.crosscoders import CrossCoderConfig
 from diffeval.crosscoders.train import build_crosscoder, current_k, lr_factor
 
@@ -31,11 +31,6 @@ def dense_loss(model, x: torch.Tensor, k: int) -> torch.Tensor:
     f = pre * mask.view_as(pre)
     recon = f @ model.W_dec.reshape(f.shape[1], -1) + model.b_dec.reshape(1, -1)
     return (recon - xf).pow(2).sum(-1).mean()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(model, cfg, data: torch.Tensor, steps: int, dense: bool) -> tuple[float, float]:

@@ -16,3 +16,9 @@ def parse(doc: str, options: dict[str, Any]) -> tuple[argparse.Namespace, torch.
     args = ap.parse_args()
     torch.manual_seed(0)
     return args, torch.device(args.device)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a timer around GPU work reads nothing without it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
