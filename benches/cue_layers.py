@@ -7,7 +7,7 @@ The run fixes the pair, the probe prompts (its transcripts: each probe counts on
 last token) and the layer its headline read. Both models read each prompt, and every block's output is
 scaled per model as the crosscoder scales its inputs (the square root of d_model over the mean squared norm,
 here over the prompts' positions), so that the run's own layer reproduces its headline up to that scale. The
-folds are `harness/stages/headline.cue_shifts` on those rows, the same null and test at `MIN_FOLD`, BH across
+folds are `harness/stages/headline.headline_rows` on those rows, the same null and test at `MIN_FOLD`, BH across
 categories at `--alpha`. A diagnostic of where a change lives, not a second headline: the run's layer stays
 the one its settings chose.
 
@@ -26,9 +26,8 @@ import torch
 
 from diffeval.harness.core import files, models
 from diffeval.harness.core.config import ActivationsConfig
-from diffeval.harness.core.fdr import benjamini_hochberg
 from diffeval.harness.stages.activations import decoder_blocks, resolve_layer
-from diffeval.harness.stages.headline import MIN_FOLD, cue_shifts, relative_difference
+from diffeval.harness.stages.headline import MIN_FOLD, headline_rows, relative_difference
 from diffeval.harness.stages.transcripts import read_transcripts
 
 OUTLIER_FACTOR = ActivationsConfig.outlier_factor
@@ -78,14 +77,9 @@ def folds_at(base: list[np.ndarray], tuned: list[np.ndarray], cats: list[str], a
         r = relative_difference(pair).numpy().astype(np.float64)
         r_cue.append(r[-1])
         drift.append(r[:-1].mean() if len(r) > 1 else np.nan)
-    labels = np.asarray(cats, dtype=object)
     names = list(dict.fromkeys(cats))
-    shifts = cue_shifts(np.array(r_cue), labels, names, np.array(drift))
-    ps = np.array([np.nan if shifts[c]["p_value"] is None else shifts[c]["p_value"] for c in names])
-    for c, q in zip(names, benjamini_hochberg(ps), strict=True):
-        shifts[c]["q_value"] = None if shifts[c]["p_value"] is None else float(q)
-        shifts[c]["significant"] = shifts[c]["q_value"] is not None and shifts[c]["q_value"] < alpha
-    return shifts
+    rows = headline_rows(np.array(r_cue), np.zeros(len(r_cue)), cats, names, alpha, {}, np.array(drift))
+    return dict(zip(names, rows, strict=True))  # no latents and no references: the fold, its q, `significant`
 
 
 def main() -> None:
