@@ -95,9 +95,10 @@ def train_lm(model: Any, tokenizer: Any, texts: list[str] | list[tuple[str, str]
         opt.step()
         sched.step()
         losses.append(loss.item())
+        recent = f"{sum(losses[-50:]) / len(losses[-50:]):.3f}"  # the mean of the last 50 steps
         if len(losses) % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
-        beat.beat(len(losses), f"loss {sum(losses[-50:]) / len(losses[-50:]):.3f}")
+            bar.set_postfix(loss=recent)
+        beat.beat(len(losses), f"loss {recent}")
     model.eval()
     return losses
 

@@ -134,9 +134,9 @@ def collection_inputs(cfg: ActivationsConfig) -> tuple[list[Any], Any, list[dict
     tok = toks[1]
     tok.padding_side = "right"
     seqs = corpus_sequences(cfg, tok)
-    for seq, n in zip(seqs, row_counts(tok, [s["text"] for s in seqs], cfg.seq_len), strict=True):
+    rows = row_counts(tok, [s["text"] for s in seqs], cfg.seq_len)
+    for seq, n in zip(seqs, rows, strict=True):
         seq["n_rows"] = n  # sequences.jsonl keeps it
-    rows = [s["n_rows"] for s in seqs]
     window = bucket_window(rows, cfg.batch_size, cfg.tokens)
     return specs, tok, prompts_read_once(length_buckets(seqs, rows, cfg.batch_size, window))
 

@@ -89,15 +89,9 @@ def transcript_sequences(path: str, source: str) -> list[dict[str, Any]]:
     """A probe transcript file as corpus sequences in which every token is collected once: the first model's
     row whole (prompt and response), each later row of the same probe from its response on (`skip` positions
     are left out), since the prompt's tokens, and so both models' activations on them, are the same."""
-    seen: set[int] = set()
-    seqs = []
-    for row in read_transcripts(path):
-        skip = row["prompt_tokens"] if row["index"] in seen else 0
-        seen.add(row["index"])
-        seqs.append({"kind": "transcript", "source": source, "doc_id": row["index"], "side": row["side"],
-                     "text": row["text"], "prompt": row.get("prompt", ""), "prompt_tokens": row["prompt_tokens"],
-                     "skip": skip})
-    return seqs
+    return prompts_read_once([{"kind": "transcript", "source": source, "doc_id": row["index"], "side": row["side"],
+                               "text": row["text"], "prompt": row.get("prompt", ""),
+                               "prompt_tokens": row["prompt_tokens"]} for row in read_transcripts(path)])
 
 
 def prompts_read_once(seqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
