@@ -205,6 +205,44 @@ def summary(report: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+GROUP_STYLE = {  # how suite_folds draws each group: marker, colour, label
+    "planted": ("D", "#2a7a3b", "planted +/− (found: filled; missed: open)"),
+    "control": ("o", "#7f7f7f", "planted unchanged (control)"),
+    "placebo": ("x", "#c44e52", "placebo category"),
+}
+
+
+def suite_folds(points: list[dict[str, Any]], min_fold: float, path: Path) -> Path | None:
+    """Every headline fold of an organism suite (score.headline_folds), one row per category, the planted
+    ones with their 95% CI, and the threshold: whether any threshold separates planted from unchanged."""
+    if not points:
+        log.info("figure %s skipped: no headline folds", path.name)
+        return None
+    plt = _pyplot()
+    cats = sorted({p["category"] for p in points})
+    fig, ax = plt.subplots(figsize=(7.2, 0.45 * len(cats) + 1.6))
+    offset = {"planted": -0.22, "control": 0.0, "placebo": 0.22}
+    for group, (marker, colour, label) in GROUP_STYLE.items():
+        mine = [p for p in points if p["group"] == group]
+        for i, p in enumerate(mine):
+            y = cats.index(p["category"]) + offset[group]
+            filled = group != "planted" or p["found"]
+            if group == "planted" and p["ci_low"] is not None and p["ci_high"] is not None:
+                ax.plot([p["ci_low"], p["ci_high"]], [y, y], color=colour, linewidth=0.8, alpha=0.6)
+            paint = {"color": colour} if marker == "x" else {"facecolors": colour if filled else "none",
+                                                             "edgecolors": colour}
+            ax.scatter([p["fold"]], [y], marker=marker, s=28, label=label if i == 0 else None, linewidths=1, **paint)
+    ax.axvline(min_fold, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(cats)), [_label(c) for c in cats])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"headline cue fold over its baseline (×, log); dashed: the threshold {min_fold:g}×", fontsize=9)
+    ax.set_title(f"Headline folds over the suite ({len(points)} category estimates)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def render_figures(report: dict[str, Any], latents: list[dict[str, Any]] | None, out: Path) -> dict[str, Path]:
     """Every figure whose data exists, as {name: path}."""
     folder = out / FIGURES_DIR

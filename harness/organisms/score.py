@@ -35,6 +35,8 @@ from diffeval.harness.core.io import atomic_write_json, atomic_write_text, read_
 from diffeval.harness.core.runconfig import HEADLINE_MEASURE, HEADLINE_NULL, RunConfig
 from diffeval.harness.organisms import RECIPES, default_run_flags, get
 from diffeval.harness.organisms.base import Planted
+from diffeval.harness.stages.headline import MIN_FOLD
+from diffeval.reports.figures import suite_folds
 
 REUSED = ("bench", "activations", "transcripts", "probes")
 KINDS = ("headline", "headline_changed", "share", "mass", "usage", "usage_rel", "changed")
@@ -64,7 +66,8 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
         significant = bool(h.get("significant"))
         rows.append({
             "category": p.category, "planted": p.direction,
-            "headline": h.get("value"), "headline_q": h.get("q_value"), "headline_significant": significant,
+            "headline": h.get("value"), "headline_ci": [h.get("ci_low"), h.get("ci_high")],
+            "headline_q": h.get("q_value"), "headline_significant": significant,
             "headline_direction": h.get("direction"),
             "headline_found": (significant and h.get("direction") == p.direction) if p.direction != "0" else not significant,
             "headline_changed_found": significant == (p.direction != "0"),
@@ -142,10 +145,12 @@ def score_suite(seeds: int, build_seeds: int, out: Path, causal: bool = False, i
     atomic_write_json(out / "scores.json", doc)
     atomic_write_text(out / "scores.md", suite_table(doc) + "\n")
     atomic_write_json(out / VALIDATION_NAME, validation_record(doc))
+    suite_folds(headline_folds(docs), MIN_FOLD, out / FOLDS_FIGURE)
     return doc
 
 
 VALIDATION_NAME = "validation.json"  # what reports quote as the headline measure's measured error rates
+FOLDS_FIGURE = "scores_folds.png"  # every headline fold of the suite, by category and group
 
 
 def validation_record(doc: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +197,43 @@ def suite_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
                                                               and c["control_p"] < 0.05 for c in causal)}
     docs_rows = [x for r in real for x in r.get("documents") or []]
     out["documents"] = {"n": len(docs_rows), "significant": sum(bool(x.get("significant")) for x in docs_rows)}
+    out["separation"] = fold_separation(headline_folds(docs))
+    return out
+
+
+def headline_folds(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every estimated headline fold of the suite (cue shift + 1, with its CI), as {organism, build_seed,
+    category, group, fold, ci_low, ci_high, found}: group `planted` (+/−), `control` (planted 0) or `placebo`."""
+    points = []
+    for d in docs:
+        for r in d["runs"]:
+            for c in r["categories"]:
+                if c.get("headline") is None:
+                    continue
+                lo, hi = c.get("headline_ci") or (None, None)
+                group = "placebo" if d["placebo"] else "control" if c["planted"] == "0" else "planted"
+                points.append({"organism": d["organism"], "build_seed": d["build_seed"], "category": c["category"],
+                               "planted": c["planted"], "group": group, "fold": c["headline"] + 1,
+                               "ci_low": None if lo is None else lo + 1, "ci_high": None if hi is None else hi + 1,
+                               "found": bool(c["headline_found"])})
+    return points
+
+
+def fold_separation(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether any threshold on the headline fold could tell the planted changes from the unchanged
+    categories (controls and placebos) of the suite: the ROC AUC of the fold (the chance that a planted
+    category's fold exceeds an unchanged one's), the largest unchanged fold, and how many planted folds lie
+    at or below it (those no threshold finds without a false positive on this suite)."""
+    planted = [p["fold"] for p in points if p["group"] == "planted"]
+    unchanged = [p["fold"] for p in points if p["group"] != "planted"]
+    out: dict[str, Any] = {"n_planted": len(planted), "n_unchanged": len(unchanged), "auc": None,
+                           "planted_min": min(planted, default=None), "unchanged_max": max(unchanged, default=None),
+                           "planted_at_or_below_unchanged_max": None}
+    if planted and unchanged:
+        from sklearn.metrics import roc_auc_score  # slow to import; only the suite's summary needs it
+
+        out["auc"] = float(roc_auc_score([1] * len(planted) + [0] * len(unchanged), planted + unchanged))
+        out["planted_at_or_below_unchanged_max"] = sum(f <= out["unchanged_max"] for f in planted)
     return out
 
 
@@ -227,6 +269,12 @@ def suite_table(doc: dict[str, Any]) -> str:
     rho = [x for x in s["spearman"] if x is not None]
     if rho:
         text += f"\n\nTask-level Spearman over the planted organisms' runs: median {sorted(rho)[len(rho) // 2]:+.2f}."
+    sep = s.get("separation") or {}
+    if sep.get("auc") is not None:
+        text += (f"\n\nHeadline folds, planted vs unchanged (controls and placebos): ROC AUC {sep['auc']:.2f} over "
+                 f"{sep['n_planted']} planted and {sep['n_unchanged']} unchanged categories; the largest unchanged fold "
+                 f"is {sep['unchanged_max']:.2f}×, and {sep['planted_at_or_below_unchanged_max']} planted folds lie at or "
+                 f"below it (no threshold finds those without a false positive here). Figure: {FOLDS_FIGURE}.")
     if s["causal"]["n"]:
         text += (f"\nCausal: {s['causal']['removed_ge_half']} of {s['causal']['n']} planted tasks lose ≥ 50 % of their delta "
                  f"when their category is reverted; {s['causal']['removed_ge_half_control_p_lt_0_05']} of them with control p < 0.05.")

@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 
 from diffeval.harness.organisms.base import Planted
-from diffeval.harness.organisms.score import KINDS, VALUE_OF, found, score_run, suite_summary, summarise
+from diffeval.harness.organisms.score import (
+    KINDS,
+    VALUE_OF,
+    fold_separation,
+    found,
+    headline_folds,
+    score_run,
+    suite_summary,
+    suite_table,
+    summarise,
+)
+from diffeval.reports.figures import suite_folds
 
 
 def test_found_needs_the_declared_sign_with_a_ci_excluding_zero() -> None:
@@ -64,8 +75,10 @@ def test_the_suite_summary_counts_planted_controls_and_placebos() -> None:
                                 **{v: 1.0 for v in VALUE_OF.values()}} for c, p, ok in rows],
                 "spearman": 0.5, "causal": [], "documents": []}
 
-    docs = [{"placebo": False, "runs": [run([("a", "+", True), ("b", "-", False), ("c", "0", True), ("d", "0", False)])]},
-            {"placebo": True, "runs": [run([("a", "0", True), ("b", "0", False)]), run([("a", "0", True), ("b", "0", True)])]}]
+    docs = [{"organism": "o", "build_seed": 0, "placebo": False,
+             "runs": [run([("a", "+", True), ("b", "-", False), ("c", "0", True), ("d", "0", False)])]},
+            {"organism": "o_placebo", "build_seed": 0, "placebo": True,
+             "runs": [run([("a", "0", True), ("b", "0", False)]), run([("a", "0", True), ("b", "0", True)])]}]
     s = suite_summary(docs)["headline"]
     assert (s["planted_found"], s["planted"]) == (1, 2)
     assert (s["controls_false"], s["controls"]) == (1, 2)      # d: a planted-0 category not held
@@ -74,3 +87,42 @@ def test_the_suite_summary_counts_planted_controls_and_placebos() -> None:
     docs[0]["runs"][0]["categories"][3]["headline"] = None  # no estimate: not counted as a false positive
     assert suite_summary(docs)["headline"]["controls_false"] == 0
     assert suite_summary(docs)["headline"]["no_estimate"] == 1
+
+
+def _suite(folds: dict[str, list[tuple[str, str, float | None]]]) -> list[dict]:
+    """Suite documents with one run per organism, its categories' headline shifts being fold − 1."""
+    return [{"organism": name, "build_seed": 0, "placebo": name.endswith("placebo"),
+             "runs": [{"categories": [{"category": c, "planted": p, "headline": None if f is None else f - 1,
+                                       "headline_ci": [None, None] if f is None else [f - 1.5, f - 0.5],
+                                       "headline_found": f is not None and f > 2} for c, p, f in cats]}]}
+            for name, cats in folds.items()]
+
+
+def test_fold_separation_says_which_planted_folds_no_threshold_could_find() -> None:
+    docs = _suite({"org": [("a", "+", 3.0), ("b", "-", 1.5), ("c", "0", 1.2), ("d", "0", None)],
+                   "org_placebo": [("a", "0", 0.8), ("b", "0", 2.0)]})
+    points = headline_folds(docs)
+    assert [(p["category"], p["group"]) for p in points] == [("a", "planted"), ("b", "planted"), ("c", "control"),
+                                                            ("a", "placebo"), ("b", "placebo")]  # d: no estimate
+    assert points[0]["fold"] == 3.0 and points[0]["ci_low"] == 2.5 and points[0]["found"]
+    sep = fold_separation(points)
+    # 3.0 exceeds all three unchanged folds, 1.5 exceeds 1.2 and 0.8 but not 2.0: 5 of 6 pairs
+    assert sep["auc"] == 5 / 6
+    assert (sep["unchanged_max"], sep["planted_min"], sep["planted_at_or_below_unchanged_max"]) == (2.0, 1.5, 1)
+    assert fold_separation([p for p in points if p["group"] == "planted"])["auc"] is None  # nothing to compare with
+    assert fold_separation(headline_folds(_suite({"org": [("a", "+", 4.0)], "org_placebo": [("a", "0", 1.0)]})))["auc"] == 1.0
+
+
+def test_the_suite_table_and_figure_show_the_separation(tmp_path) -> None:
+    docs = _suite({"org": [("a", "+", 3.0), ("b", "-", 1.5), ("c", "0", 1.2)], "org_placebo": [("a", "0", 0.8)]})
+    for d in docs:
+        for r in d["runs"]:
+            r.update(spearman=None, causal=[], documents=[])
+            for c in r["categories"]:
+                c.update({f"{k}_found": c["headline_found"] for k in KINDS if k != "headline"},
+                         headline_significant=c["headline_found"], headline_direction="+")
+    text = suite_table({"seeds": 1, "organisms": docs, "summary": suite_summary(docs)})
+    assert "ROC AUC 1.00" in text and "largest unchanged fold is 1.20×" in text and "0 planted folds" in text
+    path = suite_folds(headline_folds(docs), 2.0, tmp_path / "folds.png")
+    assert path == tmp_path / "folds.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert suite_folds([], 2.0, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
