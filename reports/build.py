@@ -512,6 +512,16 @@ def real_lm_line(measure: str, r: dict[str, Any]) -> str:
             + (f". {r['note'].rstrip('.')}." if r.get("note") else "."))
 
 
+def separation_clause(sep: dict[str, Any] | None) -> str:
+    """How well the measure's folds ranked planted above unchanged categories on the suite ('' if unknown)."""
+    if not sep or sep.get("auc") is None:
+        return ""
+    missed = sep.get("planted_at_or_below_unchanged_max")
+    return (f"; a planted category's fold exceeded an unchanged one's in {100 * sep['auc']:.0f} % of pairs (ROC AUC)"
+            + (f", and {missed} of {sep['n_planted']} planted folds were no larger than the largest unchanged fold "
+               f"({sep['unchanged_max']:.2f}×)" if missed else ""))
+
+
 def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[str, Any] | None,
                alpha: float) -> list[str]:
     """How far to trust the answer: the measure's measured error rates, the crosscoder's fit, small counts."""
@@ -523,7 +533,8 @@ def sure_lines(report: dict[str, Any], cats: dict[str, Any], validation: dict[st
         out.append(f"The headline measure ({measure}) on diffeval's toy organism suite, measured with diffeval "
                    f"{v['diffeval_version']} ({v['command']}): it flagged {v['placebo_false']} of {v['placebo']} "
                    f"placebo categories and {v['controls_false']} of {v['controls']} planted-unchanged controls, "
-                   f"and found {v['planted_found']} of {v['planted']} planted changes with the right sign.")
+                   f"and found {v['planted_found']} of {v['planted']} planted changes with the right sign"
+                   + separation_clause(v.get("separation")) + ".")
         real = [real_lm_line(measure, r) for r in v.get("real_lm") or [] if {"organism", "command"} <= set(r)]
         out += real or ["Not yet validated on a real LM's organism: the toy suite's error rates may not carry over "
                         "to a real pair (docs/organisms.md)."]

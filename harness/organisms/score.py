@@ -158,7 +158,8 @@ def validation_record(doc: dict[str, Any]) -> dict[str, Any]:
     return {"format_version": 1, "measure": HEADLINE_MEASURE, "null": HEADLINE_NULL, "diffeval_version": __version__,
             "command": f"diffeval organisms score --suite --seeds {doc['seeds']} --build-seeds {doc['build_seeds']}"
                        + (" --slow" if doc.get("slow") else "") + (f" --only {','.join(doc['only'])}" if doc.get("only") else ""),
-            "organisms": sorted({d["organism"] for d in doc["organisms"]}), **doc["summary"]["headline"]}
+            "organisms": sorted({d["organism"] for d in doc["organisms"]}), **doc["summary"]["headline"],
+            "separation": doc["summary"].get("separation")}
 
 
 def suite_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from diffeval.reports.build import (
     baseline_words,
     build_report,
     real_lm_line,
+    separation_clause,
     sure_lines,
 )
 from diffeval.reports.render import render_report, report_main
@@ -293,5 +294,14 @@ def test_a_validation_of_another_null_is_not_quoted_as_this_measures(run_dir):
     assert not any("toy organism suite" in line or line.startswith("On a real LM") for line in lines)
     assert any("has no validation on the organism suite" in line for line in lines)
     same = sure_lines(report, cats, {**v, "null": "drift_or_other_categories"}, 0.05)
-    assert any("found 3 of 3 planted changes" in line for line in same)
+    assert any(line.endswith("found 3 of 3 planted changes with the right sign.") for line in same)
     assert any(line.startswith("On a real LM, the organism g") for line in same)
+
+
+def test_the_suite_separation_is_said_where_the_validation_has_it():
+    assert separation_clause(None) == "" and separation_clause({"auc": None}) == ""
+    sep = {"auc": 0.947, "n_planted": 18, "n_unchanged": 74, "unchanged_max": 2.0, "planted_at_or_below_unchanged_max": 3}
+    assert separation_clause(sep) == ("; a planted category's fold exceeded an unchanged one's in 95 % of pairs "
+                                      "(ROC AUC), and 3 of 18 planted folds were no larger than the largest unchanged "
+                                      "fold (2.00×)")
+    assert separation_clause({**sep, "auc": 1.0, "planted_at_or_below_unchanged_max": 0}).endswith("in 100 % of pairs (ROC AUC)")
