@@ -212,7 +212,7 @@ GROUP_STYLE = {  # how suite_folds draws each group: marker, colour, label
 }
 
 
-def suite_folds(points: list[dict[str, Any]], min_fold: float, path: Path) -> Path | None:
+def suite_folds(points: list[dict[str, Any]], min_fold: float | None, path: Path) -> Path | None:
     """Every headline fold of an organism suite (score.headline_folds), one row per category, the planted
     ones with their 95% CI, and the threshold: whether any threshold separates planted from unchanged."""
     if not points:
@@ -232,11 +232,13 @@ def suite_folds(points: list[dict[str, Any]], min_fold: float, path: Path) -> Pa
             paint = {"color": colour} if marker == "x" else {"facecolors": colour if filled else "none",
                                                              "edgecolors": colour}
             ax.scatter([p["fold"]], [y], marker=marker, s=28, label=label if i == 0 else None, linewidths=1, **paint)
-    ax.axvline(min_fold, color="black", linestyle="--", linewidth=0.8)
+    if min_fold:
+        ax.axvline(min_fold, color="black", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yticks(range(len(cats)), [_label(c) for c in cats])
     ax.invert_yaxis()
-    ax.set_xlabel(f"headline cue fold over its baseline (×, log); dashed: the threshold {min_fold:g}×", fontsize=9)
+    ax.set_xlabel("headline cue fold over its baseline (×, log)"
+                  + (f"; dashed: the threshold {min_fold:g}×" if min_fold else ""), fontsize=9)
     ax.set_title(f"Headline folds over the suite ({len(points)} category estimates)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

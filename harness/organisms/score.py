@@ -35,7 +35,6 @@ from diffeval.harness.core.io import atomic_write_json, atomic_write_text, read_
 from diffeval.harness.core.runconfig import HEADLINE_MEASURE, HEADLINE_NULL, RunConfig
 from diffeval.harness.organisms import RECIPES, default_run_flags, get
 from diffeval.harness.organisms.base import Planted
-from diffeval.harness.stages.headline import MIN_FOLD
 from diffeval.reports.figures import suite_folds
 
 REUSED = ("bench", "activations", "transcripts", "probes")
@@ -67,6 +66,7 @@ def score_run(run_dir: Path, planted: list[Planted]) -> dict[str, Any]:
         rows.append({
             "category": p.category, "planted": p.direction,
             "headline": h.get("value"), "headline_ci": [h.get("ci_low"), h.get("ci_high")],
+            "headline_min_fold": h.get("min_fold"),
             "headline_q": h.get("q_value"), "headline_significant": significant,
             "headline_direction": h.get("direction"),
             "headline_found": (significant and h.get("direction") == p.direction) if p.direction != "0" else not significant,
@@ -145,7 +145,8 @@ def score_suite(seeds: int, build_seeds: int, out: Path, causal: bool = False, i
     atomic_write_json(out / "scores.json", doc)
     atomic_write_text(out / "scores.md", suite_table(doc) + "\n")
     atomic_write_json(out / VALIDATION_NAME, validation_record(doc))
-    suite_folds(headline_folds(docs), MIN_FOLD, out / FOLDS_FIGURE)
+    points = headline_folds(docs)
+    suite_folds(points, max((p["min_fold"] for p in points if p["min_fold"]), default=None), out / FOLDS_FIGURE)
     return doc
 
 
@@ -204,7 +205,8 @@ def suite_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def headline_folds(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every estimated headline fold of the suite (cue shift + 1, with its CI), as {organism, build_seed,
-    category, group, fold, ci_low, ci_high, found}: group `planted` (+/−), `control` (planted 0) or `placebo`."""
+    category, group, fold, ci_low, ci_high, min_fold (the run's threshold), found}: group `planted` (+/−),
+    `control` (planted 0) or `placebo`."""
     points = []
     for d in docs:
         for r in d["runs"]:
@@ -216,7 +218,7 @@ def headline_folds(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 points.append({"organism": d["organism"], "build_seed": d["build_seed"], "category": c["category"],
                                "planted": c["planted"], "group": group, "fold": c["headline"] + 1,
                                "ci_low": None if lo is None else lo + 1, "ci_high": None if hi is None else hi + 1,
-                               "found": bool(c["headline_found"])})
+                               "min_fold": c.get("headline_min_fold"), "found": bool(c["headline_found"])})
     return points
 
 

@@ -94,6 +94,7 @@ def _suite(folds: dict[str, list[tuple[str, str, float | None]]]) -> list[dict]:
     return [{"organism": name, "build_seed": 0, "placebo": name.endswith("placebo"),
              "runs": [{"categories": [{"category": c, "planted": p, "headline": None if f is None else f - 1,
                                        "headline_ci": [None, None] if f is None else [f - 1.5, f - 0.5],
+                                       "headline_min_fold": 2.0,
                                        "headline_found": f is not None and f > 2} for c, p, f in cats]}]}
             for name, cats in folds.items()]
 
@@ -104,7 +105,7 @@ def test_fold_separation_says_which_planted_folds_no_threshold_could_find() -> N
     points = headline_folds(docs)
     assert [(p["category"], p["group"]) for p in points] == [("a", "planted"), ("b", "planted"), ("c", "control"),
                                                             ("a", "placebo"), ("b", "placebo")]  # d: no estimate
-    assert points[0]["fold"] == 3.0 and points[0]["ci_low"] == 2.5 and points[0]["found"]
+    assert points[0]["fold"] == 3.0 and points[0]["ci_low"] == 2.5 and points[0]["found"] and points[0]["min_fold"] == 2.0
     sep = fold_separation(points)
     # 3.0 exceeds all three unchanged folds, 1.5 exceeds 1.2 and 0.8 but not 2.0: 5 of 6 pairs
     assert sep["auc"] == 5 / 6
@@ -125,4 +126,5 @@ def test_the_suite_table_and_figure_show_the_separation(tmp_path) -> None:
     assert "ROC AUC 1.00" in text and "largest unchanged fold is 1.20×" in text and "0 planted folds" in text
     path = suite_folds(headline_folds(docs), 2.0, tmp_path / "folds.png")
     assert path == tmp_path / "folds.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert suite_folds(headline_folds(docs), None, tmp_path / "nothreshold.png") is not None  # a run without one
     assert suite_folds([], 2.0, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
