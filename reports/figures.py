@@ -240,7 +240,7 @@ def suite_folds(points: list[dict[str, Any]], min_fold: float | None, path: Path
     ax.set_xlabel("headline cue fold over its baseline (×, log)"
                   + (f"; dashed: the threshold {min_fold:g}×" if min_fold else ""), fontsize=9)
     ax.set_title(f"Headline folds over the suite ({len(points)} category estimates)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 

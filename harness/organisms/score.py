@@ -274,7 +274,7 @@ def suite_table(doc: dict[str, Any]) -> str:
         text += f"\n\nTask-level Spearman over the planted organisms' runs: median {sorted(rho)[len(rho) // 2]:+.2f}."
     sep = s.get("separation") or {}
     if sep.get("auc") is not None:
-        text += (f"\n\nHeadline folds, planted vs unchanged (controls and placebos): ROC AUC {sep['auc']:.2f} over "
+        text += (f"\n\nHeadline folds, planted vs unchanged (controls and placebos): ROC AUC {sep['auc']:.3f} over "
                  f"{sep['n_planted']} planted and {sep['n_unchanged']} unchanged categories; the largest unchanged fold "
                  f"is {sep['unchanged_max']:.2f}×, and {sep['planted_at_or_below_unchanged_max']} planted folds lie at or "
                  f"below it (no threshold finds those without a false positive here). Figure: {FOLDS_FIGURE}.")

@@ -123,7 +123,7 @@ def test_the_suite_table_and_figure_show_the_separation(tmp_path) -> None:
                 c.update({f"{k}_found": c["headline_found"] for k in KINDS if k != "headline"},
                          headline_significant=c["headline_found"], headline_direction="+")
     text = suite_table({"seeds": 1, "organisms": docs, "summary": suite_summary(docs)})
-    assert "ROC AUC 1.00" in text and "largest unchanged fold is 1.20×" in text and "0 planted folds" in text
+    assert "ROC AUC 1.000" in text and "largest unchanged fold is 1.20×" in text and "0 planted folds" in text
     path = suite_folds(headline_folds(docs), 2.0, tmp_path / "folds.png")
     assert path == tmp_path / "folds.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert suite_folds(headline_folds(docs), None, tmp_path / "nothreshold.png") is not None  # a run without one
