@@ -517,7 +517,7 @@ def separation_clause(sep: dict[str, Any] | None) -> str:
     if not sep or sep.get("auc") is None:
         return ""
     missed = sep.get("planted_at_or_below_unchanged_max")
-    return (f"; a planted category's fold exceeded an unchanged one's in {100 * sep['auc']:.0f} % of pairs (ROC AUC)"
+    return (f"; a planted category's fold exceeded an unchanged one's in {100 * sep['auc']:.1f} % of pairs (ROC AUC)"
             + (f", and {missed} of {sep['n_planted']} planted folds were no larger than the largest unchanged fold "
                f"({sep['unchanged_max']:.2f}×)" if missed else ""))
 

@@ -301,7 +301,7 @@ def test_a_validation_of_another_null_is_not_quoted_as_this_measures(run_dir):
 def test_the_suite_separation_is_said_where_the_validation_has_it():
     assert separation_clause(None) == "" and separation_clause({"auc": None}) == ""
     sep = {"auc": 0.947, "n_planted": 18, "n_unchanged": 74, "unchanged_max": 2.0, "planted_at_or_below_unchanged_max": 3}
-    assert separation_clause(sep) == ("; a planted category's fold exceeded an unchanged one's in 95 % of pairs "
+    assert separation_clause(sep) == ("; a planted category's fold exceeded an unchanged one's in 94.7 % of pairs "
                                       "(ROC AUC), and 3 of 18 planted folds were no larger than the largest unchanged "
                                       "fold (2.00×)")
-    assert separation_clause({**sep, "auc": 1.0, "planted_at_or_below_unchanged_max": 0}).endswith("in 100 % of pairs (ROC AUC)")
+    assert separation_clause({**sep, "auc": 1.0, "planted_at_or_below_unchanged_max": 0}).endswith("in 100.0 % of pairs (ROC AUC)")
