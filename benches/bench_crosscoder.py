@@ -17,6 +17,7 @@ import torch
 
 from benches.common import parse, sync
 from diffeval.crosscoders import CrossCoderConfig
+from diffeval.crosscoders.config import encoder_dtype
 from diffeval.crosscoders.train import build_crosscoder, current_k, lr_factor
 
 
@@ -74,6 +75,7 @@ def main() -> None:
           f"{args.n_latents} latents, k 32, batch 1024, fp32 weights and data, {args.steps} steps")
     rate_d, loss_d = run(copy.deepcopy(init), cfg, data, args.steps, dense=True)
     print(f"dense BatchTopK (baseline)          {rate_d:8.0f} rows/s   final loss {loss_d:.4f}")
+    print(f"dtype auto picks {encoder_dtype(args.device)} on this device")
     for dtype in ("float32", "bfloat16"):
         fast = copy.deepcopy(init)
         fast.cfg = dataclasses.replace(cfg, dtype=dtype)

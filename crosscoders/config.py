@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ARCHITECTURES = ("batchtopk", "l1")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16", "bfloat16")  # what an activation cache's shards hold (data.to_stored)
 # The auxiliary loss runs densely over the dead latents when its top aux_k keeps at least this share of them
 # (1/DENSE_AUX_DENSITY): a small dictionary's few hundred dead latents then cost two small matrix products,
@@ -22,6 +22,20 @@ def aux_runs_dense(n_dead: int, aux_k: int) -> bool:
 
 STREAM_BUFFER_ROWS = 65_536  # a streamed crosscoder's shuffle buffer: 64 batches of 1024, so rows of one
 # sequence rarely share a batch (crosscoders.stream)
+
+
+def encoder_dtype(device: str) -> str:
+    """The encoder forward's dtype that `auto` picks on `device`: bfloat16 on a GPU that computes it and on a
+    CPU with bf16 matrix units (AVX512-BF16 or AMX-BF16), float32 elsewhere: on an AVX2 CPU torch emulates
+    bfloat16 and the whole training step ran 4.1x slower than in float32 (benches/bench_crosscoder.py)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if device == "cpu":
+        caps = getattr(torch.cpu, "get_capabilities", dict)()  # torch releases before it: no bf16 units assumed
+        return "bfloat16" if caps.get("avx512_bf16") or caps.get("amx_bf16") else "float32"
+    return "float32"
 
 
 def _f(default: Any, help: str) -> Any:
@@ -40,8 +54,8 @@ class CrossCoderConfig:
     n_steps: int = _f(2000, "training steps")
     lr: float = _f(1e-3, "Adam learning rate (after warmup)")
     k_anneal_steps: int = _f(0, "steps over which k anneals from 4k down to k; 0 = no annealing")
-    dtype: str = _f("bfloat16", "dtype of the dense encoder forward that picks the active latents "
-                              "(weights, gradients and Adam stay float32); float32 on CPUs without bf16 units")
+    dtype: str = _f("auto", "dtype of the dense encoder forward that picks the active latents (weights, "
+                           "gradients and Adam stay float32); auto = encoder_dtype(device)")
     architecture: str = _f("batchtopk", "batchtopk (top k·B over the batch) or l1 (decoder-norm-weighted L1)")
     l1_coeff: float = _f(1.0, "L1 sparsity coefficient (architecture l1)")
     aux_k: int = _f(256, "latents used by the auxiliary loss that revives dead latents (BatchTopK)")
@@ -58,6 +72,8 @@ class CrossCoderConfig:
                                                 "smaller models are zero-padded to d_model")
 
     def __post_init__(self) -> None:
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", encoder_dtype(self.device))  # cfg.json records what ran
         if self.d_models is not None:
             object.__setattr__(self, "d_models", tuple(int(d) for d in self.d_models))  # JSON gives a list
             self._check_d_models()

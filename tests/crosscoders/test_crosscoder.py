@@ -71,6 +71,25 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(planted, tmp_path):
         assert torch.allclose(p, resumed.state_dict()[name], atol=1e-6), name
 
 
+@pytest.mark.parametrize(("caps", "expected"), [
+    ({"avx2": True}, "float32"),  # bf16 is emulated: about 4x slower there
+    ({"avx2": True, "avx512_bf16": True}, "bfloat16"),
+    ({"amx_bf16": True}, "bfloat16"),
+])
+def test_auto_encoder_dtype_follows_the_cpus_bf16_units(monkeypatch, caps, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    cfg = CrossCoderConfig(d_model=8, n_models=2, n_latents=64, k=4)
+    assert cfg.dtype == expected
+    assert CrossCoderConfig.from_dict(cfg.to_dict()).dtype == expected  # cfg.json records what ran
+    assert CrossCoderConfig(d_model=8, n_models=2, n_latents=64, k=4, dtype="bfloat16").dtype == "bfloat16"
+
+
+def test_auto_encoder_dtype_on_a_gpu_without_bf16_is_float32(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert CrossCoderConfig(d_model=8, n_models=2, n_latents=64, k=4, device="cuda").dtype == "float32"
+
+
 @pytest.mark.parametrize(("kw", "msg"), [
     ({"k": 64}, "k must be in 1..n_latents-1"),
     ({"n_models": 1}, "n_models must be >= 2"),
